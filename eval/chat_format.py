@@ -1,0 +1,129 @@
+"""How a chat (a list of ``{"role", "content"}`` messages) becomes text and token ids.
+
+One function renders a conversation for a tokenizer: its own chat template where it has one, a plain
+fallback where it does not.  ``tokenize_chat`` tokenises a conversation *segment by segment* (one segment
+per message, cut where the rendered text of a shorter conversation ends), so that
+
+* the ids of a conversation's prefix are a prefix of the ids of the whole conversation, which is what lets
+  the LM scorer reuse its KV cache across the options of a round and across rounds, and
+* the assistant tokens (the loss mask for training) are known exactly.
+
+Training (distill/) and evaluation (eval/) both call these functions, so a model is scored on exactly the
+token sequence it was trained on.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# The plain fallback for tokenizers without a chat template.  Append-only by construction.
+PLAIN_ROLE_HEADERS = {"system": "### System:\n", "user": "### User:\n", "assistant": "### Assistant:\n"}
+PLAIN_TURN_END = "\n\n"
+
+
+class ChatTemplateError(ValueError):
+    """The tokenizer's chat template cannot be used as an append-only conversation format."""
+
+
+def has_chat_template(tokenizer) -> bool:
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
+def _render_plain(tokenizer, messages, add_generation_prompt: bool) -> str:
+    bos = getattr(tokenizer, "bos_token", None) or ""
+    eos = getattr(tokenizer, "eos_token", None) or ""
+    parts = [bos]
+    for message in messages:
+        role = message["role"]
+        if role not in PLAIN_ROLE_HEADERS:
+            raise ChatTemplateError(f"unknown chat role {role!r}; expected system, user or assistant")
+        end = eos + PLAIN_TURN_END if role == "assistant" else PLAIN_TURN_END
+        parts.append(PLAIN_ROLE_HEADERS[role] + message["content"] + end)
+    if add_generation_prompt:
+        parts.append(PLAIN_ROLE_HEADERS["assistant"])
+    return "".join(parts)
+
+
+def render_chat(tokenizer, messages, add_generation_prompt: bool = False) -> str:
+    """The conversation as text: the tokenizer's chat template, or the plain fallback without one."""
+    if not messages:
+        return _render_plain(tokenizer, [], add_generation_prompt) if not has_chat_template(tokenizer) else ""
+    if has_chat_template(tokenizer):
+        return tokenizer.apply_chat_template(
+            list(messages), tokenize=False, add_generation_prompt=add_generation_prompt
+        )
+    return _render_plain(tokenizer, messages, add_generation_prompt)
+
+
+@dataclass(frozen=True)
+class ChatSegment:
+    """A contiguous piece of the rendered conversation: one message (an assistant segment holds the
+    assistant's words and its end-of-turn marker; the generation prompt before it belongs to the
+    previous segment)."""
+
+    text: str
+    role: str
+
+
+def chat_segments(tokenizer, messages) -> list[ChatSegment]:
+    """Cut the rendered conversation into per-message segments whose concatenation is the whole text.
+
+    Raises ChatTemplateError when the template is not append-only (the rendering of a shorter
+    conversation is not a prefix of the longer one), because then neither KV reuse nor exact loss masks
+    are well defined.
+    """
+    segments: list[ChatSegment] = []
+    done = ""
+    for index, message in enumerate(messages):
+        if message["role"] == "assistant":
+            # The generation prompt ("<|assistant|>" or similar) goes with what precedes the answer.
+            with_prompt = render_chat(tokenizer, messages[:index], add_generation_prompt=True)
+            _check_prefix(done, with_prompt, index)
+            if segments:
+                segments[-1] = ChatSegment(segments[-1].text + with_prompt[len(done):], segments[-1].role)
+            else:
+                segments.append(ChatSegment(with_prompt, "prompt"))
+            done = with_prompt
+        rendered = render_chat(tokenizer, messages[: index + 1], add_generation_prompt=False)
+        _check_prefix(done, rendered, index)
+        segments.append(ChatSegment(rendered[len(done):], message["role"]))
+        done = rendered
+    return segments
+
+
+def _check_prefix(shorter: str, longer: str, index: int) -> None:
+    if not longer.startswith(shorter):
+        raise ChatTemplateError(
+            f"the chat template is not append-only: rendering message {index} changes the text of the "
+            "messages before it, so prefixes cannot be scored or masked exactly"
+        )
+
+
+def generation_prompt_text(tokenizer, messages) -> str:
+    """What follows the rendered ``messages`` when the assistant is about to answer."""
+    base = render_chat(tokenizer, messages, add_generation_prompt=False)
+    with_prompt = render_chat(tokenizer, messages, add_generation_prompt=True)
+    _check_prefix(base, with_prompt, len(messages))
+    return with_prompt[len(base):]
+
+
+def encode_segment(tokenizer, text: str) -> list[int]:
+    """Token ids of one segment; special tokens written in the text (bos, eos, template markers) map to
+    their ids, and no extra bos/eos is added."""
+    if not text:
+        return []
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def tokenize_chat(tokenizer, messages) -> tuple[list[int], list[bool]]:
+    """(input_ids, assistant_mask) for a conversation, tokenised segment by segment.
+
+    ``assistant_mask[i]`` is True where token i belongs to an assistant message (its words and end-of-turn
+    marker), i.e. where a supervised fine-tuning loss applies.
+    """
+    input_ids: list[int] = []
+    assistant_mask: list[bool] = []
+    for segment in chat_segments(tokenizer, messages):
+        ids = encode_segment(tokenizer, segment.text)
+        input_ids.extend(ids)
+        assistant_mask.extend([segment.role == "assistant"] * len(ids))
+    return input_ids, assistant_mask

@@ -1,0 +1,58 @@
+"""Per-round metrics of an ``EvaluationRun``, each with a 95% bootstrap confidence interval over users.
+
+Every metric is first computed per user and round (``[N, R+1]``), then averaged over users; the interval
+resamples users with replacement.
+"""
+from __future__ import annotations
+
+import torch
+
+from ppl_models.rng import generator
+
+from .protocol import EvaluationRun
+
+PROBABILITY_FLOOR = 1e-6  # log-loss and KL clamp the assistant's probabilities here (a 0 would be infinite)
+N_BOOTSTRAP = 2000
+
+
+def bootstrap_ci(per_user: torch.Tensor, seed: int = 0, n_bootstrap: int = N_BOOTSTRAP, level: float = 0.95):
+    """Percentile bootstrap interval of the mean over users: ``per_user`` [N, K] -> (lo [K], hi [K])."""
+    per_user = per_user.double()
+    n_users = per_user.shape[0]
+    draws = torch.randint(n_users, (n_bootstrap, n_users), generator=generator(seed, "bootstrap"))
+    means = per_user[draws].mean(dim=1)  # [n_bootstrap, K]
+    alpha = (1.0 - level) / 2
+    return torch.quantile(means, alpha, dim=0), torch.quantile(means, 1 - alpha, dim=0)
+
+
+def summarise(per_user: torch.Tensor, seed: int = 0) -> dict:
+    """{"mean": [K], "ci95": [[lo, hi], ...]} for a per-user metric [N, K]."""
+    lo, hi = bootstrap_ci(per_user, seed)
+    return {
+        "mean": [round(float(v), 6) for v in per_user.double().mean(0)],
+        "ci95": [[round(float(a), 6), round(float(b), 6)] for a, b in zip(lo, hi)],
+    }
+
+
+def per_user_metrics(run: EvaluationRun) -> dict:
+    """Each metric per user and round: name -> [N, R+1]."""
+    choices = run.heldout_choices.unsqueeze(1)  # [N, 1, M]
+    metrics = {"accuracy": (run.picks == choices).double().mean(-1)}
+    metrics["failure_rate"] = run.failures.double().mean(-1)
+    if run.reference_picks is not None:
+        metrics["agreement_with_bayesian"] = (run.picks == run.reference_picks).double().mean(-1)
+    if run.probs is not None:
+        probs = run.probs.double().clamp_min(PROBABILITY_FLOOR)
+        chosen = probs.gather(-1, choices.expand(run.picks.shape).unsqueeze(-1))[..., 0]
+        metrics["log_loss"] = (-chosen.log()).mean(-1)
+        if run.reference_probs is not None:
+            reference = run.reference_probs.double()
+            terms = torch.where(reference > 0, reference * (reference.clamp_min(1e-300).log() - probs.log()), 0.0)
+            metrics["kl_from_bayesian"] = terms.sum(-1).mean(-1)
+            metrics["brier_vs_bayesian"] = ((run.probs.double() - reference) ** 2).sum(-1).mean(-1)
+    return metrics
+
+
+def summarise_run(run: EvaluationRun) -> dict:
+    """Every metric of a run: name -> {"mean": [R+1], "ci95": [[lo, hi], ...]}."""
+    return {name: summarise(values, run.seed) for name, values in per_user_metrics(run).items()}

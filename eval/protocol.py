@@ -1,0 +1,105 @@
+"""The study's evaluation protocol, played with any assistant.
+
+For each user: one observed dialogue of ``n_rounds`` rounds (the assistant recommends in each round, then
+the user reveals their choice), and ``n_heldout`` held-out option sets.  After 0, 1, ..., n_rounds
+observed rounds the assistant recommends on every held-out set; its accuracy is the fraction of sets where
+its pick equals the user's choice.  The Bayesian assistant's predictions on the same sets are recorded as
+the reference for agreement, KL and Brier metrics.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ppl_models import Domain, pick_users, simulate_choices, simulate_dialogues
+from ppl_models.rng import generator
+
+from .assistants import Assistant, BayesianAssistant, Recommendation, RecommendRequest
+
+N_HELDOUT = 100
+
+
+@dataclass
+class EvaluationRun:
+    """Everything the metrics need; N users, R rounds, M held-out sets, O options."""
+
+    domain: Domain
+    assistant: str
+    seed: int
+    users: torch.Tensor  # long [N]
+    dialogue_options: torch.Tensor  # long [N, R, O, F]: the observed dialogue
+    dialogue_choices: torch.Tensor  # long [N, R]
+    dialogue_picks: torch.Tensor  # long [N, R]: the assistant's picks during the dialogue
+    heldout_options: torch.Tensor  # long [N, M, O, F]
+    heldout_choices: torch.Tensor  # long [N, M]
+    picks: torch.Tensor  # long [N, R+1, M]: after 0..R observed rounds
+    probs: torch.Tensor | None  # [N, R+1, M, O]
+    failures: torch.Tensor  # bool [N, R+1, M]: answers naming no option
+    reference_probs: torch.Tensor | None  # [N, R+1, M, O]: the Bayesian assistant's posterior predictive
+    reference_picks: torch.Tensor | None  # long [N, R+1, M]
+
+
+def play_dialogues(assistant: Assistant, domain: Domain, options, choices, users, seed: int, progress=None):
+    """The assistant's pick in each round given the rounds before it: long [N, R]."""
+    picks = torch.zeros_like(choices)
+    for r in range(choices.shape[1]):
+        request = RecommendRequest(
+            domain, options[:, :r], picks[:, :r], choices[:, :r], options[:, r : r + 1], seed * 100 + r, users
+        )
+        picks[:, r] = assistant.recommend(request).picks[:, 0]
+        if progress is not None:
+            progress(1)
+    return picks
+
+
+def _stack(recommendations: list[Recommendation]):
+    picks = torch.stack([rec.picks for rec in recommendations], dim=1)
+    probs = None
+    if all(rec.probs is not None for rec in recommendations):
+        probs = torch.stack([rec.probs for rec in recommendations], dim=1)
+    failures = torch.stack(
+        [rec.failures if rec.failures is not None else torch.zeros_like(rec.picks, dtype=torch.bool) for rec in recommendations],
+        dim=1,
+    )
+    return picks, probs, failures
+
+
+def run_protocol(
+    domain: Domain,
+    assistant: Assistant,
+    *,
+    n_users: int | None = None,
+    seed: int = 0,
+    n_heldout: int = N_HELDOUT,
+    user_domain: Domain | None = None,
+    reference: bool = True,
+    progress=None,
+) -> EvaluationRun:
+    """Play the protocol (see module docstring).  ``user_domain`` simulates the users (default: ``domain``,
+    e.g. pass a noisy variant to test an assistant against noisy users).  Deterministic given ``seed``."""
+    user_domain = user_domain or domain
+    users = pick_users(domain, n_users, seed)
+    observed = simulate_dialogues(user_domain, users, 1, seed, stream="observed")
+    heldout_options = domain.draw_options(generator(seed, "heldout", "options"), (len(users), n_heldout))
+    heldout_choices = simulate_choices(user_domain, users, heldout_options, generator(seed, "heldout", "choices"))
+
+    dialogue_picks = play_dialogues(
+        assistant, domain, observed.option_index, observed.choices, users, seed, progress
+    )
+    request = RecommendRequest(
+        domain, observed.option_index, dialogue_picks, observed.choices, heldout_options, seed, users
+    )
+    picks, probs, failures = _stack(assistant.recommend_after_each_round(request))
+    if progress is not None:
+        progress(1)
+    reference_probs = reference_picks = None
+    if reference:
+        bayesian = assistant if isinstance(assistant, BayesianAssistant) else BayesianAssistant()
+        reference_picks, reference_probs, _ = (
+            (picks, probs, None) if bayesian is assistant else _stack(bayesian.recommend_after_each_round(request))
+        )
+    return EvaluationRun(
+        domain, assistant.name, seed, users, observed.option_index, observed.choices, dialogue_picks,
+        heldout_options, heldout_choices, picks, probs, failures, reference_probs, reference_picks,
+    )

@@ -1,0 +1,96 @@
+"""The user's choice rule as a Pyro distribution over option indices.
+
+``UtilityChoice(utility, temperature, lapse)`` is a distribution over ``{0, ..., n_options-1}`` whose batch
+shape is ``utility.shape[:-1]``:
+
+* ``temperature == 0`` (the study's deterministic user): the user takes the highest-utility option; options
+  whose utility is within ``tie_tolerance`` of the best are tied and taken with equal probability, so the
+  likelihood of an observed choice is 1/(number tied) if it is among the best and 0 otherwise;
+* ``temperature > 0``: softmax of utility / temperature (a noisy user);
+* ``lapse > 0``: with probability ``lapse`` the user picks uniformly at random instead.
+
+Both the simulated users and the exact inference use this one object, so they cannot disagree about ties.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from pyro.distributions import TorchDistribution, constraints
+
+TIE_TOLERANCE = 1e-6
+
+
+class UtilityChoice(TorchDistribution):
+    """A choice among options driven by their utilities (see module docstring)."""
+
+    arg_constraints = {}
+    has_enumerate_support = True
+
+    def __init__(self, utility, temperature=0.0, lapse=0.0, tie_tolerance=TIE_TOLERANCE, validate_args=None):
+        self.utility = utility  # [..., n_options]
+        self.temperature = float(temperature)
+        self.lapse = float(lapse)
+        self.tie_tolerance = float(tie_tolerance)
+        self.n_options = utility.shape[-1]
+        super().__init__(batch_shape=utility.shape[:-1], event_shape=(), validate_args=False)
+
+    @constraints.dependent_property(is_discrete=True, event_dim=0)
+    def support(self):
+        return constraints.integer_interval(0, self.n_options - 1)
+
+    def expand(self, batch_shape, _instance=None):
+        batch_shape = torch.Size(batch_shape)
+        utility = self.utility.expand(batch_shape + (self.n_options,))
+        return UtilityChoice(utility, self.temperature, self.lapse, self.tie_tolerance)
+
+    def _apply_lapse(self, log_probs):
+        """Mix in a uniform lapse: p = (1 - lapse) p + lapse / n_options, elementwise in log space."""
+        if self.lapse == 0.0:
+            return log_probs
+        uniform = math.log(self.lapse / self.n_options)
+        return torch.logaddexp(log_probs + math.log1p(-self.lapse), torch.full_like(log_probs, uniform))
+
+    def log_probs(self):
+        """Log-probability of every option: [..., n_options]."""
+        if self.temperature > 0:
+            return self._apply_lapse(torch.log_softmax(self.utility / self.temperature, dim=-1))
+        best = self.utility.amax(-1, keepdim=True)
+        is_best = self.utility >= best - self.tie_tolerance  # [..., n_options]
+        n_best = is_best.sum(-1, keepdim=True)
+        log_probs = torch.where(is_best, -torch.log(n_best.to(self.utility.dtype)), -math.inf)
+        return self._apply_lapse(log_probs)
+
+    def log_prob(self, value):
+        """Log-probability of the chosen option ``value`` (long, broadcastable to the batch shape)."""
+        if self.temperature > 0:
+            chosen = self.utility.gather(-1, _index(value, self.utility))[..., 0]
+            log_probs = chosen / self.temperature - torch.logsumexp(self.utility / self.temperature, -1)
+            return self._apply_lapse(log_probs)
+        # Deterministic: never materialise the whole [..., n_options] log-prob table (the hot path of
+        # exact inference); compare the chosen utility with the best one directly.
+        best = self.utility.amax(-1)
+        chosen = self.utility.gather(-1, _index(value, self.utility))[..., 0]
+        n_best = (self.utility >= (best - self.tie_tolerance).unsqueeze(-1)).sum(-1)
+        log_probs = torch.where(
+            chosen >= best - self.tie_tolerance, -torch.log(n_best.to(self.utility.dtype)), -math.inf
+        )
+        return self._apply_lapse(log_probs)
+
+    def sample(self, sample_shape=torch.Size(), generator=None):
+        probs = self.log_probs().exp()
+        flat = probs.reshape(-1, self.n_options)
+        draws = torch.multinomial(flat, 1, generator=generator)[:, 0]
+        draws = draws.reshape(self.batch_shape)
+        return draws.expand(torch.Size(sample_shape) + self.batch_shape)
+
+    def enumerate_support(self, expand=True):
+        values = torch.arange(self.n_options, device=self.utility.device)
+        values = values.reshape((-1,) + (1,) * len(self.batch_shape))
+        return values.expand((-1,) + self.batch_shape) if expand else values
+
+
+def _index(value, utility):
+    """``value`` expanded (a view, no copy) to utility's batch shape, with a trailing singleton for gather."""
+    value = torch.as_tensor(value, device=utility.device).long()
+    return value.expand(utility.shape[:-1]).unsqueeze(-1)

@@ -1,0 +1,1 @@
+"""The built-in domains: flight (and its 2-8 feature variants) and hotel."""

@@ -1,0 +1,133 @@
+"""The hypothesis space of a domain, read off Pyro's parallel enumeration of its user model.
+
+Tracing ``user_model`` under ``poutine.enum`` gives every enumerable latent site of the preference prior
+its own tensor dimension to the left of the plates.  The joint of all those dimensions is the space of
+preference hypotheses: hypothesis ``h`` is one flat index into it, and ``site_values[name][h]`` is the
+value of site ``name`` under ``h``.  For flight that is 5^4 = 625 weight vectors, of which the prior gives
+the all-zero one probability 0 (624 users).
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import pyro.poutine as poutine
+import torch
+from pyro.infer import config_enumerate
+
+from .domain import CHOICE_SITE, MAX_PLATE_NESTING, Domain, DomainError, user_model
+
+
+@dataclass(frozen=True)
+class HypothesisSpace:
+    """All joint values of a domain's latent preference sites."""
+
+    sites: tuple  # enumerated latent site names
+    site_sizes: dict  # site -> number of values
+    enum_shape: tuple  # shape of the enumerated joint (dims -K-2 ... -3 of the trace's tensors)
+    site_dims: dict  # site -> position of its dimension in enum_shape
+    site_values: dict  # site -> long [H], the site's value under each hypothesis
+    log_prior: torch.Tensor  # [H], normalised; -inf where the prior excludes a hypothesis
+
+    @property
+    def size(self) -> int:
+        return int(self.log_prior.numel())
+
+    @property
+    def support(self) -> torch.Tensor:
+        """Hypotheses with positive prior probability (the possible users), long [n_users]."""
+        return torch.nonzero(torch.isfinite(self.log_prior))[:, 0]
+
+    def marginal(self, probs: torch.Tensor, site: str) -> torch.Tensor:
+        """Marginal of ``site`` from probabilities over hypotheses ``[H, *batch]`` -> ``[*batch, K]``."""
+        batch = probs.shape[1:]
+        joint = probs.reshape(self.enum_shape + batch)
+        other = [d for d in range(len(self.enum_shape)) if d != self.site_dims[site]]
+        marginal = joint.sum(dim=other) if other else joint  # [K, *batch]
+        return marginal.movedim(0, -1)
+
+
+def enumerated_trace(domain: Domain, option_index: torch.Tensor, choices: torch.Tensor):
+    """A trace of ``user_model`` with every latent site enumerated in parallel and the choices observed."""
+    model = config_enumerate(user_model, default="parallel")
+    model = poutine.enum(model, first_available_dim=-MAX_PLATE_NESTING - 1)
+    return poutine.trace(model).get_trace(domain, option_index, choices)
+
+
+def latent_sites(trace):
+    """The enumerated latent sample sites of a trace, in order."""
+    return [
+        (name, site)
+        for name, site in trace.nodes.items()
+        if site["type"] == "sample" and name != CHOICE_SITE and "_enumerate_dim" in site["infer"]
+    ]
+
+
+def enum_ndim(trace) -> int:
+    dims = [-site["infer"]["_enumerate_dim"] - MAX_PLATE_NESTING for _, site in latent_sites(trace)]
+    return max(dims, default=0)
+
+
+def as_enum_batch(tensor: torch.Tensor, n_enum: int) -> torch.Tensor:
+    """Left-pad ``tensor``'s shape with singleton dims to ``n_enum`` enum dims plus the plates."""
+    extra = n_enum + MAX_PLATE_NESTING - tensor.dim()
+    return tensor.reshape((1,) * extra + tuple(tensor.shape)) if extra > 0 else tensor
+
+
+@functools.lru_cache(maxsize=64)
+def hypothesis_space(domain: Domain) -> HypothesisSpace:
+    """Enumerate ``domain``'s preference prior (cached per domain)."""
+    option_index = domain.draw_options(torch.Generator().manual_seed(0), (1, 1))
+    try:
+        trace = enumerated_trace(domain, option_index, torch.zeros(1, 1, dtype=torch.long))
+    except DomainError:
+        raise
+    except Exception as error:
+        raise DomainError(f"domain {domain.name!r}: its Pyro program failed under enumeration: {error}") from error
+    sites = latent_sites(trace)
+    if not sites:
+        raise DomainError(
+            f"domain {domain.name!r}: the preference model samples no enumerable discrete latent site"
+        )
+    n_enum = enum_ndim(trace)
+    enum_shape = [1] * n_enum
+    site_dims, site_sizes = {}, {}
+    for name, site in sites:
+        position = n_enum + MAX_PLATE_NESTING + site["infer"]["_enumerate_dim"]
+        size = as_enum_batch(site["value"], n_enum).shape[position]
+        enum_shape[position] = size
+        site_dims[name], site_sizes[name] = position, size
+    enum_shape = tuple(enum_shape)
+
+    # The prior: every non-choice site's log-probability, summed over the enumerated joint.
+    log_prior = torch.zeros(enum_shape + (1, 1))
+    for name, site in trace.nodes.items():
+        if site["type"] != "sample" or name == CHOICE_SITE:
+            continue
+        term = site["fn"].log_prob(site["value"])
+        log_prior = log_prior + as_enum_batch(term, n_enum)[..., :1, :1]
+    log_prior = log_prior.reshape(-1)
+    total = torch.logsumexp(log_prior, 0)
+    if not torch.isfinite(total):
+        raise DomainError(f"domain {domain.name!r}: the preference prior has no support (every hypothesis has probability 0)")
+    log_prior = log_prior - total
+
+    site_values = {
+        name: as_enum_batch(site["value"], n_enum)[..., 0, 0].expand(enum_shape).reshape(-1).long()
+        for name, site in sites
+    }
+
+    utility = trace.nodes[CHOICE_SITE]["fn"].utility
+    if utility.shape[-1] != domain.n_options or utility.dim() > n_enum + MAX_PLATE_NESTING + 1:
+        raise DomainError(
+            f"domain {domain.name!r}: utility returned shape {tuple(utility.shape)}; expected "
+            f"[..., n_dialogues, n_rounds, {domain.n_options}]"
+        )
+    return HypothesisSpace(
+        sites=tuple(name for name, _ in sites),
+        site_sizes=site_sizes,
+        enum_shape=enum_shape,
+        site_dims=site_dims,
+        site_values=site_values,
+        log_prior=log_prior,
+    )

@@ -1,0 +1,174 @@
+"""Exact Bayesian inference over a domain's user model, by Pyro's parallel enumeration.
+
+``infer`` traces ``user_model`` under ``poutine.enum`` for a chunk of dialogues, reads the choice site's
+log-likelihood over the whole enumerated hypothesis space ``[H, n_dialogues, n_rounds]``, and accumulates
+it over rounds: the posterior after 0, 1, ..., n_rounds rounds, each latent site's posterior marginal, and
+the posterior predictive over each round's options given the rounds before it.  ``predict`` gives the
+posterior predictive over any new option sets.  Both work in chunks of dialogues sized so that no tensor
+holds more than ``max_elements`` numbers, so memory stays bounded for any batch.
+
+Deterministic users give a 0/1 likelihood: a choice that no hypothesis with prior mass explains raises
+``ImpossibleChoiceError`` naming the dialogue and round (a noisy user model absorbs such choices instead).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .domain import CHOICE_SITE, Domain
+from .hypotheses import HypothesisSpace, as_enum_batch, enum_ndim, enumerated_trace, hypothesis_space
+
+DEFAULT_MAX_ELEMENTS = 1 << 23  # numbers per intermediate tensor (32 MB of float32)
+
+
+class ImpossibleChoiceError(ValueError):
+    """An observed choice has zero probability under every hypothesis of the model."""
+
+    def __init__(self, dialogue: int, round_: int, choice: int):
+        self.dialogue, self.round, self.choice = dialogue, round_, choice
+        super().__init__(
+            f"dialogue {dialogue}, round {round_ + 1}: no preference hypothesis explains choosing option "
+            f"{choice + 1} (together with the earlier rounds); a deterministic user cannot have made this "
+            "choice. Use a noisy user model (temperature > 0 or lapse > 0) for data from real people."
+        )
+
+
+@dataclass
+class PosteriorResult:
+    """Exact posterior quantities for a batch of dialogues (``D`` dialogues, ``R`` rounds)."""
+
+    space: HypothesisSpace
+    log_posterior: torch.Tensor | None  # [D, R+1, H]: after 0..R rounds (None unless kept)
+    marginals: dict  # site -> [D, R+1, K]
+    predictive: torch.Tensor | None  # [D, R, O]: round r's options given rounds < r
+    log_evidence: torch.Tensor  # [D, R+1]: log p(choices of rounds < r)
+
+
+def _check_inputs(domain: Domain, option_index: torch.Tensor, choices: torch.Tensor | None):
+    if option_index.dim() != 4 or option_index.shape[-2:] != (domain.n_options, len(domain.features)):
+        raise ValueError(
+            f"options must be [n_dialogues, n_rounds, {domain.n_options}, {len(domain.features)}] value "
+            f"indices, got {tuple(option_index.shape)}"
+        )
+    if choices is not None:
+        if choices.shape != option_index.shape[:2]:
+            raise ValueError(f"choices must be [n_dialogues, n_rounds], got {tuple(choices.shape)}")
+        if choices.numel() and (choices.min() < 0 or choices.max() >= domain.n_options):
+            raise ValueError(f"choices must lie in 0..{domain.n_options - 1}")
+
+
+def _chunks(n_items: int, per_item: int, max_elements: int):
+    step = max(1, max_elements // max(per_item, 1))
+    return [(start, min(start + step, n_items)) for start in range(0, n_items, step)]
+
+
+def choice_log_likelihood(domain: Domain, option_index: torch.Tensor, choices: torch.Tensor, all_options=False):
+    """The choice site's log-likelihood under every hypothesis, from one enumerated trace.
+
+    Returns ``[H, D, R]`` (the observed choices), or ``[H, D, R, O]`` (every option) with ``all_options``.
+    """
+    space = hypothesis_space(domain)
+    n_dialogues, n_rounds = option_index.shape[:2]
+    if n_rounds == 0:  # nothing observed yet: Pyro plates cannot be empty, and there is nothing to trace
+        return torch.zeros((space.size, n_dialogues, 0) + ((domain.n_options,) if all_options else ()))
+    trace = enumerated_trace(domain, option_index, choices)
+    fn = trace.nodes[CHOICE_SITE]["fn"]
+    n_enum = enum_ndim(trace)
+    if all_options:
+        log_lik = fn.log_probs()  # [enum..., D, R, O]
+        extra = n_enum + 3 - log_lik.dim()
+        log_lik = log_lik.reshape((1,) * extra + tuple(log_lik.shape))
+        shape = space.enum_shape + (n_dialogues, n_rounds, domain.n_options)
+        return log_lik.expand(shape).reshape((space.size,) + shape[n_enum:])
+    log_lik = as_enum_batch(fn.log_prob(trace.nodes[CHOICE_SITE]["value"]), n_enum)  # [enum..., D, R]
+    shape = space.enum_shape + (n_dialogues, n_rounds)
+    return log_lik.expand(shape).reshape(space.size, n_dialogues, n_rounds)
+
+
+def infer(
+    domain: Domain,
+    option_index: torch.Tensor,
+    choices: torch.Tensor,
+    *,
+    keep_posterior: bool = True,
+    marginals: bool = True,
+    predictive: bool = False,
+    max_elements: int = DEFAULT_MAX_ELEMENTS,
+    progress=None,
+) -> PosteriorResult:
+    """Posterior over preference hypotheses after each round of each dialogue.
+
+    ``option_index``: long ``[D, R, O, F]`` value indices; ``choices``: long ``[D, R]`` (0-based).
+    ``progress``: an optional callable given the number of dialogues finished by each chunk.
+    """
+    _check_inputs(domain, option_index, choices)
+    space = hypothesis_space(domain)
+    n_dialogues, n_rounds = choices.shape
+    per_dialogue = space.size * n_rounds * domain.n_options
+    log_posteriors, marginal_parts, predictive_parts, evidence_parts = [], {s: [] for s in space.sites}, [], []
+    prior = space.log_prior[:, None, None]  # [H, 1, 1]
+    for start, stop in _chunks(n_dialogues, per_dialogue, max_elements):
+        log_lik = choice_log_likelihood(domain, option_index[start:stop], choices[start:stop])  # [H, d, R]
+        cumulative = torch.cat([log_lik.new_zeros(log_lik.shape[:-1] + (1,)), log_lik.cumsum(-1)], dim=-1)
+        log_joint = prior + cumulative  # [H, d, R+1]
+        log_evidence = torch.logsumexp(log_joint, dim=0)  # [d, R+1]
+        _raise_if_impossible(log_evidence, choices[start:stop], start)
+        log_post = log_joint - log_evidence  # [H, d, R+1]
+        evidence_parts.append(log_evidence)
+        if keep_posterior:
+            log_posteriors.append(log_post.permute(1, 2, 0))
+        if marginals or predictive:
+            post = log_post.exp()
+        if marginals:
+            for site in space.sites:
+                marginal_parts[site].append(space.marginal(post, site))
+        if predictive:
+            option_probs = choice_log_likelihood(
+                domain, option_index[start:stop], choices[start:stop], all_options=True
+            ).exp()  # [H, d, R, O]
+            predictive_parts.append(torch.einsum("hdr,hdro->dro", post[..., :n_rounds], option_probs))
+        if progress is not None:
+            progress(stop - start)
+    return PosteriorResult(
+        space=space,
+        log_posterior=torch.cat(log_posteriors) if keep_posterior else None,
+        marginals={s: torch.cat(parts) for s, parts in marginal_parts.items()} if marginals else {},
+        predictive=torch.cat(predictive_parts) if predictive else None,
+        log_evidence=torch.cat(evidence_parts),
+    )
+
+
+def _raise_if_impossible(log_evidence: torch.Tensor, choices: torch.Tensor, offset: int) -> None:
+    impossible = ~torch.isfinite(log_evidence)  # [d, R+1]; column r = after r rounds
+    if impossible.any():
+        dialogue, after_rounds = (int(v) for v in torch.nonzero(impossible)[0])
+        first_round = int(torch.nonzero(impossible[dialogue])[0])
+        raise ImpossibleChoiceError(offset + dialogue, first_round - 1, int(choices[dialogue, first_round - 1]))
+
+
+def predict(
+    domain: Domain,
+    log_posterior: torch.Tensor,
+    option_index: torch.Tensor,
+    *,
+    max_elements: int = DEFAULT_MAX_ELEMENTS,
+) -> torch.Tensor:
+    """Posterior predictive over new option sets.
+
+    ``log_posterior``: ``[D, S, H]`` (S posterior states per dialogue, e.g. after 0..R rounds);
+    ``option_index``: long ``[D, M, O, F]`` (M option sets per dialogue).  Returns ``[D, S, M, O]``:
+    the probability that the user picks each option of each set, under each posterior state.
+    """
+    space = hypothesis_space(domain)
+    n_dialogues, n_sets = option_index.shape[:2]
+    if log_posterior.shape[0] != n_dialogues or log_posterior.shape[-1] != space.size:
+        raise ValueError(f"log_posterior must be [{n_dialogues}, S, {space.size}], got {tuple(log_posterior.shape)}")
+    dummy_choices = torch.zeros(n_dialogues, n_sets, dtype=torch.long)
+    parts = []
+    for start, stop in _chunks(n_dialogues, space.size * n_sets * domain.n_options, max_elements):
+        option_probs = choice_log_likelihood(
+            domain, option_index[start:stop], dummy_choices[start:stop], all_options=True
+        ).exp()  # [H, d, M, O]
+        parts.append(torch.einsum("dsh,hdmo->dsmo", log_posterior[start:stop].exp(), option_probs))
+    return torch.cat(parts)
