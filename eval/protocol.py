@@ -38,6 +38,7 @@ class EvaluationRun:
     failures: torch.Tensor  # bool [N, R+1, M]: answers naming no option
     reference_probs: torch.Tensor | None  # [N, R+1, M, O]: the Bayesian assistant's posterior predictive
     reference_picks: torch.Tensor | None  # long [N, R+1, M]
+    user_domain: Domain  # the domain (and noise model) that simulated the users
 
 
 def play_dialogues(assistant: Assistant, domain: Domain, options, choices, users, seed: int, progress=None):
@@ -101,5 +102,5 @@ def run_protocol(
         )
     return EvaluationRun(
         domain, assistant.name, seed, users, observed.option_index, observed.choices, dialogue_picks,
-        heldout_options, heldout_choices, picks, probs, failures, reference_probs, reference_picks,
+        heldout_options, heldout_choices, picks, probs, failures, reference_probs, reference_picks, user_domain,
     )

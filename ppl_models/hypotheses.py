@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
+import pyro
 import pyro.poutine as poutine
 import torch
 from pyro.infer import config_enumerate
@@ -74,9 +75,28 @@ def as_enum_batch(tensor: torch.Tensor, n_enum: int) -> torch.Tensor:
     return tensor.reshape((1,) * extra + tuple(tensor.shape)) if extra > 0 else tensor
 
 
+def _check_prior_has_latent_sites(domain: Domain) -> None:
+    """Trace the preference model alone, so a prior without latent sites gets its own clear error."""
+
+    def prior_only():
+        with pyro.plate("dialogues", 1, dim=-2):
+            domain.preference_model()
+
+    model = poutine.enum(config_enumerate(prior_only, default="parallel"), first_available_dim=-MAX_PLATE_NESTING - 1)
+    try:
+        trace = poutine.trace(model).get_trace()
+    except Exception as error:
+        raise DomainError(f"domain {domain.name!r}: its preference model failed under enumeration: {error}") from error
+    if not latent_sites(trace):
+        raise DomainError(
+            f"domain {domain.name!r}: the preference model samples no enumerable discrete latent site"
+        )
+
+
 @functools.lru_cache(maxsize=64)
 def hypothesis_space(domain: Domain) -> HypothesisSpace:
     """Enumerate ``domain``'s preference prior (cached per domain)."""
+    _check_prior_has_latent_sites(domain)
     option_index = domain.draw_options(torch.Generator().manual_seed(0), (1, 1))
     try:
         trace = enumerated_trace(domain, option_index, torch.zeros(1, 1, dtype=torch.long))

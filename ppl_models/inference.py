@@ -107,9 +107,10 @@ def infer(
     n_dialogues, n_rounds = choices.shape
     per_dialogue = space.size * n_rounds * domain.n_options
     log_posteriors, marginal_parts, predictive_parts, evidence_parts = [], {s: [] for s in space.sites}, [], []
-    prior = space.log_prior[:, None, None]  # [H, 1, 1]
+    prior = space.log_prior.double()[:, None, None]  # [H, 1, 1]
     for start, stop in _chunks(n_dialogues, per_dialogue, max_elements):
-        log_lik = choice_log_likelihood(domain, option_index[start:stop], choices[start:stop])  # [H, d, R]
+        # Utilities are float32; the evidence accumulates in float64 so posteriors are exact to ~1e-12.
+        log_lik = choice_log_likelihood(domain, option_index[start:stop], choices[start:stop]).double()  # [H, d, R]
         cumulative = torch.cat([log_lik.new_zeros(log_lik.shape[:-1] + (1,)), log_lik.cumsum(-1)], dim=-1)
         log_joint = prior + cumulative  # [H, d, R+1]
         log_evidence = torch.logsumexp(log_joint, dim=0)  # [d, R+1]
@@ -126,7 +127,7 @@ def infer(
         if predictive:
             option_probs = choice_log_likelihood(
                 domain, option_index[start:stop], choices[start:stop], all_options=True
-            ).exp()  # [H, d, R, O]
+            ).double().exp()  # [H, d, R, O]
             predictive_parts.append(torch.einsum("hdr,hdro->dro", post[..., :n_rounds], option_probs))
         if progress is not None:
             progress(stop - start)
@@ -169,6 +170,6 @@ def predict(
     for start, stop in _chunks(n_dialogues, space.size * n_sets * domain.n_options, max_elements):
         option_probs = choice_log_likelihood(
             domain, option_index[start:stop], dummy_choices[start:stop], all_options=True
-        ).exp()  # [H, d, M, O]
-        parts.append(torch.einsum("dsh,hdmo->dsmo", log_posterior[start:stop].exp(), option_probs))
+        ).double().exp()  # [H, d, M, O]
+        parts.append(torch.einsum("dsh,hdmo->dsmo", log_posterior[start:stop].double().exp(), option_probs))
     return torch.cat(parts)

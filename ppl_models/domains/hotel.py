@@ -13,7 +13,7 @@ AMENITIES = (
 HOTEL_FEATURES = (
     Feature("distance to downtown", tuple(range(11)), lambda v: f"{v} mile" if v == 1 else f"{v} miles"),
     Feature("price", tuple(100 + 90 * i for i in range(11)), lambda v: f"${v}"),
-    Feature("rating", tuple(1 + 0.5 * i for i in range(9)), lambda v: f"{v:g} stars"),
+    Feature("rating", tuple(1 + 0.5 * i for i in range(9)), lambda v: f"{v:g} star" if v == 1 else f"{v:g} stars"),
     Feature("amenities", AMENITIES, str),
 )
 

@@ -1,0 +1,171 @@
+"""bayes-teach command line: thin click commands over ppl_models, eval and distill.
+
+Run ``python cli.py --help`` for the commands, and ``python cli.py COMMAND --help`` for each one.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+# Errors that mean "bad input": shown as one line with exit code 2 (``--debug`` shows the traceback).
+USER_ERRORS = (ValueError, FileNotFoundError, KeyError, ImportError, OSError)
+
+
+class FriendlyGroup(click.Group):
+    """A click group that turns bad-input exceptions into a one-line error and exit code 2."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except USER_ERRORS as error:
+            if ctx.params.get("debug"):
+                raise
+            message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            click.echo(f"Error: {message}", err=True)
+            ctx.exit(2)
+
+
+@click.group(cls=FriendlyGroup)
+@click.option("--debug", is_flag=True, help="Show full tracebacks instead of one-line errors.")
+def main(debug):
+    """Teach language models to reason like Bayesians: domains, exact Bayesian assistants, scoring, distillation."""
+
+
+# -- shared options ----------------------------------------------------------------------------------
+def domain_options(function):
+    function = click.option(
+        "--user-lapse", type=click.FloatRange(0, 1, max_open=True), default=None,
+        help="Probability that a simulated user picks at random (a noisy user); default 0.",
+    )(function)
+    function = click.option(
+        "--user-temperature", type=click.FloatRange(min=0), default=None,
+        help="Softmax temperature of a noisy simulated user; 0 (default) is the study's deterministic user.",
+    )(function)
+    function = click.option(
+        "--catalog", type=click.Path(dir_okay=False), default=None,
+        help="A product catalogue (CSV or JSONL) for the webshop domain, instead of the built-in one.",
+    )(function)
+    return click.option(
+        "--domain", default="flight", show_default=True,
+        help="A built-in domain name (see `domains`) or a user's domain as module:attribute.",
+    )(function)
+
+
+def load_domain(domain, catalog=None, user_temperature=None, user_lapse=None):
+    from ppl_models import get_domain
+
+    if catalog is not None:
+        if domain != "webshop":
+            raise ValueError("--catalog only applies to --domain webshop")
+        from ppl_models.domains.webshop import webshop_domain
+
+        loaded = webshop_domain(catalog_path=catalog)
+    else:
+        loaded = get_domain(domain)
+    if user_temperature is not None or user_lapse is not None:
+        loaded = loaded.with_user(temperature=user_temperature, lapse=user_lapse)
+    return loaded
+
+
+def progress_bar(total, description):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=description, unit="step", leave=False, file=sys.stderr)
+
+
+# -- domains -----------------------------------------------------------------------------------------
+@main.command()
+def domains():
+    """List the built-in domains and their features."""
+    from ppl_models import domain_names, get_domain, hypothesis_space
+
+    for name in domain_names():
+        try:
+            domain = get_domain(name)
+        except Exception as error:  # one broken domain should not hide the others
+            click.echo(f"{name}: unavailable ({error})")
+            continue
+        n_hypotheses = int(len(hypothesis_space(domain).support))
+        click.echo(f"{name}: {domain.description} ({n_hypotheses} users, {domain.n_options} options x {domain.n_rounds} rounds)")
+        for feature in domain.features:
+            values = [feature.text(i) for i in range(len(feature.values))]
+            shown = " | ".join(values) if len(values) <= 5 else f"{values[0]} | {values[1]} | ... | {values[-1]}"
+            click.echo(f"    {feature.name} ({len(values)} values): {shown}")
+
+
+# -- simulate / evaluate -----------------------------------------------------------------------------
+def run_and_report(domain, assistant, n_users, seed, n_heldout, **ids):
+    from eval.protocol import run_protocol
+    from eval.report import build_report
+
+    bar = progress_bar(domain.n_rounds + 1, f"{assistant.name} on {domain.name}")
+    try:
+        run = run_protocol(domain, assistant, n_users=n_users, seed=seed, n_heldout=n_heldout, progress=bar.update)
+    finally:
+        bar.close()
+    return build_report(run, **ids)
+
+
+@main.command()
+@domain_options
+@click.option("--assistant", type=click.Choice(["bayesian", "oracle", "random", "cheapest"]), default="bayesian",
+              show_default=True, help="Which assistant plays the dialogues.")
+@click.option("--users", "n_users", type=click.IntRange(min=1), default=None,
+              help="How many users to simulate (drawn at random from the prior's support); default: all of them.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for users, options and choices.")
+@click.option("--heldout", type=click.IntRange(min=1), default=100, show_default=True,
+              help="Held-out option sets per user for the accuracy after each round.")
+@click.option("--out", type=click.Path(dir_okay=False), default=None, help="Write the JSON report to this file.")
+def simulate(domain, catalog, user_temperature, user_lapse, assistant, n_users, seed, heldout, out):
+    """Simulate users talking to an assistant and print its per-round accuracy.
+
+    Follows the study's protocol: after 0..5 observed rounds the assistant recommends on held-out option
+    sets; accuracy is the fraction it gets right, with 95% bootstrap intervals over users.
+    """
+    from eval.assistants import make_assistant
+    from eval.report import run_table, save_report
+
+    loaded = load_domain(domain, catalog, user_temperature, user_lapse)
+    report = run_and_report(loaded, make_assistant(assistant), n_users, seed, heldout)
+    click.echo(f"{assistant} assistant on {loaded.name}, {report['n_users']} users, seed {seed}")
+    click.echo(run_table(report))
+    if out:
+        click.echo(f"report: {save_report(report, out)}")
+
+
+# -- posterior -----------------------------------------------------------------------------------------
+@main.command()
+@domain_options
+@click.option("--dialogue", "dialogue_path", required=True, type=click.Path(dir_okay=False),
+              help="A dialogue as JSON: {\"rounds\": [{\"options\": [{feature: value, ...}, ...], \"choice\": N}]} (N from 1).")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None,
+              help="Also write the marginals after each round to this JSON file.")
+def posterior(domain, catalog, user_temperature, user_lapse, dialogue_path, json_out):
+    """Show each feature's posterior marginal after each round of a dialogue."""
+    from eval.dialogue_io import read_dialogue
+    from ppl_models import infer
+
+    loaded = load_domain(domain, catalog, user_temperature, user_lapse)
+    option_index, choices = read_dialogue(loaded, dialogue_path)
+    result = infer(loaded, option_index[None], choices[None], keep_posterior=False)
+    summary = []
+    for r in range(choices.shape[0] + 1):
+        rows = {}
+        for site, marginal in result.marginals.items():
+            labels = loaded.site_labels.get(site, list(range(marginal.shape[-1])))
+            rows[site] = {str(label): round(float(p), 6) for label, p in zip(labels, marginal[0, r])}
+        summary.append({"after_rounds": r, "marginals": rows})
+        click.echo(f"after {r} round{'s' if r != 1 else ''}:")
+        for site, probs in rows.items():
+            cells = "  ".join(f"{label:>5}: {p:.3f}" for label, p in probs.items())
+            click.echo(f"  {site:<36} {cells}")
+    if json_out:
+        Path(json_out).write_text(json.dumps({"domain": loaded.name, "rounds": summary}, indent=2) + "\n")
+        click.echo(f"marginals: {json_out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,129 @@
+"""The Hugging Face causal-LM back-end of evaluation: load a model (``lm_loading``), score candidate answers
+of multi-round dialogues with KV-cache reuse (``lm_scoring``), generate free-text answers, and parse the
+option an answer names.
+
+    lm = load_causal_lm("google/gemma-2-2b-it", adapter="runs/lora", load_in_4bit=True)
+    scorer = ChoiceScorer(lm)
+    probs = scorer.score([DialogueRequest(rounds=[RoundRequest(messages, candidates), ...])])
+    # probs[d]: [n_rounds, n_candidates], each row a distribution over the candidates
+"""
+from __future__ import annotations
+
+import re
+
+import torch
+
+from eval.chat_format import chat_segments, encode_segment
+from eval.lm_loading import LMLoadError, LoadedLM, load_causal_lm, prepare_loaded_lm
+from eval.lm_scoring import (
+    DEFAULT_MEMORY_BUDGET_BYTES,
+    DialogueRequest,
+    ModelCall,
+    RoundRequest,
+    candidate_logprobs_kv,
+    candidate_logprobs_naive,
+    prompt_ids,
+)
+
+__all__ = [
+    "ChoiceScorer",
+    "DialogueRequest",
+    "LMLoadError",
+    "LoadedLM",
+    "RoundRequest",
+    "load_causal_lm",
+    "parse_option_answer",
+    "prepare_loaded_lm",
+]
+
+
+class ChoiceScorer:
+    """Scores and generates assistant answers with a loaded causal LM.
+
+    ``batch_size`` dialogues share a batched forward when scoring (and conversations when generating);
+    the naive baseline runs ``naive_batch_rows`` (prompt + candidate) sequences per forward;
+    ``memory_budget_bytes`` bounds the logits and cache copies of one candidate forward.
+    """
+
+    def __init__(self, lm: LoadedLM, batch_size: int = 8, naive_batch_rows: int = 16,
+                 memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET_BYTES):
+        self.lm = lm
+        self.batch_size = batch_size
+        self.naive_batch_rows = naive_batch_rows
+        self.memory_budget_bytes = memory_budget_bytes
+        self.call = ModelCall.of(lm.model, lm.tokenizer.pad_token_id)
+
+    def candidate_logprobs(self, dialogues: list[DialogueRequest]) -> list[torch.Tensor]:
+        """Summed log-prob of each candidate's tokens: one [n_rounds, n_candidates] tensor per dialogue."""
+        return candidate_logprobs_kv(self.call, self.lm.tokenizer, dialogues, self.batch_size, self.memory_budget_bytes)
+
+    def candidate_logprobs_naive(self, dialogues: list[DialogueRequest]) -> list[torch.Tensor]:
+        """As ``candidate_logprobs``, re-encoding prompt + candidate for every candidate (no cache)."""
+        return candidate_logprobs_naive(self.call, self.lm.tokenizer, dialogues, self.naive_batch_rows)
+
+    def score(self, dialogues: list[DialogueRequest]) -> list[torch.Tensor]:
+        """Probabilities over candidates (softmax of summed log-probs), [n_rounds, n_candidates] per
+        dialogue, computed with KV-cache reuse."""
+        return [torch.softmax(sums, dim=-1) for sums in self.candidate_logprobs(dialogues)]
+
+    def score_naive(self, dialogues: list[DialogueRequest]) -> list[torch.Tensor]:
+        """Same as ``score`` without any cache (the baseline)."""
+        return [torch.softmax(sums, dim=-1) for sums in self.candidate_logprobs_naive(dialogues)]
+
+    @torch.inference_mode()
+    def generate(self, conversations: list[list[dict]], max_new_tokens: int = 24) -> list[str]:
+        """Greedy answers to each conversation (ending in a user turn), decoded without special tokens.
+        Decoding stops at eos or at the chat format's end-of-turn token."""
+        tokenizer, model = self.lm.tokenizer, self.lm.model
+        stop_ids = _stop_token_ids(tokenizer)
+        answers = []
+        for start in range(0, len(conversations), self.batch_size):
+            prompts = [prompt_ids(tokenizer, messages) for messages in conversations[start : start + self.batch_size]]
+            width = max(len(p) for p in prompts)
+            input_ids = torch.full((len(prompts), width), self.call.pad_id, dtype=torch.long)  # left-padded
+            attention_mask = torch.zeros((len(prompts), width), dtype=torch.long)
+            for row, prompt in enumerate(prompts):
+                input_ids[row, width - len(prompt) :] = torch.tensor(prompt)
+                attention_mask[row, width - len(prompt) :] = 1
+            output = model.generate(
+                input_ids=input_ids.to(self.call.device),
+                attention_mask=attention_mask.to(self.call.device),
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                eos_token_id=stop_ids or None,
+                pad_token_id=self.call.pad_id,
+            )
+            new_tokens = output[:, width:].cpu()  # [rows, <= max_new_tokens]
+            answers += [text.strip() for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+        return answers
+
+
+def _stop_token_ids(tokenizer) -> list[int]:
+    """eos, plus the first token of the chat format's end-of-turn marker when that is a special token."""
+    stops = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    content = "x"
+    try:
+        assistant = chat_segments(tokenizer, [{"role": "user", "content": "x"}, {"role": "assistant", "content": content}])[-1]
+    except Exception:  # noqa: BLE001 - a template that cannot render this; eos alone then
+        return stops
+    end_of_turn = assistant.text[assistant.text.find(content) + len(content) :]
+    end_ids = encode_segment(tokenizer, end_of_turn)
+    if end_ids and end_ids[0] in set(tokenizer.all_special_ids) and end_ids[0] not in stops:
+        stops.append(end_ids[0])
+    return stops
+
+
+def parse_option_answer(text: str, noun: str, n_options: int) -> int | None:
+    """The 0-based option an answer names, or None if it names none or one out of range.
+
+    Accepts "The best option is Flight 2.", "Flight 2", "option 2" (any case).  The canonical phrase
+    "best option is ..." wins; otherwise the first "<noun> N" or "option N" mention counts.
+    """
+    noun_pattern = r"\s+".join(re.escape(word) for word in noun.split())
+    mention = rf"(?:{noun_pattern}|option)\s*#?\s*(\d+)"
+    found = re.search(rf"best\s+option\s+is\s*:?\s*(?:{noun_pattern}\s*#?\s*)?(\d+)", text, re.IGNORECASE)
+    found = found or re.search(rf"\b{mention}\b", text, re.IGNORECASE)
+    if found is None:
+        return None
+    number = int(found.group(1))
+    return number - 1 if 1 <= number <= n_options else None

@@ -1,0 +1,65 @@
+"""An assistant backed by a Hugging Face causal LM, playing the protocol through the dialogue text module.
+
+Two ways to decide:
+
+* ``score``: the probability of each option's answer ("The best option is Hotel N.") given the
+  chat-formatted history, normalised over the options (``ChoiceScorer``, with KV-cache reuse);
+* ``generate``: greedy decoding, then the option number is parsed from the text; an answer that names no
+  option counts as wrong and is reported as a failure.
+"""
+from __future__ import annotations
+
+import torch
+
+from ppl_models.rng import generator
+
+from .assistants import Assistant, Recommendation, RecommendRequest, pick_argmax
+from .dialogue_text import candidate_answers, heldout_prompt_messages
+from .lm import ChoiceScorer, DialogueRequest, LoadedLM, RoundRequest, parse_option_answer
+
+
+class LMAssistant(Assistant):
+    """Recommends with a causal LM (``mode`` "score" or "generate")."""
+
+    def __init__(self, lm: LoadedLM, mode: str = "score", name: str | None = None, batch_size: int = 16):
+        if mode not in ("score", "generate"):
+            raise ValueError(f"mode must be 'score' or 'generate', not {mode!r}")
+        self.lm, self.mode = lm, mode
+        self.scorer = ChoiceScorer(lm, batch_size=batch_size)
+        self.name = name or f"lm:{lm.model_id}"
+        self.unparseable_examples: list[str] = []  # a few raw answers that named no option, for reports
+
+    def prompts(self, request: RecommendRequest) -> list[list[dict]]:
+        """One conversation per (dialogue, option set), in [D, M] order."""
+        conversations = []
+        for d in range(request.option_sets.shape[0]):
+            for m in range(request.option_sets.shape[1]):
+                conversations.append(
+                    heldout_prompt_messages(
+                        request.domain,
+                        request.history_options[d],
+                        request.history_picks[d].tolist(),
+                        request.history_choices[d].tolist(),
+                        request.option_sets[d, m],
+                    )
+                )
+        return conversations
+
+    def recommend(self, request: RecommendRequest) -> Recommendation:
+        n_dialogues, n_sets, n_options = request.option_sets.shape[:3]
+        conversations = self.prompts(request)
+        gen = generator(request.seed, "tiebreak", self.name)
+        if self.mode == "score":
+            candidates = candidate_answers(request.domain)
+            scored = self.scorer.score([DialogueRequest([RoundRequest(c, candidates)]) for c in conversations])
+            probs = torch.stack([p[0] for p in scored]).reshape(n_dialogues, n_sets, n_options).float()
+            return Recommendation(probs, pick_argmax(probs, gen))
+        answers = self.scorer.generate(conversations)
+        parsed = [parse_option_answer(a, request.domain.noun, n_options) for a in answers]
+        failures = torch.tensor([p is None for p in parsed]).reshape(n_dialogues, n_sets)
+        for answer, p in zip(answers, parsed):
+            if p is None and len(self.unparseable_examples) < 5:
+                self.unparseable_examples.append(answer)
+        # An unparseable answer is counted wrong: pick -1 never equals a user's choice.
+        picks = torch.tensor([-1 if p is None else p for p in parsed]).reshape(n_dialogues, n_sets)
+        return Recommendation(None, picks, failures)

@@ -1,0 +1,230 @@
+"""Loading a Hugging Face causal LM (local directory or hub id), optionally with a PEFT adapter and 4-bit
+NF4 quantisation, into a ``LoadedLM`` that the scorer uses.
+
+Every failure a user can cause (a path that does not exist, an adapter made for another base model or
+with shapes that do not fit, a model that cannot be quantised) is an ``LMLoadError`` with a one-line
+message.  A tokenizer without a chat template is not an error: the plain fallback of ``chat_format`` is
+used and a warning is recorded.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from eval.chat_format import has_chat_template
+
+# "org/name" or "name": what a Hugging Face hub id looks like (no leading "./", "/", "~", no "..").
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
+
+
+class LMLoadError(ValueError):
+    """A model, tokenizer or adapter could not be loaded; the message says why in one line."""
+
+
+@dataclass
+class LoadedLM:
+    """A causal LM ready for scoring: the model (in eval mode), its tokenizer (pad token set), where it came
+    from, and what was noticed while loading."""
+
+    model: torch.nn.Module
+    tokenizer: object
+    model_id: str
+    adapter: str | None = None
+    uses_chat_template: bool = False
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+
+def looks_like_hub_id(name: str) -> bool:
+    """Whether ``name`` could be a Hugging Face hub id ("org/name" or "name")."""
+    return bool(_HUB_ID.match(name)) and ".." not in name
+
+
+def _first_line(error: BaseException) -> str:
+    """The error's type and first line, or its first "size mismatch" line (torch's state-dict errors put
+    the useful part after a generic header)."""
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    detail = next((line for line in lines if "size mismatch" in line), lines[0] if lines else "")
+    return f"{type(error).__name__}: {detail}".rstrip(": ")
+
+
+def _check_source(name_or_path: str, what: str) -> str:
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        return str(path)
+    if not looks_like_hub_id(str(name_or_path)):
+        raise LMLoadError(f"{what} {str(name_or_path)!r} does not exist (and is not a Hugging Face hub id)")
+    return str(name_or_path)
+
+
+def _resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def _default_dtype(device: str) -> torch.dtype:
+    if device.startswith("cuda"):
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def _load_model(source: str, load_in_4bit: bool, device: str, dtype: torch.dtype):
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    kwargs: dict = {"dtype": dtype}
+    if load_in_4bit:
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_compute_dtype=dtype,
+            bnb_4bit_use_double_quant=True,
+        )
+        kwargs["device_map"] = {"": device}
+    try:
+        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    except Exception as error:  # noqa: BLE001 - every failure becomes one clear message
+        if load_in_4bit:
+            raise LMLoadError(
+                f"could not load {source!r} in 4-bit NF4 on {device} ({_first_line(error)}); "
+                "drop the 4-bit flag to load it unquantised"
+            ) from error
+        where = "" if Path(source).exists() else " (no such local directory; the hub or its cache could not provide it)"
+        raise LMLoadError(f"could not load model {source!r}{where}: {_first_line(error)}") from error
+    if load_in_4bit:
+        _check_4bit_forward(model, source, device)
+    else:
+        model.to(device)
+    return model
+
+
+def _check_4bit_forward(model, source: str, device: str) -> None:
+    """Some 4-bit kernels fail only when first used (e.g. bitsandbytes on CPU needs layer widths that are
+    multiples of its block size): run one token through the model now, so that loading fails instead."""
+    try:
+        with torch.inference_mode():
+            model(input_ids=torch.zeros((1, 1), dtype=torch.long, device=device))
+    except Exception as error:  # noqa: BLE001
+        raise LMLoadError(
+            f"{source!r} loaded in 4-bit NF4 but cannot run on {device} ({_first_line(error)}); "
+            "drop the 4-bit flag to load it unquantised"
+        ) from error
+
+
+def _model_names(name_or_path: str) -> set[str]:
+    """Names under which a model may be recorded: its resolved local path, its hub id as found in a hub
+    cache directory ("models--org--name"), and its short name (last component, lower case)."""
+    text = str(name_or_path).rstrip("/")
+    names = {text, text.split("/")[-1].lower()}
+    path = Path(text).expanduser()
+    if path.exists():
+        resolved = path.resolve()
+        names.add(str(resolved))
+        if resolved.parent.name != "snapshots":  # a snapshot directory is named by a commit hash
+            names.add(resolved.name.lower())
+        for part in resolved.parts:
+            if part.startswith("models--"):
+                hub_id = part[len("models--"):].replace("--", "/")
+                names |= {hub_id, hub_id.split("/")[-1].lower()}
+    return names
+
+
+def same_base_model(recorded: str, loaded: str) -> bool:
+    """Whether an adapter's recorded ``base_model_name_or_path`` names the model being loaded."""
+    return bool(_model_names(recorded) & _model_names(loaded))
+
+
+def _read_adapter_config(adapter: str) -> dict:
+    local = Path(adapter).expanduser()
+    if local.exists():
+        config_file = local / "adapter_config.json"
+        if not config_file.is_file():
+            raise LMLoadError(f"adapter {adapter!r} is not a PEFT adapter directory (no adapter_config.json)")
+        return json.loads(config_file.read_text())
+    from peft import PeftConfig
+
+    try:
+        return PeftConfig.from_pretrained(adapter).to_dict()
+    except Exception as error:  # noqa: BLE001
+        raise LMLoadError(f"could not read adapter {adapter!r}: {_first_line(error)}") from error
+
+
+def _attach_adapter(model, adapter: str, source: str, strict_adapter_base: bool):
+    from peft import PeftModel
+
+    adapter = _check_source(adapter, "adapter")
+    recorded_base = _read_adapter_config(adapter).get("base_model_name_or_path")
+    if strict_adapter_base and recorded_base and not same_base_model(recorded_base, source):
+        raise LMLoadError(
+            f"adapter {adapter!r} was made for base model {recorded_base!r}, not {source!r} "
+            "(pass strict_adapter_base=False if that is the same model under another name)"
+        )
+    try:
+        return PeftModel.from_pretrained(model, adapter), adapter
+    except Exception as error:  # noqa: BLE001 - size mismatches, missing target modules, ...
+        raise LMLoadError(f"adapter {adapter!r} does not fit model {source!r}: {_first_line(error)}") from error
+
+
+def _load_tokenizer(source: str, adapter: str | None):
+    """The adapter's own tokenizer when it was saved with one (fine-tuning may set a chat template),
+    else the base model's."""
+    from transformers import AutoTokenizer
+
+    tokenizer_source = source
+    if adapter and (Path(adapter).expanduser() / "tokenizer_config.json").is_file():
+        tokenizer_source = str(Path(adapter).expanduser())
+    try:
+        return AutoTokenizer.from_pretrained(tokenizer_source)
+    except Exception as error:  # noqa: BLE001
+        raise LMLoadError(f"could not load the tokenizer of {tokenizer_source!r}: {_first_line(error)}") from error
+
+
+def prepare_loaded_lm(model, tokenizer, model_id: str, adapter: str | None = None,
+                      warnings: list[str] | None = None) -> LoadedLM:
+    """Wrap an already built model and tokenizer: set a pad token if missing, put the model in eval mode,
+    and record whether the tokenizer has a chat template."""
+    warnings = list(warnings or [])
+    if tokenizer.pad_token is None:
+        fallback = tokenizer.eos_token or tokenizer.bos_token or tokenizer.unk_token
+        if fallback is None:
+            fallback = tokenizer.convert_ids_to_tokens(0)
+        tokenizer.pad_token = fallback
+        warnings.append(f"tokenizer has no pad token; padding with {fallback!r} (padded positions are masked)")
+    generation_config = getattr(model, "generation_config", None)
+    if generation_config is not None and generation_config.pad_token_id is None:
+        generation_config.pad_token_id = tokenizer.pad_token_id
+    uses_chat_template = has_chat_template(tokenizer)
+    if not uses_chat_template:
+        warnings.append(
+            f"tokenizer of {model_id!r} has no chat template; using the plain '### User:/### Assistant:' format"
+        )
+    model.eval()
+    return LoadedLM(model, tokenizer, model_id, adapter, uses_chat_template, warnings)
+
+
+def load_causal_lm(model_name_or_path: str, adapter: str | None = None, load_in_4bit: bool = False,
+                   device: str = "cpu", dtype: torch.dtype | None = None,
+                   strict_adapter_base: bool = True) -> LoadedLM:
+    """Load a causal LM from a local directory or a hub id, with an optional PEFT adapter (local directory
+    or hub id) and optional 4-bit NF4 quantisation (bitsandbytes), in eval mode on ``device``.
+
+    ``dtype`` defaults to float32 on CPU and bfloat16 (or float16) on CUDA.  With
+    ``strict_adapter_base`` an adapter whose ``base_model_name_or_path`` names another model is refused.
+    """
+    source = _check_source(str(model_name_or_path), "model path")
+    device = _resolve_device(device)
+    dtype = dtype or _default_dtype(device)
+    if adapter is not None:
+        adapter = _check_source(str(adapter), "adapter")
+    tokenizer = _load_tokenizer(source, adapter)
+    model = _load_model(source, load_in_4bit, device, dtype)
+    if adapter is not None:
+        model, adapter = _attach_adapter(model, adapter, source, strict_adapter_base)
+    return prepare_loaded_lm(model, tokenizer, str(model_name_or_path), adapter)

@@ -1,0 +1,157 @@
+"""Reports: one JSON schema for every run (so runs can be compared and overlaid), a table and plots.
+
+Schema (``"schema": "bayes-teach/report/v1"``)::
+
+    {"schema", "created", "domain", "assistant", "model", "adapter", "mode", "n_users", "n_heldout",
+     "seed", "user_model": {"temperature", "lapse"}, "versions": {package: version},
+     "rounds": [0, 1, ..., R],                 # observed rounds before the held-out predictions
+     "accuracy": [R+1 floats], "ci95": [[lo, hi], ...],      # accuracy, repeated at top level
+     "metrics": {name: {"mean": [R+1], "ci95": [[lo, hi], ...]}},   # accuracy, agreement_with_bayesian,
+                                                   # failure_rate, log_loss, kl_from_bayesian, brier_vs_bayesian, ...
+     "failures": {"unparseable_answers": int},
+     "extra": {...}}                              # anything a command adds (e.g. training summaries)
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import importlib.metadata
+import json
+import os
+from pathlib import Path
+
+from .metrics import summarise_run
+from .protocol import EvaluationRun
+
+SCHEMA = "bayes-teach/report/v1"
+VERSIONED_PACKAGES = ("bayes-teach", "torch", "pyro-ppl", "transformers", "peft", "bitsandbytes", "numpy")
+
+
+def package_versions() -> dict:
+    versions = {}
+    for name in VERSIONED_PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def build_report(run: EvaluationRun, *, model=None, adapter=None, mode=None, extra_metrics=None, extra=None) -> dict:
+    """The report of an evaluation run (see the module docstring for the schema)."""
+    metrics = summarise_run(run)
+    metrics.update(extra_metrics or {})
+    n_rounds = run.picks.shape[1] - 1
+    return {
+        "schema": SCHEMA,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "domain": run.domain.name,
+        "assistant": run.assistant,
+        "model": model,
+        "adapter": adapter,
+        "mode": mode,
+        "n_users": int(len(run.users)),
+        "n_heldout": int(run.heldout_choices.shape[1]),
+        "seed": run.seed,
+        "user_model": {"temperature": run.user_domain.temperature, "lapse": run.user_domain.lapse},
+        "versions": package_versions(),
+        "rounds": list(range(n_rounds + 1)),
+        "accuracy": metrics["accuracy"]["mean"],
+        "ci95": metrics["accuracy"]["ci95"],
+        "metrics": metrics,
+        "failures": {"unparseable_answers": int(run.failures.sum())},
+        "extra": extra or {},
+    }
+
+
+def save_report(report: dict, path) -> Path:
+    """Write ``report`` as JSON atomically (a temp file, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(report, indent=2) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def load_report(path) -> dict:
+    path = Path(path)
+    try:
+        report = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no report at {path}") from None
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} is not valid JSON: {error}") from None
+    if "accuracy" not in report or "rounds" not in report:
+        raise ValueError(f"{path} is not a bayes-teach report (no 'accuracy'/'rounds')")
+    return report
+
+
+def report_label(report: dict) -> str:
+    if report.get("model"):
+        label = Path(str(report["model"])).name or str(report["model"])
+        if report.get("adapter"):
+            label += f" + {Path(str(report['adapter'])).name}"
+        return report.get("extra", {}).get("label", label)
+    return report.get("extra", {}).get("label", report.get("assistant", "?"))
+
+
+def format_table(columns: dict, rounds) -> str:
+    """A per-round table: ``columns`` maps a header to per-round values in [0, 1] (shown as %)."""
+    headers = ["round"] + list(columns)
+    widths = [max(5, len(h)) for h in headers]
+    lines = ["  ".join(h.rjust(w) for h, w in zip(headers, widths))]
+    for i, r in enumerate(rounds):
+        cells = [str(r)] + [
+            "-" if values is None or values[i] is None else f"{100 * values[i]:.1f}" for values in columns.values()
+        ]
+        lines.append("  ".join(c.rjust(w) for c, w in zip(cells, widths)))
+    return "\n".join(lines)
+
+
+def run_table(report: dict) -> str:
+    """The on-screen table of one report: accuracy with its CI, and agreement with the Bayesian assistant."""
+    metrics = report["metrics"]
+    columns = {
+        "accuracy %": report["accuracy"],
+        "ci95 low": [lo for lo, _ in report["ci95"]],
+        "ci95 high": [hi for _, hi in report["ci95"]],
+    }
+    if "agreement_with_bayesian" in metrics:
+        columns["agree w/ bayes %"] = metrics["agreement_with_bayesian"]["mean"]
+    return format_table(columns, report["rounds"])
+
+
+def plot_reports(reports, out=None, metric: str = "accuracy", references=None, title=None):
+    """Overlay ``metric`` against round for several reports, with 95% CI bands.
+
+    ``references``: optional reports drawn dashed (the Bayesian assistant and random, as in the study's
+    figures).  ``out``: a path to save a PNG, or a matplotlib Axes to draw on.  Returns the figure."""
+    import matplotlib.pyplot as plt
+
+    if out is None or isinstance(out, (str, Path)):
+        figure, axes = plt.subplots(figsize=(6.4, 4.2))
+    else:
+        axes, figure = out, out.figure
+    for report, style in [(r, "-o") for r in reports] + [(r, "--") for r in (references or [])]:
+        values = report["metrics"].get(metric)
+        if values is None:
+            continue
+        rounds = report["rounds"]
+        mean = [100 * v for v in values["mean"]]
+        line = axes.plot(rounds, mean, style, label=report_label(report), markersize=4)[0]
+        axes.fill_between(
+            rounds, [100 * lo for lo, _ in values["ci95"]], [100 * hi for _, hi in values["ci95"]],
+            color=line.get_color(), alpha=0.15, linewidth=0,
+        )
+    axes.set_xlabel("observed rounds")
+    axes.set_ylabel(f"{metric.replace('_', ' ')} (%)")
+    axes.set_xticks(reports[0]["rounds"] if reports else [])
+    axes.set_title(title or f"{metric.replace('_', ' ')} on held-out option sets")
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8)
+    if isinstance(out, (str, Path)):
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        figure.tight_layout()
+        figure.savefig(out, dpi=120)
+        plt.close(figure)
+    return figure

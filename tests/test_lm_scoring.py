@@ -1,0 +1,213 @@
+"""eval.lm on tiny local models: loading (and its errors), KV-reuse scoring against naive re-encoding and
+against a direct reference, generation, and option parsing."""
+import json
+import shutil
+
+import pytest
+import torch
+
+from eval.chat_format import tokenize_chat
+from eval.lm import (
+    ChoiceScorer,
+    DialogueRequest,
+    LMLoadError,
+    RoundRequest,
+    load_causal_lm,
+    parse_option_answer,
+)
+from tiny_lm import flight_dialogue_requests, option_answer, save_tiny_lm, save_tiny_lora_adapter
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread, and do not stall when other processes share the cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def model_dirs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny_lms")
+    return {
+        "template": save_tiny_lm(root / "model-a"),
+        "plain": save_tiny_lm(root / "model-plain", chat_template=False, pad_token=False, seed=1),
+        "eager": save_tiny_lm(root / "model-eager", seed=2, attn_implementation="eager"),
+        "other": save_tiny_lm(root / "model-b", hidden_size=48, seed=3),
+        "wide": save_tiny_lm(root / "model-wide", hidden_size=64, seed=4),
+    }
+
+
+@pytest.fixture(scope="module")
+def loaded(model_dirs):
+    return {kind: load_causal_lm(model_dirs[kind]) for kind in ("template", "plain", "eager")}
+
+
+def mixed_dialogues():
+    """Dialogues of 1 to 4 rounds, with and without a system message, one with 2 candidates."""
+    dialogues = flight_dialogue_requests(n_dialogues=4, n_rounds=4, n_options=3, n_words=30, seed=10)
+    dialogues[1].rounds = dialogues[1].rounds[:2]
+    dialogues[2].rounds = dialogues[2].rounds[:1]
+    two_options = flight_dialogue_requests(n_dialogues=1, n_rounds=3, n_options=2, n_words=20, seed=20)
+    return dialogues + two_options
+
+
+def reference_logprobs(lm, dialogue: DialogueRequest) -> torch.Tensor:
+    """The score definition, computed directly: one full forward per (round, candidate)."""
+    rows = []
+    for request in dialogue.rounds:
+        row = []
+        for candidate in request.candidates:
+            ids, mask = tokenize_chat(lm.tokenizer, request.messages + [{"role": "assistant", "content": candidate}])
+            start = len(mask) - mask[::-1].index(False)  # the candidate: the final run of assistant tokens
+            with torch.no_grad():
+                logprobs = torch.log_softmax(lm.model(input_ids=torch.tensor([ids])).logits[0].float(), -1)
+            row.append(sum(logprobs[i - 1, ids[i]].item() for i in range(start, len(ids))))
+        rows.append(row)
+    return torch.tensor(rows)
+
+
+@pytest.mark.parametrize("kind", ["template", "plain", "eager"])
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_kv_scoring_matches_naive(loaded, kind, batch_size):
+    scorer = ChoiceScorer(loaded[kind], batch_size=batch_size)
+    dialogues = mixed_dialogues()
+    cached, naive = scorer.candidate_logprobs(dialogues), scorer.candidate_logprobs_naive(dialogues)
+    assert [tuple(t.shape) for t in cached] == [(4, 3), (2, 3), (1, 3), (4, 3), (3, 2)]
+    for kv, full in zip(cached, naive):
+        assert torch.allclose(kv, full, atol=1e-4, rtol=0)
+        assert kv.std() > 0.1  # the scores genuinely differ between candidates and rounds
+    for kv, full in zip(scorer.score(dialogues), scorer.score_naive(dialogues)):
+        assert torch.allclose(kv, full, atol=1e-4, rtol=0)
+        assert torch.allclose(kv.sum(-1), torch.ones(kv.shape[0]), atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["template", "plain"])
+def test_scores_follow_the_definition(loaded, kind):
+    dialogue = flight_dialogue_requests(n_dialogues=1, n_rounds=3, n_words=25, seed=30)[0]
+    expected = reference_logprobs(loaded[kind], dialogue)
+    (cached,) = ChoiceScorer(loaded[kind]).candidate_logprobs([dialogue])
+    assert torch.allclose(cached, expected, atol=1e-4, rtol=0)
+
+
+def test_dialogue_that_does_not_extend_its_rounds_is_reencoded(loaded):
+    lm = loaded["template"]
+    a, b = flight_dialogue_requests(n_dialogues=2, n_rounds=2, n_words=20, seed=40)
+    # Round 2 of `jumbled` continues another conversation than its round 1.
+    jumbled = DialogueRequest(rounds=[a.rounds[0], b.rounds[1]])
+    dialogues = [jumbled, a, b]
+    for batch_size in (1, 3):
+        scorer = ChoiceScorer(lm, batch_size=batch_size)
+        for kv, full in zip(scorer.candidate_logprobs(dialogues), scorer.candidate_logprobs_naive(dialogues)):
+            assert torch.allclose(kv, full, atol=1e-4, rtol=0)
+    assert torch.allclose(ChoiceScorer(lm).candidate_logprobs([jumbled])[0], reference_logprobs(lm, jumbled), atol=1e-4)
+
+
+def test_loaded_lm_records_template_and_pad(loaded):
+    assert loaded["template"].uses_chat_template and loaded["template"].warnings == []
+    plain = loaded["plain"]
+    assert not plain.uses_chat_template
+    assert any("no chat template" in w for w in plain.warnings)
+    assert any("no pad token" in w for w in plain.warnings)
+    assert plain.tokenizer.pad_token == plain.tokenizer.eos_token
+    assert not plain.model.training
+
+
+def test_missing_path_is_a_clear_error(tmp_path):
+    with pytest.raises(LMLoadError, match="does not exist") as raised:
+        load_causal_lm(str(tmp_path / "no-such-model"))
+    assert "\n" not in str(raised.value)
+
+
+def test_adapter_loads_on_its_base_and_changes_scores(model_dirs, loaded, tmp_path):
+    adapter = save_tiny_lora_adapter(model_dirs["template"], tmp_path / "adapter")
+    with_adapter = load_causal_lm(model_dirs["template"], adapter=str(adapter))
+    assert with_adapter.adapter == str(adapter)
+    dialogue = flight_dialogue_requests(n_dialogues=1, n_rounds=2, n_words=20, seed=50)
+    (tuned,) = ChoiceScorer(with_adapter).candidate_logprobs(dialogue)
+    (base,) = ChoiceScorer(loaded["template"]).candidate_logprobs(dialogue)
+    assert (tuned - base).abs().max() > 1e-3
+
+
+def test_adapter_for_another_base_model_is_refused(model_dirs, tmp_path):
+    adapter = save_tiny_lora_adapter(model_dirs["template"], tmp_path / "adapter-a")
+    with pytest.raises(LMLoadError, match="was made for base model") as raised:
+        load_causal_lm(model_dirs["other"], adapter=str(adapter))
+    assert "\n" not in str(raised.value)
+    # Even when the recorded base name matches, shapes that do not fit are refused.
+    renamed = tmp_path / "adapter-renamed"
+    shutil.copytree(adapter, renamed)
+    config = json.loads((renamed / "adapter_config.json").read_text())
+    config["base_model_name_or_path"] = str(model_dirs["other"])
+    (renamed / "adapter_config.json").write_text(json.dumps(config))
+    with pytest.raises(LMLoadError, match="does not fit"):
+        load_causal_lm(model_dirs["other"], adapter=str(renamed))
+
+
+def test_missing_adapter_is_a_clear_error(model_dirs, tmp_path):
+    with pytest.raises(LMLoadError, match="adapter .* does not exist"):
+        load_causal_lm(model_dirs["template"], adapter=str(tmp_path / "nowhere" / "adapter"))
+
+
+def test_4bit_loading_and_scoring_on_cpu(model_dirs):
+    lm = load_causal_lm(model_dirs["wide"], load_in_4bit=True)
+    assert "4bit" in type(lm.model.model.layers[0].self_attn.q_proj).__name__
+    dialogues = flight_dialogue_requests(n_dialogues=2, n_rounds=2, n_words=15, seed=60)
+    scorer = ChoiceScorer(lm, batch_size=2)
+    # bitsandbytes' CPU kernel rounds its outputs to bfloat16, so summation-order differences between the
+    # cached and the full forward can flip a rounding: agreement is to bf16 precision, not 1e-4.
+    for kv, full in zip(scorer.candidate_logprobs(dialogues), scorer.candidate_logprobs_naive(dialogues)):
+        assert torch.allclose(kv, full, atol=5e-2, rtol=0)
+        assert kv.std() > 0.1
+
+
+def test_4bit_failure_says_to_drop_the_flag(model_dirs):
+    # bitsandbytes' CPU kernel needs layer widths that are multiples of its block size (64); this is 32.
+    with pytest.raises(LMLoadError, match="drop the 4-bit flag") as raised:
+        load_causal_lm(model_dirs["template"], load_in_4bit=True)
+    assert "\n" not in str(raised.value)
+
+
+def test_batched_greedy_generation_matches_one_by_one(loaded):
+    scorer = ChoiceScorer(loaded["template"], batch_size=3)
+    conversations = [r.messages for r in flight_dialogue_requests(n_dialogues=1, n_rounds=3, n_words=20, seed=70)[0].rounds]
+    batched = scorer.generate(conversations, max_new_tokens=6)
+    assert len(batched) == 3 and all(isinstance(text, str) for text in batched)
+    assert batched == [scorer.generate([c], max_new_tokens=6)[0] for c in conversations]
+
+
+def test_greedy_generation_picks_the_argmax_token(loaded):
+    lm = loaded["template"]
+    conversation = flight_dialogue_requests(n_dialogues=1, n_rounds=1, n_words=20, seed=80)[0].rounds[0].messages
+    ids, mask = tokenize_chat(lm.tokenizer, conversation + [{"role": "assistant", "content": "x"}])
+    prompt = ids[: mask.index(True)]
+    with torch.no_grad():
+        first = lm.model(input_ids=torch.tensor([prompt])).logits[0, -1].argmax().item()
+    text = ChoiceScorer(lm).generate([conversation], max_new_tokens=1)[0]
+    assert text == lm.tokenizer.decode([first], skip_special_tokens=True).strip()
+
+
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("The best option is Flight 2.", 1),
+        ("the BEST OPTION IS flight 3", 2),
+        ("Flight 1", 0),
+        ("I would go with option 2.", 1),
+        ("Flight #3 looks good", 2),
+        ("Flight 2 is cheaper, but the best option is Flight 1.", 0),
+        ("The best option is Flight 4.", None),
+        ("Flight 0", None),
+        ("I cannot decide.", None),
+        ("", None),
+        ("Hotel 2", None),
+    ],
+)
+def test_parse_option_answer(text, expected):
+    assert parse_option_answer(text, "Flight", 3) == expected
+
+
+def test_parse_option_answer_multiword_noun():
+    assert parse_option_answer("The best option is Hotel Room 2.", "Hotel Room", 3) == 1
+    assert parse_option_answer(option_answer("Hotel Room", 0), "Hotel Room", 3) == 0

@@ -1,0 +1,121 @@
+"""Every notebook in notebooks/ runs top to bottom in a fresh kernel, and computes what its text claims.
+
+Each notebook ends with a ``result`` dict of the numbers it stands on; the test appends one cell that prints
+it as JSON and checks it here.  The kernel runs this interpreter (a throw-away kernel spec pointing at
+``sys.executable``), from the notebooks/ directory, with the non-interactive Agg backend.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+nbformat = pytest.importorskip("nbformat")
+nbclient = pytest.importorskip("nbclient")
+pytest.importorskip("ipykernel")
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOK_DIR = ROOT / "notebooks"
+NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
+KERNEL_NAME = "bayes-teach-test"
+CELL_TIMEOUT_S = 300
+RESULT_MARKER = "NOTEBOOK-RESULT-JSON:"
+MAX_SAVED_BYTES = 100_000
+
+PRINT_RESULT = f"""
+import json as _json
+if "result" in globals():
+    print({RESULT_MARKER!r} + _json.dumps(result, default=str))
+"""
+
+
+@pytest.fixture(scope="session")
+def kernel_spec_dir(tmp_path_factory) -> Path:
+    """A kernel spec that runs this interpreter, whatever jupyter's own ``python3`` spec points at."""
+    from ipykernel.kernelspec import write_kernel_spec
+
+    kernels = tmp_path_factory.mktemp("kernels")
+    write_kernel_spec(kernels / KERNEL_NAME, overrides={"display_name": f"bayes-teach test ({sys.executable})"})
+    return kernels
+
+
+def execute_notebook(path: Path, kernel_spec_dir: Path):
+    """Run ``path`` in a fresh kernel from its own directory; return the executed notebook and its result."""
+    from jupyter_client.kernelspec import KernelSpecManager
+    from jupyter_client.manager import KernelManager
+
+    notebook = nbformat.read(path, as_version=4)
+    notebook.cells.append(nbformat.v4.new_code_cell(PRINT_RESULT))
+    manager = KernelManager(
+        kernel_name=KERNEL_NAME, kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(kernel_spec_dir)])
+    )
+    client = nbclient.NotebookClient(
+        notebook, km=manager, timeout=CELL_TIMEOUT_S, resources={"metadata": {"path": str(path.parent)}}
+    )
+    client.execute()  # raises CellExecutionError, naming the cell, if any cell fails
+    result = None
+    for output in notebook.cells[-1].get("outputs", []):
+        if output.get("output_type") == "stream" and RESULT_MARKER in output.get("text", ""):
+            result = json.loads(output["text"].split(RESULT_MARKER, 1)[1])
+    return notebook, result
+
+
+def check_posterior_explorer(result):
+    # A surprising choice moves the posterior more than an expected one: in the explored dialogue ...
+    assert result["p_choice_surprising"] < result["p_choice_expected"]
+    assert result["entropy_drop_surprising"] > result["entropy_drop_expected"] + 0.5
+    assert result["kl_surprising"] > result["kl_expected"]
+    # ... and over the population of simulated dialogues.
+    assert result["population_drop_unexpected"] > result["population_drop_confident"] + 0.5
+    assert result["population_corr"] > 0.8
+
+
+def check_new_domain(result):
+    assert result["n_hypotheses"] == 3 * 3 * 3 * 4
+    assert result["final_accuracy"] > result["round0_accuracy"] + 0.1
+    assert result["final_accuracy"] > result["random_final_accuracy"] + 0.2
+    assert result["oracle_final_accuracy"] >= result["final_accuracy"]
+
+
+def check_compare_reports(result):
+    bayesian, random = result["bayesian"], result["random"]
+    assert bayesian["final_accuracy"] > bayesian["round0_accuracy"] + 0.2
+    assert bayesian["final_accuracy"] > random["final_accuracy"] + 0.2
+    assert bayesian["final_agreement"] == 1.0
+    assert random["final_agreement"] < 0.5
+    assert result["oracle"]["final_accuracy"] >= bayesian["final_accuracy"]
+
+
+CHECKS = {
+    "posterior_explorer": check_posterior_explorer,
+    "new_domain": check_new_domain,
+    "compare_reports": check_compare_reports,
+}
+
+
+def test_the_issue_notebooks_exist():
+    assert {path.stem for path in NOTEBOOKS} >= set(CHECKS)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[path.stem for path in NOTEBOOKS])
+def test_notebook_is_saved_small(path):
+    """Saved without images (and at most tiny text outputs), so the repository stays small."""
+    assert path.stat().st_size < MAX_SAVED_BYTES
+    notebook = nbformat.read(path, as_version=4)
+    nbformat.validate(notebook)
+    for cell in notebook.cells:
+        for output in cell.get("outputs", []):
+            assert not any(key.startswith("image/") for key in output.get("data", {})), f"{path.name} embeds an image"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[path.stem for path in NOTEBOOKS])
+def test_notebook_runs(path, kernel_spec_dir, monkeypatch):
+    monkeypatch.setenv("MPLBACKEND", "Agg")  # the kernel inherits it: no inline rendering
+    monkeypatch.setenv("PYDEVD_DISABLE_FILE_VALIDATION", "1")
+    _, result = execute_notebook(path, kernel_spec_dir)
+    check = CHECKS.get(path.stem)
+    if check is not None:
+        assert result is not None, f"{path.name} defines no `result`"
+        check(result)
