@@ -167,5 +167,90 @@ def posterior(domain, catalog, user_temperature, user_lapse, dialogue_path, json
         click.echo(f"marginals: {json_out}")
 
 
+# -- evaluate / plot ------------------------------------------------------------------------------------
+def reference_reports(domain, n_users, seed, n_heldout, users=None):
+    """The Bayesian assistant's and random's reports on the same users, drawn dashed in accuracy plots."""
+    from eval.assistants import BayesianAssistant, RandomAssistant
+    from eval.protocol import run_protocol
+    from eval.report import build_report
+
+    reports = []
+    for assistant in (BayesianAssistant(), RandomAssistant()):
+        run = run_protocol(domain, assistant, n_users=n_users, users=users, seed=seed, n_heldout=n_heldout)
+        reports.append(build_report(run, extra={"label": f"{assistant.name} (reference)"}))
+    return reports
+
+
+def lm_assistant(model, adapter, mode, load_in_4bit, label=None):
+    from eval.lm import load_causal_lm
+    from eval.lm_assistant import LMAssistant
+
+    lm = load_causal_lm(model, adapter=adapter, load_in_4bit=load_in_4bit)
+    for warning in lm.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    return LMAssistant(lm, mode=mode, name=label)
+
+
+@main.command()
+@domain_options
+@click.option("--assistant", type=click.Choice(["bayesian", "oracle", "random", "cheapest"]), default=None,
+              help="A built-in assistant to evaluate (give this or --model).")
+@click.option("--model", default=None, help="A Hugging Face causal LM to evaluate: a local path or a hub id.")
+@click.option("--adapter", type=click.Path(file_okay=False), default=None, help="A PEFT adapter directory for --model.")
+@click.option("--mode", type=click.Choice(["score", "generate"]), default="score", show_default=True,
+              help="score: probability of each option's answer; generate: greedy decoding, then parse the option.")
+@click.option("--load-in-4bit", is_flag=True, help="Load --model in 4-bit NF4 (bitsandbytes).")
+@click.option("--users", "n_users", type=click.IntRange(min=1), default=None,
+              help="How many users (default: all for built-in assistants, 50 for --model).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for users, options and choices.")
+@click.option("--heldout", type=click.IntRange(min=1), default=None,
+              help="Held-out option sets per user (default: 100 for built-in assistants, 20 for --model).")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Directory for report.json and accuracy.png.")
+def evaluate(domain, catalog, user_temperature, user_lapse, assistant, model, adapter, mode, load_in_4bit, n_users, seed, heldout, out_dir):
+    """Evaluate an assistant or a language model with the study's protocol.
+
+    Writes DIR/report.json (per-round accuracy, agreement with the Bayesian assistant, log-loss, KL and Brier
+    against the Bayesian predictive, each with 95% bootstrap intervals) and DIR/accuracy.png.
+    """
+    from eval.assistants import make_assistant
+    from eval.report import plot_reports, run_table, save_report
+
+    if (assistant is None) == (model is None):
+        raise click.UsageError("give exactly one of --assistant or --model")
+    if adapter and not model:
+        raise click.UsageError("--adapter needs --model")
+    loaded = load_domain(domain, catalog, user_temperature, user_lapse)
+    if model:
+        n_users, heldout = n_users or 50, heldout or 20
+        chosen = lm_assistant(model, adapter, mode, load_in_4bit)
+    else:
+        heldout = heldout or 100
+        chosen = make_assistant(assistant)
+    report = run_and_report(loaded, chosen, n_users, seed, heldout, model=model, adapter=adapter, mode=mode if model else None)
+    out = Path(out_dir)
+    save_report(report, out / "report.json")
+    plot_reports([report], out / "accuracy.png", references=reference_reports(loaded, n_users, seed, heldout),
+                 title=f"{loaded.name}: accuracy on held-out option sets")
+    click.echo(f"{chosen.name} on {loaded.name}, {report['n_users']} users x {heldout} held-out sets, seed {seed}")
+    click.echo(run_table(report))
+    if report["failures"]["unparseable_answers"]:
+        click.echo(f"{report['failures']['unparseable_answers']} answers named no option (counted wrong)")
+    click.echo(f"report: {out / 'report.json'}\nplot: {out / 'accuracy.png'}")
+
+
+@main.command()
+@click.argument("reports", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="The PNG file to write.")
+@click.option("--metric", default="accuracy", show_default=True,
+              help="Which per-round metric to draw (accuracy, agreement_with_bayesian, log_loss, ...).")
+def plot(reports, out, metric):
+    """Overlay several report.json files in one per-round plot."""
+    from eval.report import load_report, plot_reports
+
+    loaded = [load_report(path) for path in reports]
+    plot_reports(loaded, out, metric=metric)
+    click.echo(f"plot: {out}")
+
+
 if __name__ == "__main__":
     main()

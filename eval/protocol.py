@@ -71,6 +71,7 @@ def run_protocol(
     assistant: Assistant,
     *,
     n_users: int | None = None,
+    users: torch.Tensor | None = None,
     seed: int = 0,
     n_heldout: int = N_HELDOUT,
     user_domain: Domain | None = None,
@@ -78,9 +79,10 @@ def run_protocol(
     progress=None,
 ) -> EvaluationRun:
     """Play the protocol (see module docstring).  ``user_domain`` simulates the users (default: ``domain``,
-    e.g. pass a noisy variant to test an assistant against noisy users).  Deterministic given ``seed``."""
+    e.g. pass a noisy variant to test an assistant against noisy users).  ``users`` (hypothesis indices)
+    overrides ``n_users``, e.g. to evaluate on users held out from teaching data.  Deterministic given ``seed``."""
     user_domain = user_domain or domain
-    users = pick_users(domain, n_users, seed)
+    users = pick_users(domain, n_users, seed) if users is None else users
     observed = simulate_dialogues(user_domain, users, 1, seed, stream="observed")
     heldout_options = domain.draw_options(generator(seed, "heldout", "options"), (len(users), n_heldout))
     heldout_choices = simulate_choices(user_domain, users, heldout_options, generator(seed, "heldout", "choices"))

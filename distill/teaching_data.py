@@ -1,0 +1,125 @@
+"""Teaching data: simulated dialogues turned into supervised fine-tuning sets in the chat ``messages`` format.
+
+Teachers (what the assistant turns say):
+
+* ``bayesian``: the Bayesian assistant's own picks, its early wrong guesses included, with the user's
+  feedback after each (the study's "Bayesian teaching");
+* ``oracle``: the user's actual choices ("oracle teaching");
+* ``soft``: like ``bayesian``, and every assistant turn also carries the Bayesian posterior predictive over
+  the options (``soft_targets``), for a KL loss.
+
+As in the study, every prefix of 1 to n_rounds rounds of a dialogue is one example (624 users x 10 dialogues
+x 5 prefixes = 31,200).  Users held out for evaluation (``split_users``) never appear.  The text comes from
+``eval.dialogue_text``, so it is exactly what evaluation prompts look like.  Files are written atomically,
+with a manifest; the same seed gives byte-identical files.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from eval.assistants import pick_argmax
+from eval.dialogue_text import candidate_answers, dialogue_messages
+from eval.report import package_versions
+from ppl_models import Domain, all_users, infer, simulate_dialogues
+from ppl_models.rng import generator
+
+TEACHERS = ("bayesian", "oracle", "soft")
+MANIFEST = "manifest.json"
+
+
+def split_users(domain: Domain, n_eval_users: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(teaching users, evaluation users): a seeded, disjoint split of the prior's support."""
+    support = all_users(domain)
+    if not 0 <= n_eval_users < len(support):
+        raise ValueError(f"n_eval_users must be between 0 and {len(support) - 1}, got {n_eval_users}")
+    order = torch.randperm(len(support), generator=generator(seed, "eval-users"))
+    eval_users = support[order[:n_eval_users]].sort().values
+    train_users = support[order[n_eval_users:]].sort().values
+    return train_users, eval_users
+
+
+def teacher_picks(domain: Domain, dialogues, seed: int):
+    """The Bayesian assistant's pick in every round (given the rounds before) and its predictive: long [N, R],
+    [N, R, O]."""
+    result = infer(domain, dialogues.option_index, dialogues.choices, keep_posterior=False, marginals=False, predictive=True)
+    predictive = result.predictive  # [N, R, O]
+    return pick_argmax(predictive, generator(seed, "teaching", "tiebreak")), predictive
+
+
+def build_examples(domain: Domain, teacher: str, users: torch.Tensor, n_dialogues: int, seed: int) -> list[dict]:
+    """Every prefix of every simulated dialogue as one chat example (see the module docstring)."""
+    if teacher not in TEACHERS:
+        raise ValueError(f"unknown teacher {teacher!r}; choose from {', '.join(TEACHERS)}")
+    dialogues = simulate_dialogues(domain, users, n_dialogues, seed, stream="teaching")
+    bayes_picks, predictive = teacher_picks(domain, dialogues, seed)
+    picks = dialogues.choices if teacher == "oracle" else bayes_picks
+    candidates = candidate_answers(domain)
+    examples = []
+    for d in range(len(dialogues)):
+        options, choices, picks_d = dialogues.option_index[d], dialogues.choices[d].tolist(), picks[d].tolist()
+        for n_rounds in range(1, domain.n_rounds + 1):
+            example = {"messages": dialogue_messages(domain, options, picks_d, choices, n_rounds)}
+            if teacher == "soft":
+                example["soft_targets"] = [
+                    {"message_index": 2 * r + 1, "candidates": candidates,
+                     "probs": [round(float(p), 6) for p in predictive[d, r]]}
+                    for r in range(n_rounds)
+                ]
+            examples.append(example)
+    return examples
+
+
+def _write_atomic(path: Path, text: str) -> str:
+    """Write ``text`` to ``path`` via a temp file and rename; return its sha256."""
+    data = text.encode()
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    return hashlib.sha256(data).hexdigest()
+
+
+def write_teaching_set(
+    domain: Domain, teacher: str, out_dir, *, n_dialogues: int = 10, n_eval_users: int = 0, seed: int = 0,
+    max_train_users: int | None = None,
+) -> dict:
+    """Write ``train-<teacher>.jsonl`` and ``manifest.json`` into ``out_dir``; return the manifest.
+
+    ``n_eval_users`` users are held out (their ids go in the manifest, for evaluation); ``max_train_users``
+    caps the teaching users (a seeded subset), for quick runs."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    train_users, eval_users = split_users(domain, n_eval_users, seed)
+    if max_train_users is not None and max_train_users < len(train_users):
+        order = torch.randperm(len(train_users), generator=generator(seed, "train-users"))
+        train_users = train_users[order[:max_train_users]].sort().values
+    examples = build_examples(domain, teacher, train_users, n_dialogues, seed)
+    data_file = f"train-{teacher}.jsonl"
+    text = "".join(json.dumps(example, ensure_ascii=False, sort_keys=True) + "\n" for example in examples)
+    manifest = {
+        "domain": domain.name,
+        "teacher": teacher,
+        "seed": seed,
+        "n_dialogues_per_user": n_dialogues,
+        "counts": {"train_users": int(len(train_users)), "eval_users": int(len(eval_users)),
+                   "dialogues": int(len(train_users)) * n_dialogues, "examples": len(examples)},
+        "eval_users": eval_users.tolist(),
+        "files": {data_file: _write_atomic(out_dir / data_file, text)},
+        "versions": {k: v for k, v in package_versions().items() if k == "bayes-teach"},
+    }
+    _write_atomic(out_dir / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    return manifest
+
+
+def read_manifest(out_dir) -> dict:
+    path = Path(out_dir) / MANIFEST
+    if not path.is_file():
+        raise FileNotFoundError(f"no teaching-set manifest at {path}; run make-data first")
+    return json.loads(path.read_text())

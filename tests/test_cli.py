@@ -1,0 +1,112 @@
+"""The command line, through click's CliRunner."""
+import json
+
+import pytest
+from click.testing import CliRunner
+
+import torch
+
+import brute_force
+import tiny_lm
+from cli import main
+from ppl_models import get_domain
+
+
+@pytest.fixture
+def runner():
+    return CliRunner()
+
+
+def test_domains_lists_features(runner):
+    result = runner.invoke(main, ["domains"])
+    assert result.exit_code == 0
+    assert "flight:" in result.output and "hotel:" in result.output
+    assert "departure time (11 values): 06:00 AM | 07:36 AM | ... | 10:00 PM" in result.output
+
+
+def test_simulate_prints_a_table_and_writes_the_report(runner, tmp_path):
+    out = tmp_path / "report.json"
+    result = runner.invoke(main, ["simulate", "--domain", "hotel", "--users", "40", "--seed", "3", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert (report["domain"], report["assistant"], report["n_users"], report["seed"]) == ("hotel", "bayesian", 40, 3)
+    assert len(report["accuracy"]) == 6 and len(report["ci95"]) == 6
+    assert report["accuracy"][5] > report["accuracy"][0] + 0.2
+    assert all(lo <= a <= hi for a, (lo, hi) in zip(report["accuracy"], report["ci95"]))
+    first_row = [line for line in result.output.splitlines() if line.strip().startswith("0 ")][0]
+    assert f"{100 * report['accuracy'][0]:.1f}" in first_row
+
+
+def _dialogue(choice=2):
+    option = {"departure time": "06:00 AM", "duration": "30 min", "number of stops": 0, "price": "$1000"}
+    cheap = dict(option, price=100)
+    late = dict(option, **{"departure time": "10:00 PM"})
+    return {"rounds": [{"options": [option, cheap, late], "choice": choice}]}
+
+
+def test_posterior_shows_marginals_after_each_round(runner, tmp_path):
+    path = tmp_path / "dialogue.json"
+    path.write_text(json.dumps(_dialogue()))
+    out = tmp_path / "marginals.json"
+    result = runner.invoke(main, ["posterior", "--domain", "flight", "--dialogue", str(path), "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    rounds = json.loads(out.read_text())["rounds"]
+    price = rounds[1]["marginals"]["weight[price]"]
+    # Choosing the cheap copy of an otherwise identical flight rules out every user who likes high prices.
+    assert price["0.5"] == 0 and price["1.0"] == 0
+    # The rest against the brute-force posterior (options by index: price $1000 = 10, $100 = 0; 10 PM = 10).
+    flight = get_domain("flight")
+    options = torch.tensor([[[0, 0, 0, 10], [0, 0, 0, 0], [10, 0, 0, 10]]])
+    expected = brute_force.posterior(flight, options, torch.tensor([1]))
+    for level in ("-1.0", "-0.5", "0.0"):
+        want = sum(p for w, p in expected.items() if w[3] == float(level))
+        assert abs(price[level] - want) < 1e-6
+
+
+@pytest.mark.parametrize(
+    "args,content,message",
+    [
+        (["simulate", "--domain", "boats"], None, "unknown domain 'boats'"),
+        (["posterior", "--dialogue", "MISSING"], None, "no dialogue file"),
+        (["posterior", "--dialogue", "FILE"], "{not json", "is not valid JSON"),
+        (["posterior", "--dialogue", "FILE"], json.dumps(_dialogue(choice=4)), "choice must be an option number from 1 to 3"),
+        (["posterior", "--dialogue", "FILE"], json.dumps({"rounds": [{"options": [{}, {}, {}], "choice": 1}]}), "lacks feature"),
+        (["plot", "MISSING", "--out", "x.png"], None, "no report at"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_code_2(runner, tmp_path, args, content, message):
+    path = tmp_path / "input.json"
+    if content is not None:
+        path.write_text(content)
+    args = [str(path) if a == "FILE" else str(tmp_path / "missing.json") if a == "MISSING" else a for a in args]
+    result = runner.invoke(main, args)
+    assert result.exit_code == 2
+    assert message in result.output
+    assert "Traceback" not in result.output
+
+
+def test_evaluate_a_local_language_model_in_both_modes(runner, tmp_path):
+    model_dir = tiny_lm.save_tiny_lm(tmp_path / "tiny")
+    for mode in ("score", "generate"):
+        out = tmp_path / mode
+        result = runner.invoke(main, ["evaluate", "--domain", "flight", "--model", str(model_dir), "--mode", mode,
+                                      "--users", "3", "--heldout", "2", "--out", str(out)])
+        assert result.exit_code == 0, result.output
+        report = json.loads((out / "report.json").read_text())
+        assert report["model"] == str(model_dir) and report["mode"] == mode and report["n_users"] == 3
+        assert (out / "accuracy.png").stat().st_size > 10_000
+        assert len(report["metrics"]["agreement_with_bayesian"]["mean"]) == 6
+        if mode == "score":
+            assert "kl_from_bayesian" in report["metrics"] and "log_loss" in report["metrics"]
+        else:  # a random tiny model rarely names an option; every such answer is counted, none crash the run
+            assert report["failures"]["unparseable_answers"] == round(
+                sum(report["metrics"]["failure_rate"]["mean"]) * 3 * 2
+            )
+
+
+def test_evaluate_rejects_an_adapter_for_another_model(runner, tmp_path):
+    base = tiny_lm.save_tiny_lm(tmp_path / "a")
+    other = tiny_lm.save_tiny_lm(tmp_path / "b", hidden_size=48)
+    adapter = tiny_lm.save_tiny_lora_adapter(other, tmp_path / "adapter")
+    result = runner.invoke(main, ["evaluate", "--model", str(base), "--adapter", str(adapter), "--users", "2", "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "adapter" in result.output and "Traceback" not in result.output
