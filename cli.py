@@ -252,5 +252,87 @@ def plot(reports, out, metric):
     click.echo(f"plot: {out}")
 
 
+# -- teaching ------------------------------------------------------------------------------------------
+TEACHER_HELP = "bayesian: the Bayesian assistant's picks; oracle: the user's choices; soft: bayesian plus its predictive."
+
+
+@main.command("make-data")
+@domain_options
+@click.option("--teacher", type=click.Choice(["bayesian", "oracle", "soft"]), default="bayesian", show_default=True, help=TEACHER_HELP)
+@click.option("--dialogues", type=click.IntRange(min=1), default=10, show_default=True, help="Simulated dialogues per teaching user.")
+@click.option("--eval-users", type=click.IntRange(min=0), default=100, show_default=True,
+              help="Users held out of the teaching data for evaluation (listed in the manifest).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed; the same seed gives byte-identical files.")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Directory for the JSONL file and manifest.json.")
+def make_data(domain, catalog, user_temperature, user_lapse, teacher, dialogues, eval_users, seed, out_dir):
+    """Write a teaching set: every prefix of every simulated dialogue as a chat example (JSONL)."""
+    from distill.teaching_data import write_teaching_set
+
+    loaded = load_domain(domain, catalog, user_temperature, user_lapse)
+    manifest = write_teaching_set(loaded, teacher, out_dir, n_dialogues=dialogues, n_eval_users=eval_users, seed=seed)
+    click.echo(f"{manifest['counts']['examples']} examples ({teacher}) from {manifest['counts']['train_users']} users -> {out_dir}")
+
+
+@main.command()
+@click.option("--data", "data_path", required=True, type=click.Path(dir_okay=False), help="A chat JSONL teaching set (from make-data or your own).")
+@click.option("--model", default=None, help="The causal LM to fine-tune (local path or hub id); omit for the embedded student.")
+@click.option("--domain", default=None, help="With no --model: the domain the embedded student's tokenizer is made for.")
+@click.option("--method", type=click.Choice(["qlora", "lora", "full"]), default="qlora", show_default=True,
+              help="qlora: 4-bit NF4 base + LoRA on all linear layers; lora: LoRA on a full-precision base; full: all weights.")
+@click.option("--epochs", type=float, default=1.0, show_default=True, help="Passes over the data (the study: 1).")
+@click.option("--max-steps", type=click.IntRange(min=1), default=None, help="Stop after this many optimizer steps.")
+@click.option("--lr", "learning_rate", type=float, default=2e-4, show_default=True, help="Peak learning rate (warm-up, then cosine).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True, help="Conversations per device per step.")
+@click.option("--kl-weight", type=float, default=0.0, show_default=True, help="Weight of the KL loss on soft targets (soft teaching sets).")
+@click.option("--budget", "budget_minutes", type=float, default=None, help="Stop cleanly after this many minutes of training.")
+@click.option("--merge", is_flag=True, help="Also save the base model with the adapter merged in.")
+@click.option("--resume", is_flag=True, help="Continue from the last complete checkpoint in --out.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for initialisation and data order.")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Directory for checkpoints, logs and the adapter or model.")
+def train(data_path, model, domain, method, epochs, max_steps, learning_rate, batch_size, kl_weight, budget_minutes, merge, resume, seed, out_dir):
+    """Fine-tune a model on a teaching set (QLoRA by default; works under `accelerate launch`)."""
+    if model is None:
+        if domain is None:
+            raise click.UsageError("give --model, or --domain for the embedded student")
+        from distill.student import train_student
+
+        result = train_student(load_domain(domain), data_path, out_dir, budget_minutes=budget_minutes or 10.0,
+                               seed=seed, resume=resume, kl_weight=kl_weight)
+    else:
+        from distill.train import train as run_training
+        from distill.train_config import TrainConfig
+
+        config = TrainConfig(model_name_or_path=model, method=method, epochs=epochs, max_steps=max_steps,
+                             learning_rate=learning_rate, batch_size=batch_size, kl_weight=kl_weight,
+                             budget_minutes=budget_minutes, merge_adapter=merge, seed=seed)
+        result = run_training(config, data_path, out_dir, resume=resume)
+    click.echo(f"trained: {result}")
+
+
+@main.command()
+@click.option("--domain", default="hotel", show_default=True, help="A built-in domain name or module:attribute.")
+@click.option("--teacher", type=click.Choice(["bayesian", "oracle", "soft"]), default="bayesian", show_default=True, help=TEACHER_HELP)
+@click.option("--model", default=None, help="A causal LM to teach (local path or hub id); omit for the embedded small student.")
+@click.option("--method", type=click.Choice(["qlora", "lora", "full"]), default="qlora", show_default=True, help="How --model is fine-tuned.")
+@click.option("--budget", "budget_minutes", type=float, default=10.0, show_default=True, help="Training time budget in minutes.")
+@click.option("--eval-users", type=click.IntRange(min=1), default=100, show_default=True, help="Users held out of teaching for evaluation.")
+@click.option("--heldout", type=click.IntRange(min=1), default=20, show_default=True, help="Held-out option sets per evaluation user and round.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for data, training and evaluation.")
+@click.option("--resume", is_flag=True, help="Resume an interrupted training run in --out.")
+@click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False), help="Output directory (default: runs/<domain>-<teacher>).")
+def distill(domain, teacher, model, method, budget_minutes, eval_users, heldout, seed, resume, out_dir):
+    """Teach a student the Bayesian strategy: data, training, and evaluation before and after.
+
+    Prints a per-round table (student before, student after, Bayesian assistant, random) and writes
+    DIR/data, DIR/train, DIR/report.json and DIR/accuracy.png.
+    """
+    from distill.pipeline import DistillSettings, run_distill
+
+    settings = DistillSettings(domain=domain, teacher=teacher, model=model, method=method, budget_minutes=budget_minutes,
+                               out_dir=out_dir or f"runs/{domain}-{teacher}", seed=seed, n_eval_users=eval_users,
+                               n_heldout=heldout, resume=resume)
+    run_distill(settings, log=click.echo)
+
+
 if __name__ == "__main__":
     main()

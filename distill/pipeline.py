@@ -1,0 +1,139 @@
+"""The whole teaching loop, in named stages: teaching data, the student before training, training, the
+student after training, and the references (Bayesian assistant, random) on the same held-out users.
+
+    run_distill(DistillSettings(domain="hotel", teacher="bayesian", out_dir="runs/hotel"))
+
+``out_dir`` receives ``data/`` (JSONL + manifest), ``train/`` (checkpoints, logs, the adapter or model),
+``report.json`` (the student after training, with the other curves under ``extra``) and ``accuracy.png``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from eval.assistants import BayesianAssistant, RandomAssistant
+from eval.lm import load_causal_lm, prepare_loaded_lm
+from eval.lm_assistant import LMAssistant
+from eval.protocol import run_protocol
+from eval.report import build_report, format_table, plot_reports, save_report
+from ppl_models import get_domain
+
+from .teaching_data import write_teaching_set
+from .train_config import TrainConfig
+
+
+@dataclass
+class DistillSettings:
+    domain: str = "hotel"
+    teacher: str = "bayesian"  # bayesian | oracle | soft
+    model: str | None = None  # a Hugging Face causal LM; None = the embedded student
+    method: str = "qlora"  # for --model: qlora | lora | full
+    budget_minutes: float = 10.0  # training wall-clock budget
+    out_dir: str = "runs/distill"
+    seed: int = 0
+    n_dialogues: int = 10  # dialogues per teaching user (the study: 10)
+    n_eval_users: int = 100  # users held out of the teaching data, for evaluation
+    n_heldout: int = 20  # held-out option sets per evaluation user and round
+    max_train_users: int | None = None  # cap on teaching users (quick runs)
+    resume: bool = False
+    kl_weight: float | None = None  # default: 1.0 with the soft teacher, 0 otherwise
+    eval_before: bool = True
+
+
+def _evaluate(domain, assistant, users, settings: DistillSettings, label: str, log):
+    start = time.perf_counter()
+    run = run_protocol(domain, assistant, users=users, seed=settings.seed, n_heldout=settings.n_heldout)
+    report = build_report(run, extra={"label": label})
+    log(f"evaluated {label} in {time.perf_counter() - start:.0f} s")
+    return report
+
+
+def run_distill(settings: DistillSettings, log=print) -> dict:
+    """Run the loop; returns the final report (also written to ``out_dir/report.json``)."""
+    domain = get_domain(settings.domain)
+    out = Path(settings.out_dir)
+    kl_weight = settings.kl_weight if settings.kl_weight is not None else (1.0 if settings.teacher == "soft" else 0.0)
+
+    # ---- 1. teaching data (users held out for evaluation never appear) -----------------------------
+    manifest = write_teaching_set(
+        domain, settings.teacher, out / "data", n_dialogues=settings.n_dialogues,
+        n_eval_users=settings.n_eval_users, seed=settings.seed, max_train_users=settings.max_train_users,
+    )
+    data_path = out / "data" / f"train-{settings.teacher}.jsonl"
+    eval_users = torch.tensor(manifest["eval_users"], dtype=torch.long)
+    log(f"teaching data: {manifest['counts']['examples']} examples from {manifest['counts']['train_users']} users -> {data_path}")
+
+    # ---- 2. the student, before training ------------------------------------------------------------
+    reports = {}
+    if settings.model is None:
+        from .student import build_student, train_student
+
+        if settings.eval_before:
+            model, tokenizer = build_student(domain, seed=settings.seed)
+            before = LMAssistant(prepare_loaded_lm(model, tokenizer, "embedded-student"), name="student (before)")
+            reports["before"] = _evaluate(domain, before, eval_users, settings, "student before", log)
+    elif settings.eval_before:
+        before = LMAssistant(load_causal_lm(settings.model, load_in_4bit=settings.method == "qlora"), name="student (before)")
+        reports["before"] = _evaluate(domain, before, eval_users, settings, "student before", log)
+
+    # ---- 3. training --------------------------------------------------------------------------------
+    train_dir = out / "train"
+    if settings.model is None:
+        result = train_student(domain, data_path, train_dir, budget_minutes=settings.budget_minutes,
+                               seed=settings.seed, resume=settings.resume, kl_weight=kl_weight)
+        after_lm = load_causal_lm(str(train_dir / "model"))
+    else:
+        config = TrainConfig(model_name_or_path=settings.model, method=settings.method, epochs=1.0,
+                             budget_minutes=settings.budget_minutes, kl_weight=kl_weight, seed=settings.seed)
+        result = _train_hf(config, data_path, train_dir, settings.resume)
+        if settings.method == "full":
+            after_lm = load_causal_lm(str(train_dir / "model"))
+        else:
+            after_lm = load_causal_lm(settings.model, adapter=str(train_dir / "adapter"), load_in_4bit=settings.method == "qlora")
+    log(f"trained: {result}")
+
+    # ---- 4. the student after training, and the references -----------------------------------------
+    after = LMAssistant(after_lm, name="student (after)")
+    after_run = run_protocol(domain, after, users=eval_users, seed=settings.seed, n_heldout=settings.n_heldout)
+    reports["bayesian"] = _evaluate(domain, BayesianAssistant(), eval_users, settings, "bayesian assistant", log)
+    reports["random"] = _evaluate(domain, RandomAssistant(), eval_users, settings, "random", log)
+    summary = _result_summary(result)
+    final = build_report(
+        after_run, model=settings.model or "embedded-student", adapter=None,
+        mode="score", extra={"label": f"student after ({settings.teacher} teaching)", "settings": dataclasses.asdict(settings),
+                             "manifest": {k: manifest[k] for k in ("counts", "files", "seed", "teacher")},
+                             "training": summary,
+                             "curves": {name: r["metrics"] for name, r in reports.items()}},
+    )
+
+    # ---- 5. save and show ---------------------------------------------------------------------------
+    save_report(final, out / "report.json")
+    references = [reports[k] for k in ("before", "bayesian", "random") if k in reports]
+    plot_reports([final], out / "accuracy.png", references=references, title=f"{domain.name}: {settings.teacher}-taught student")
+    columns = {}
+    if "before" in reports:
+        columns["student before"] = reports["before"]["accuracy"]
+    columns["student after"] = final["accuracy"]
+    columns["bayesian"] = reports["bayesian"]["accuracy"]
+    columns["random"] = reports["random"]["accuracy"]
+    columns["after: agree w/ bayes"] = final["metrics"]["agreement_with_bayesian"]["mean"]
+    log("accuracy % on held-out users after each observed round")
+    log(format_table(columns, final["rounds"]))
+    log(f"report: {out / 'report.json'}\nplot: {out / 'accuracy.png'}")
+    return final
+
+
+def _train_hf(config: TrainConfig, data_path, train_dir, resume: bool):
+    from .train import train
+
+    return train(config, data_path, train_dir, resume=resume)
+
+
+def _result_summary(result) -> dict:
+    if dataclasses.is_dataclass(result):
+        return {k: v for k, v in dataclasses.asdict(result).items() if isinstance(v, (int, float, str, bool, type(None)))}
+    return {"result": str(result)}
