@@ -27,7 +27,6 @@ import csv
 import functools
 import json
 import math
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -101,9 +100,10 @@ def load_catalog(path, schema=None) -> Catalog:
     """Read a catalogue from CSV (``.csv``) or JSONL (``.jsonl``, ``.ndjson``, ``.json``: one object a line).
 
     ``schema``: optional vocabulary, a mapping ``attribute -> [values]`` or the path of a JSON file holding
-    one.  With a schema, every attribute it names must be a column, every other column must be one of
-    ``id, title, category, price``, and every attribute value must be one it lists.  Without one, every
-    other column is an attribute and its values are those that occur.
+    one.  With a schema, every column other than ``id, title, category, price`` must be an attribute it
+    names (the catalogue may use fewer), and every attribute value must be one it lists; the schema's order
+    is the values' display order.  Without one, every other column is an attribute and its values are
+    those that occur.
     """
     path = Path(path)
     if not path.is_file():
@@ -153,8 +153,6 @@ def catalog_from_records(rows, columns, schema=None, source: str = "catalogue") 
     """A catalogue from ``[(line_number, {column: value})]`` (see ``load_catalog``)."""
     schema = read_schema(schema)
     missing = [c for c in REQUIRED_COLUMNS if c not in columns]
-    if schema is not None:
-        missing += [a for a in schema if a not in columns]
     if missing:
         raise CatalogError(f"{source}: missing column(s) {missing}; a catalogue needs columns "
                            f"{list(REQUIRED_COLUMNS)} and one per attribute")
@@ -176,7 +174,10 @@ def catalog_from_records(rows, columns, schema=None, source: str = "catalogue") 
         price = _price(row.get("price"), where)
         attributes = {}
         for name in attribute_columns:
-            value = _text(row.get(name))
+            try:
+                value = _text(row.get(name))
+            except CatalogError as error:
+                raise CatalogError(f"{where}: {name}: {error}") from None
             if not value or value.lower() == NOT_APPLICABLE:
                 continue
             if schema is not None and value not in schema[name]:

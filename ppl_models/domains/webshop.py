@@ -36,9 +36,10 @@ Example CSV::
     P1,running shoes,Stridelab Wide Runner,79.99,black,9,wide,
     P2,coffee,Little Fox Dark Roast,14.99,,,,dark
 
-``schema=`` (a mapping ``attribute -> [values]`` or a JSON file of one) declares the vocabulary: every
-schema attribute must be a column, no other attribute column is allowed, and any other value is an error.
-Without a schema the values of each attribute are those that occur.  A missing column, an unknown
+``schema=`` (a mapping ``attribute -> [values]`` or a JSON file of one, like ``data/webshop_schema.json``)
+declares the vocabulary: an attribute column it does not name, or a value it does not list, is an error
+(the catalogue may use fewer attributes and values).  Without a schema the values of each attribute are
+those that occur.  A missing column, an unknown
 attribute value, a bad price or an empty category raises ``CatalogError`` (a ``DomainError``) naming it.
 The enumerated hypothesis space is (attributes x most values per attribute)^n_goals x 3; catalogues that
 would exceed 50,000 hypotheses are refused (use ``n_goals=1`` or ``categories=[...]``).
@@ -50,19 +51,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..catalog import CatalogDomain, builtin_catalog, catalog_domain, load_catalog
+from ..catalog import BUILTIN_CATALOG, BUILTIN_SCHEMA, CatalogDomain, catalog_domain, load_catalog
 
 
 def webshop_domain(catalog_path=None, *, schema=None, categories=None, name=None, **options) -> CatalogDomain:
     """The web-shopping domain over the built-in catalogue, or over the catalogue at ``catalog_path``."""
     if catalog_path is None:
-        catalog = builtin_catalog() if schema is None else load_catalog(builtin_catalog().source, schema)
+        catalog = load_catalog(BUILTIN_CATALOG, schema=BUILTIN_SCHEMA if schema is None else schema)
         default_name = "webshop"
     else:
         catalog = load_catalog(catalog_path, schema=schema)
         default_name = f"webshop-{Path(catalog_path).stem}"
     if categories is not None:
         catalog = catalog.restrict(categories)
+        default_name += "-" + "+".join(c.replace(" ", "_") for c in categories)
     return catalog_domain(catalog, name=name or default_name, **options)
 
 
