@@ -110,3 +110,23 @@ def test_evaluate_rejects_an_adapter_for_another_model(runner, tmp_path):
     adapter = tiny_lm.save_tiny_lora_adapter(other, tmp_path / "adapter")
     result = runner.invoke(main, ["evaluate", "--model", str(base), "--adapter", str(adapter), "--users", "2", "--out", str(tmp_path / "o")])
     assert result.exit_code == 2 and "adapter" in result.output and "Traceback" not in result.output
+
+
+def test_webshop_runs_through_simulate_and_evaluate(runner, tmp_path):
+    out = tmp_path / "webshop.json"
+    result = runner.invoke(main, ["simulate", "--domain", "webshop", "--users", "30", "--heldout", "20", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert report["domain"] == "webshop" and report["accuracy"][5] > report["accuracy"][0]
+    model_dir = tiny_lm.save_tiny_lm(tmp_path / "tiny")
+    result = runner.invoke(main, ["evaluate", "--domain", "webshop", "--model", str(model_dir), "--users", "2",
+                                  "--heldout", "2", "--out", str(tmp_path / "lm")])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "lm" / "report.json").read_text())["domain"] == "webshop"
+
+
+def test_webshop_catalog_errors_name_the_problem(runner, tmp_path):
+    catalog = tmp_path / "catalog.csv"
+    catalog.write_text("category,colour\nshirt,red\n")
+    result = runner.invoke(main, ["simulate", "--domain", "webshop", "--catalog", str(catalog)])
+    assert result.exit_code == 2 and "price" in result.output and "Traceback" not in result.output
