@@ -1,0 +1,319 @@
+"""Chat datasets for distillation: load JSONL, tokenise with the shared chat format, order and collate.
+
+File format (JSONL, one conversation per line; also loadable with ``datasets.load_dataset("json", ...)``)::
+
+    {"messages": [{"role": "user", "content": "..."},
+                  {"role": "assistant", "content": "The best option is Hotel 2."}, ...],
+     "soft_targets": [{"message_index": 1,
+                       "candidates": ["The best option is Hotel 1.", "The best option is Hotel 2."],
+                       "probs": [0.3, 0.7]}, ...]}          # optional
+
+Every assistant message is a training target.  A soft target gives, for one assistant message, the
+Bayesian assistant's posterior predictive over candidate answers.  Candidate k of message i is scored
+exactly as the evaluator scores options: its tokens are ``tokenize_chat(messages[:i] + [assistant:
+candidate_k])`` minus the ids of the conversation before message i (its *prefix*).
+
+Lines are parsed here (not by ``datasets``) so that a bad line is reported by file and line number.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from eval.chat_format import chat_segments, encode_segment, tokenize_chat
+
+ROLES = ("system", "user", "assistant")
+IGNORE_INDEX = -100  # label value the loss skips (the PyTorch / HF convention)
+
+
+class DatasetFormatError(ValueError):
+    """A dataset line is not valid JSON or not a valid conversation; the message names file and line."""
+
+
+class EmptyLossMaskError(ValueError):
+    """Some conversations have no assistant token left to train on (usually: cut by max_length)."""
+
+
+# ---------------------------------------------------------------------------------------------------
+# Loading and validation
+# ---------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SoftTarget:
+    message_index: int  # index into messages of the assistant message this distribution is about
+    candidates: tuple[str, ...]  # candidate assistant answers (one is usually the message itself)
+    probs: tuple[float, ...]  # target probability of each candidate, summing to 1
+
+
+@dataclass(frozen=True)
+class ChatExample:
+    messages: list[dict]
+    soft_targets: tuple[SoftTarget, ...]
+    where: str  # "path:line", for error messages
+
+
+def load_chat_jsonl(path: str | Path) -> list[ChatExample]:
+    """All conversations in a JSONL file, validated.  Blank lines are skipped; anything else that is not
+    a valid conversation raises DatasetFormatError naming the file and the (1-based) line number."""
+    path = Path(path)
+    examples = []
+    with path.open(encoding="utf-8") as handle:
+        for line_number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{line_number}"
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise DatasetFormatError(f"{where}: not valid JSON ({error})") from None
+            examples.append(parse_example(record, where))
+    if not examples:
+        raise DatasetFormatError(f"{path}: no conversations in the file")
+    return examples
+
+
+def parse_example(record, where: str) -> ChatExample:
+    def fail(problem: str):
+        raise DatasetFormatError(f"{where}: {problem}")
+
+    if not isinstance(record, dict) or "messages" not in record:
+        fail('expected a JSON object with a "messages" list')
+    messages = record["messages"]
+    if not isinstance(messages, list) or not messages:
+        fail('"messages" must be a non-empty list')
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict) or not isinstance(message.get("content"), str):
+            fail(f'message {i} must be an object with a string "content"')
+        if message.get("role") not in ROLES:
+            fail(f"message {i} has role {message.get('role')!r}; expected one of {ROLES}")
+    if not any(m["role"] == "assistant" for m in messages):
+        fail("no assistant message: nothing to train on")
+    clean = [{"role": m["role"], "content": m["content"]} for m in messages]
+    return ChatExample(clean, _parse_soft_targets(record.get("soft_targets"), clean, fail), where)
+
+
+def _parse_soft_targets(raw, messages, fail) -> tuple[SoftTarget, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        fail('"soft_targets" must be a list')
+    targets, seen = [], set()
+    for j, entry in enumerate(raw):
+        if not isinstance(entry, dict):
+            fail(f"soft_targets[{j}] must be an object")
+        index, candidates, probs = entry.get("message_index"), entry.get("candidates"), entry.get("probs")
+        if not isinstance(index, int) or not 0 <= index < len(messages) or messages[index]["role"] != "assistant":
+            fail(f"soft_targets[{j}].message_index must be the index of an assistant message, got {index!r}")
+        if index in seen:
+            fail(f"soft_targets[{j}]: message {index} has two soft targets")
+        seen.add(index)
+        if not isinstance(candidates, list) or not candidates or not all(isinstance(c, str) for c in candidates):
+            fail(f"soft_targets[{j}].candidates must be a non-empty list of strings")
+        if not isinstance(probs, list) or len(probs) != len(candidates):
+            fail(f"soft_targets[{j}].probs must be a list with one number per candidate")
+        if not all(isinstance(p, (int, float)) and math.isfinite(p) and p >= 0 for p in probs):
+            fail(f"soft_targets[{j}].probs must be finite and non-negative")
+        total = float(sum(probs))
+        if abs(total - 1.0) > 1e-3:
+            fail(f"soft_targets[{j}].probs sum to {total:.6f}, not 1")
+        targets.append(SoftTarget(index, tuple(candidates), tuple(float(p) / total for p in probs)))
+    return tuple(targets)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Tokenisation
+# ---------------------------------------------------------------------------------------------------
+@dataclass
+class TokenizedSoftTarget:
+    prefix_length: int  # tokens of the conversation before the assistant message (shared by all candidates)
+    candidate_ids: list[list[int]]  # per candidate: its tokens after the prefix
+    probs: list[float]
+
+
+@dataclass
+class TokenizedExample:
+    index: int  # position in the dataset (what error messages name)
+    where: str  # "path:line"
+    input_ids: list[int]  # [T <= max_length]
+    target_mask: list[bool]  # [T] True on assistant tokens: the cross-entropy targets
+    soft_targets: list[TokenizedSoftTarget] = field(default_factory=list)
+    truncated_tokens: int = 0
+    dropped_soft_targets: int = 0
+
+
+@dataclass
+class TruncationReport:
+    max_length: int
+    truncated_examples: list[int]  # dataset indices of conversations cut at max_length
+    tokens_dropped: int
+    soft_targets_dropped: int  # soft targets whose prefix + candidate no longer fits
+
+    def describe(self) -> str:
+        if not self.truncated_examples:
+            return f"no conversation exceeds max_length={self.max_length}"
+        shown = ", ".join(map(str, self.truncated_examples[:10]))
+        more = " ..." if len(self.truncated_examples) > 10 else ""
+        return (
+            f"{len(self.truncated_examples)} conversation(s) longer than max_length={self.max_length} were cut "
+            f"at the end ({self.tokens_dropped} tokens dropped, {self.soft_targets_dropped} soft target(s) "
+            f"dropped); dataset indices: {shown}{more}"
+        )
+
+
+def message_start_positions(tokenizer, messages) -> list[int]:
+    """Token position where each message's segment starts in ``tokenize_chat(tokenizer, messages)``."""
+    segments = chat_segments(tokenizer, messages)
+    lengths = [len(encode_segment(tokenizer, s.text)) for s in segments]
+    lead = len(segments) - len(messages)  # 1 when a "prompt" segment precedes a leading assistant message
+    starts, position = [], sum(lengths[:lead])
+    for length in lengths[lead:]:
+        starts.append(position)
+        position += length
+    return starts
+
+
+def candidate_token_ids(tokenizer, messages, message_index: int, candidate: str, prefix_ids: list[int]) -> list[int]:
+    """The scoring definition: ids of messages[:i] + [assistant: candidate], minus the prefix ids."""
+    full_ids, _ = tokenize_chat(tokenizer, messages[:message_index] + [{"role": "assistant", "content": candidate}])
+    if full_ids[: len(prefix_ids)] != prefix_ids:
+        raise ValueError(f"candidate {candidate!r} changes the tokens of its prefix; cannot score it exactly")
+    return full_ids[len(prefix_ids):]
+
+
+def tokenize_example(tokenizer, example: ChatExample, index: int, max_length: int, with_soft_targets: bool) -> TokenizedExample:
+    input_ids, target_mask = tokenize_chat(tokenizer, example.messages)
+    full_length = len(input_ids)
+    tokenized = TokenizedExample(index, example.where, input_ids[:max_length], target_mask[:max_length])
+    tokenized.truncated_tokens = max(0, full_length - max_length)
+    if with_soft_targets and example.soft_targets:
+        starts = message_start_positions(tokenizer, example.messages)
+        for target in example.soft_targets:
+            prefix_length = starts[target.message_index]
+            prefix_ids = input_ids[:prefix_length]
+            try:
+                candidates = [
+                    candidate_token_ids(tokenizer, example.messages, target.message_index, c, prefix_ids)
+                    for c in target.candidates
+                ]
+            except ValueError as error:
+                raise DatasetFormatError(f"{example.where}: soft target of message {target.message_index}: {error}") from None
+            if prefix_length + max(len(c) for c in candidates) > max_length:
+                tokenized.dropped_soft_targets += 1
+                continue
+            tokenized.soft_targets.append(TokenizedSoftTarget(prefix_length, candidates, list(target.probs)))
+    return tokenized
+
+
+def tokenize_dataset(tokenizer, examples: list[ChatExample], max_length: int, with_soft_targets: bool):
+    """-> (list[TokenizedExample], TruncationReport).  Raises EmptyLossMaskError if any conversation has
+    no assistant token within max_length: it would silently contribute nothing."""
+    tokenized = [tokenize_example(tokenizer, e, i, max_length, with_soft_targets) for i, e in enumerate(examples)]
+    empty = [t for t in tokenized if not any(t.target_mask)]
+    if empty:
+        names = ", ".join(f"{t.index} ({t.where})" for t in empty[:10]) + (" ..." if len(empty) > 10 else "")
+        raise EmptyLossMaskError(
+            f"{len(empty)} conversation(s) have no assistant tokens within max_length={max_length}, so there "
+            f"would be nothing to train on; dataset indices: {names}. Raise max_length or shorten them."
+        )
+    cut = [t for t in tokenized if t.truncated_tokens or t.dropped_soft_targets]
+    report = TruncationReport(
+        max_length,
+        [t.index for t in cut],
+        sum(t.truncated_tokens for t in cut),
+        sum(t.dropped_soft_targets for t in cut),
+    )
+    return tokenized, report
+
+
+# ---------------------------------------------------------------------------------------------------
+# Data order: which conversations each optimizer step sees (a pure function of the step number, so a
+# resumed run sees exactly what an uninterrupted one would)
+# ---------------------------------------------------------------------------------------------------
+def steps_per_epoch(num_examples: int, global_batch: int) -> int:
+    return math.ceil(num_examples / global_batch)
+
+
+def epoch_order(num_examples: int, epoch: int, seed: int, shuffle: bool) -> list[int]:
+    if not shuffle:
+        return list(range(num_examples))
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(num_examples, generator=generator).tolist()
+
+
+def step_example_indices(step: int, num_examples: int, global_batch: int, seed: int, shuffle: bool) -> list[int]:
+    """The ``global_batch`` dataset indices of optimizer step ``step`` (0-based).  The last step of an
+    epoch wraps around to the start of that epoch's order so that every step has a full batch."""
+    per_epoch = steps_per_epoch(num_examples, global_batch)
+    epoch, position = divmod(step, per_epoch)
+    order = epoch_order(num_examples, epoch, seed, shuffle)
+    return [order[(position * global_batch + j) % num_examples] for j in range(global_batch)]
+
+
+def micro_batch_indices(step_indices: list[int], micro: int, process: int, num_processes: int, batch_size: int) -> list[int]:
+    """This process's share of micro-batch ``micro`` of a step: micro-batches are interleaved over processes."""
+    start = (micro * num_processes + process) * batch_size
+    return step_indices[start : start + batch_size]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Collation: conversations and soft-target candidates share one padded batch (one forward pass)
+# ---------------------------------------------------------------------------------------------------
+@dataclass
+class ChatBatch:
+    input_ids: torch.Tensor  # [R, T] R = conversations + candidate rows, right-padded
+    attention_mask: torch.Tensor  # [R, T] 1 on real tokens
+    target_mask: torch.Tensor  # [R, T] bool: cross-entropy targets (assistant tokens of conversation rows)
+    candidate_mask: torch.Tensor  # [R, T] bool: tokens of a candidate answer (candidate rows only)
+    candidate_row: torch.Tensor  # [G, K] row of candidate k of soft target g (-1 where g has < K candidates)
+    target_probs: torch.Tensor  # [G, K] target probabilities (0 where padded)
+    example_indices: list[int]  # dataset index of each conversation row
+    num_conversations: int
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.attention_mask.sum())
+
+    def to(self, device) -> "ChatBatch":
+        move = lambda t: t.to(device)  # noqa: E731
+        return ChatBatch(
+            move(self.input_ids), move(self.attention_mask), move(self.target_mask), move(self.candidate_mask),
+            move(self.candidate_row), move(self.target_probs), self.example_indices, self.num_conversations,
+        )
+
+
+def collate(examples: list[TokenizedExample], pad_id: int) -> ChatBatch:
+    rows: list[tuple[list[int], list[bool], list[bool]]] = []  # (ids, target mask, candidate mask)
+    for example in examples:
+        rows.append((example.input_ids, example.target_mask, [False] * len(example.input_ids)))
+    groups: list[tuple[list[int], list[float]]] = []  # (candidate rows, probs) per soft target
+    for example in examples:
+        for target in example.soft_targets:
+            prefix = example.input_ids[: target.prefix_length]
+            first_row = len(rows)
+            for candidate in target.candidate_ids:
+                rows.append((prefix + candidate, [False] * (len(prefix) + len(candidate)),
+                             [False] * len(prefix) + [True] * len(candidate)))
+            groups.append((list(range(first_row, len(rows))), target.probs))
+
+    length = max(len(ids) for ids, _, _ in rows)
+    input_ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), length), dtype=torch.long)
+    target_mask = torch.zeros((len(rows), length), dtype=torch.bool)
+    candidate_mask = torch.zeros((len(rows), length), dtype=torch.bool)
+    for r, (ids, targets, candidates) in enumerate(rows):
+        input_ids[r, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        attention_mask[r, : len(ids)] = 1
+        target_mask[r, : len(ids)] = torch.tensor(targets, dtype=torch.bool)
+        candidate_mask[r, : len(ids)] = torch.tensor(candidates, dtype=torch.bool)
+
+    width = max((len(g[0]) for g in groups), default=0)
+    candidate_row = torch.full((len(groups), width), -1, dtype=torch.long)
+    target_probs = torch.zeros((len(groups), width), dtype=torch.float32)
+    for g, (group_rows, probs) in enumerate(groups):
+        candidate_row[g, : len(group_rows)] = torch.tensor(group_rows)
+        target_probs[g, : len(probs)] = torch.tensor(probs, dtype=torch.float32)
+    return ChatBatch(input_ids, attention_mask, target_mask, candidate_mask, candidate_row, target_probs,
+                     [e.index for e in examples], len(examples))

@@ -1,0 +1,150 @@
+"""Build the model to fine-tune: QLoRA (4-bit NF4 base + LoRA), LoRA, or full fine-tuning.
+
+``build_trainable_model(config, source, device)`` takes either a model name/path (local directory or hub
+id) or an already-built ``(model, tokenizer)`` pair and returns a ``TrainableModel``: the model ready for
+the optimizer (trainable parameters marked), its tokenizer, and where its full-precision base weights can
+be reloaded from (needed to merge a QLoRA adapter).
+
+Notes:
+* With a ``(model, tokenizer)`` pair and method "lora", PEFT injects the adapters *into that model object*
+  (the caller's model is changed in place); with "full" the caller's model is trained in place.
+* With a pair and method "qlora", an unquantised model is written to ``scratch_dir`` and reloaded in 4 bits,
+  because bitsandbytes quantises at load time.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from distill.train_config import TrainConfig
+
+
+class QuantizationUnavailableError(RuntimeError):
+    """The base model could not be loaded in 4 bits (bitsandbytes missing or unsupported here)."""
+
+
+@dataclass
+class TrainableModel:
+    model: torch.nn.Module  # PeftModel for qlora/lora, the plain model for full
+    tokenizer: object
+    base_path: str | None  # where the unquantised base can be reloaded from (None: only in memory)
+    is_peft: bool
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        use_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        return torch.bfloat16 if use_bf16 else torch.float32
+    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if name not in dtypes:
+        raise ValueError(f"dtype must be 'auto' or one of {sorted(dtypes)}, got {name!r}")
+    return dtypes[name]
+
+
+def load_tokenizer(source: str, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+
+
+def load_base_model(source: str, config: TrainConfig, device: torch.device, quantize_4bit: bool):
+    """The causal LM from a local directory or hub id, optionally quantised to 4-bit NF4."""
+    from transformers import AutoModelForCausalLM
+
+    dtype = resolve_dtype(config.dtype, device)
+    kwargs = dict(dtype=dtype, trust_remote_code=config.trust_remote_code)
+    if not quantize_4bit:
+        return AutoModelForCausalLM.from_pretrained(source, **kwargs).to(device)
+    try:
+        from transformers import BitsAndBytesConfig
+
+        quantization = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",  # NormalFloat4: the QLoRA data type for normally distributed weights
+            bnb_4bit_compute_dtype=dtype,
+            bnb_4bit_use_double_quant=True,  # quantise the quantisation constants too (~0.4 bit/param saved)
+        )
+        # device_map pins every 4-bit weight to this process's device (one model copy per process).
+        return AutoModelForCausalLM.from_pretrained(
+            source, quantization_config=quantization, device_map={"": str(device)}, **kwargs
+        )
+    except Exception as error:  # ImportError, missing CUDA kernels, unsupported architecture, ...
+        raise QuantizationUnavailableError(
+            f"could not load {source!r} in 4-bit NF4 for QLoRA on {device} ({type(error).__name__}: {error}). "
+            "Train without quantisation instead: use `--method lora` (or method='lora' in TrainConfig)."
+        ) from error
+
+
+def is_quantized(model) -> bool:
+    return bool(getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False))
+
+
+def add_lora_adapters(model, config: TrainConfig, quantized: bool):
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    if quantized:
+        # Casts norms to fp32, freezes the base, and (optionally) turns on gradient checkpointing.
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.gradient_checkpointing)
+    elif config.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+        model.enable_input_require_grads()  # adapters need a gradient path through the frozen embeddings
+    lora = LoraConfig(
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=config.lora_target_modules,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, lora)
+
+
+def build_trainable_model(config: TrainConfig, source, device: torch.device, scratch_dir: Path | None = None) -> TrainableModel:
+    """``source`` is a name/path or a ``(model, tokenizer)`` pair; see the module docstring."""
+    if isinstance(source, (tuple, list)):
+        model, tokenizer = source
+        base_path = None
+        if config.method == "qlora" and not is_quantized(model):
+            if scratch_dir is None:
+                raise ValueError("method 'qlora' with an in-memory unquantised model needs a scratch_dir")
+            base_path = str(scratch_dir)
+            model.save_pretrained(base_path)
+            tokenizer.save_pretrained(base_path)
+            model = load_base_model(base_path, config, device, quantize_4bit=True)
+        elif not is_quantized(model):
+            model = model.to(device)
+    else:
+        base_path = str(source)
+        tokenizer = load_tokenizer(base_path, config.trust_remote_code)
+        model = load_base_model(base_path, config, device, quantize_4bit=config.method == "qlora")
+
+    if config.method == "full":
+        if is_quantized(model):
+            raise ValueError("method 'full' cannot train a quantised model; use --method qlora or lora")
+        if config.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+        for parameter in model.parameters():
+            parameter.requires_grad_(True)
+        return TrainableModel(model, tokenizer, base_path, is_peft=False)
+    model = add_lora_adapters(model, config, quantized=is_quantized(model))
+    return TrainableModel(model, tokenizer, base_path, is_peft=True)
+
+
+def merge_adapter(trainable: TrainableModel, adapter_dir: Path, config: TrainConfig, device: torch.device):
+    """A plain model with the LoRA update folded in, unquantised (config.dtype: float32 on CPU, bf16 on GPU).
+
+    QLoRA: the 4-bit base cannot absorb the update exactly, so the base is reloaded unquantised from
+    ``base_path`` and the saved adapter applied to it.  LoRA with an in-memory base: merged in a copy.
+    """
+    import copy
+
+    from peft import PeftModel
+
+    if trainable.base_path is not None:
+        base = load_base_model(trainable.base_path, config, device, quantize_4bit=False)
+        return PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+    if is_quantized(trainable.model):
+        raise ValueError("cannot merge a QLoRA adapter without a full-precision base to reload")
+    return copy.deepcopy(trainable.model).merge_and_unload()

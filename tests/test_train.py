@@ -1,0 +1,366 @@
+"""Tests of distill/ training: targets, errors, the soft-target KL, determinism, resume, outputs, QLoRA,
+and a 2-process accelerate run.  Tiny random-weight LLaMA students built locally (tiny_student_fixtures)."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # let `pytest` (not only `python -m pytest`) import the project
+    sys.path.insert(0, str(ROOT))
+
+from distill import io_utils  # noqa: E402
+from distill.chat_dataset import (  # noqa: E402
+    DatasetFormatError, EmptyLossMaskError, collate, load_chat_jsonl, message_start_positions, parse_example,
+    tokenize_dataset,
+)
+from distill.train import micro_batch_loss, train  # noqa: E402
+from distill.train_config import TrainConfig  # noqa: E402
+from eval.chat_format import tokenize_chat  # noqa: E402
+from tiny_student_fixtures import (  # noqa: E402
+    build_tiny_llama, build_tiny_tokenizer, hotel_conversation, save_tiny_student, write_jsonl,
+)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny matrices: one thread is several times faster than two on a busy 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def student_dir(tmp_path_factory) -> Path:
+    return save_tiny_student(tmp_path_factory.mktemp("student"))
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    return write_jsonl(tmp_path_factory.mktemp("data") / "train.jsonl", [hotel_conversation(s) for s in range(8)])
+
+
+def small_config(**overrides) -> TrainConfig:
+    values = dict(method="lora", lora_r=4, lora_alpha=8, lora_dropout=0.1, learning_rate=5e-3, warmup_steps=1,
+                  batch_size=2, grad_accum_steps=2, max_steps=6, save_every_steps=3, kl_weight=0.5)
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def trainable_weights(model) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def logged_losses(out_dir: Path) -> list[float]:
+    return [json.loads(line)["loss"] for line in (out_dir / "train_log.jsonl").read_text().splitlines()]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Targets and data errors
+# ---------------------------------------------------------------------------------------------------
+def test_targets_are_exactly_the_assistant_tokens_and_padding_changes_nothing():
+    tokenizer = build_tiny_tokenizer()
+    conversations = [hotel_conversation(1, rounds=2), hotel_conversation(4, rounds=1)]
+    examples = [parse_example(c, f"mem:{i}") for i, c in enumerate(conversations)]
+    data, report = tokenize_dataset(tokenizer, examples, max_length=1024, with_soft_targets=False)
+    assert report.truncated_examples == []
+    for tokenized, conversation in zip(data, conversations):
+        assert (tokenized.input_ids, tokenized.target_mask) == tokenize_chat(tokenizer, conversation["messages"])
+        answers = [m["content"] for m in conversation["messages"] if m["role"] == "assistant"]
+        targets = [i for i, is_target in zip(tokenized.input_ids, tokenized.target_mask) if is_target]
+        assert tokenizer.decode(targets) == "".join(f"{a}</s>\n\n" for a in answers)
+
+    # The cross-entropy equals HF's loss with labels -100 everywhere but the assistant tokens, and a padded
+    # batch of two conversations gives the token-weighted mean of the two alone.
+    model = build_tiny_llama(len(tokenizer))
+    per_example = []
+    for tokenized in data:
+        batch = collate([tokenized], tokenizer.pad_token_id)
+        labels = torch.where(batch.target_mask, batch.input_ids, torch.full_like(batch.input_ids, -100))
+        with torch.no_grad():
+            hf_loss = model(input_ids=batch.input_ids, labels=labels).loss.item()
+            _, sft, _ = micro_batch_loss(model, batch, int(batch.target_mask[:, 1:].sum()), 1, 0.0)
+        assert sft.item() == pytest.approx(hf_loss, abs=1e-5)
+        per_example.append((sft.item(), int(batch.target_mask[:, 1:].sum())))
+    batch = collate(data, tokenizer.pad_token_id)
+    assert batch.input_ids.shape[0] == 2 and not batch.attention_mask.all()  # really padded
+    total = sum(n for _, n in per_example)
+    with torch.no_grad():
+        _, sft, _ = micro_batch_loss(model, batch, total, 1, 0.0)
+    assert sft.item() == pytest.approx(sum(loss * n for loss, n in per_example) / total, abs=1e-5)
+
+
+def test_truncation_is_reported_and_an_empty_loss_mask_raises_naming_the_examples(student_dir, tmp_path):
+    tokenizer = build_tiny_tokenizer()
+    long_answer_late = {"messages": [{"role": "user", "content": "hotel " * 120},
+                                     {"role": "assistant", "content": "The best option is Hotel 1."}]}
+    examples = [parse_example(c, f"mem:{i}") for i, c in enumerate([hotel_conversation(0, rounds=3), long_answer_late])]
+    full_length = len(tokenize_chat(tokenizer, examples[0].messages)[0])
+    cut_at = message_start_positions(tokenizer, examples[0].messages)[7] + 3  # inside the last answer
+    data, report = tokenize_dataset(tokenizer, examples[:1], max_length=cut_at, with_soft_targets=True)
+    assert report.truncated_examples == [0] and report.tokens_dropped == full_length - cut_at
+    assert report.soft_targets_dropped == 1 and len(data[0].soft_targets) == 2  # the last round's no longer fits
+    assert len(data[0].input_ids) == cut_at and data[0].target_mask[-3:] == [True] * 3
+
+    path = write_jsonl(tmp_path / "d.jsonl", [hotel_conversation(0), long_answer_late, hotel_conversation(1)])
+    with pytest.raises(EmptyLossMaskError, match=r"dataset indices: 1 \(.*d\.jsonl:2\)"):
+        train(small_config(max_length=64), path, tmp_path / "out", model=str(student_dir))
+
+
+@pytest.mark.parametrize(
+    "bad_line, problem",
+    [
+        ("{not json", "not valid JSON"),
+        ('{"conversation": []}', '"messages"'),
+        ('{"messages": [{"role": "bot", "content": "hi"}]}', "role 'bot'"),
+        ('{"messages": [{"role": "user", "content": "hi"}]}', "no assistant message"),
+        ('{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}], '
+         '"soft_targets": [{"message_index": 0, "candidates": ["b"], "probs": [1.0]}]}', "message_index"),
+        ('{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}], '
+         '"soft_targets": [{"message_index": 1, "candidates": ["b", "c"], "probs": [0.5, 0.2]}]}', "sum to"),
+    ],
+)
+def test_bad_dataset_lines_are_reported_by_file_and_line(tmp_path, bad_line, problem):
+    path = tmp_path / "data.jsonl"
+    path.write_text(json.dumps(hotel_conversation(0)) + "\n\n" + bad_line + "\n")
+    with pytest.raises(DatasetFormatError) as error:
+        load_chat_jsonl(path)
+    assert f"{path}:3:" in str(error.value) and problem in str(error.value)
+
+
+def test_data_order_schedule_and_atomic_directories(tmp_path):
+    from distill.chat_dataset import micro_batch_indices, step_example_indices
+    from distill.train import plan_total_steps, warmup_cosine
+
+    # 10 conversations, 4 per step: 3 steps an epoch, each epoch a seeded permutation (last step wraps).
+    epoch = [i for step in range(3) for i in step_example_indices(step, 10, 4, seed=0, shuffle=True)]
+    assert sorted(epoch[:10]) == list(range(10)) and epoch[10:] == epoch[:2]
+    assert step_example_indices(3, 10, 4, 0, True) != step_example_indices(0, 10, 4, 0, True)  # reshuffled
+    shards = [micro_batch_indices(list(range(8)), m, p, 2, 2) for m in range(2) for p in range(2)]
+    assert shards == [[0, 1], [2, 3], [4, 5], [6, 7]]  # 2 micro-batches x 2 processes, no overlap
+    assert plan_total_steps(TrainConfig(epochs=2), 10, 4) == 6
+    assert plan_total_steps(TrainConfig(epochs=2, max_steps=4), 10, 4) == 4
+    assert plan_total_steps(TrainConfig(max_steps=50), 10, 4) == 50 and plan_total_steps(TrainConfig(), 10, 4) == 3
+    factor = warmup_cosine(TrainConfig(warmup_steps=2, min_lr_ratio=0.1), total_steps=10)
+    assert [factor(0), factor(1), factor(2), factor(10)] == pytest.approx([1 / 3, 2 / 3, 1.0, 0.1])
+
+    with pytest.raises(RuntimeError):
+        with io_utils.atomic_directory(tmp_path / "out") as tmp:
+            (tmp / "half.bin").write_bytes(b"x")
+            raise RuntimeError("crash while writing")
+    assert list(tmp_path.iterdir()) == []  # nothing half-written is left, not even the temporary directory
+    with io_utils.atomic_directory(tmp_path / "out") as tmp:
+        (tmp / "whole.bin").write_bytes(b"x")
+    assert io_utils.is_complete(tmp_path / "out") and (tmp_path / "out" / "whole.bin").is_file()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Soft targets: the KL term, against an independent computation
+# ---------------------------------------------------------------------------------------------------
+def candidate_score_independently(model, tokenizer, messages, index: int, candidate: str) -> float:
+    """Summed log-prob of the candidate's tokens (those of the last message) in its own unpadded pass."""
+    ids, mask = tokenize_chat(tokenizer, messages[:index] + [{"role": "assistant", "content": candidate}])
+    first = len(mask) - next(i for i, m in enumerate(reversed(mask)) if not m)  # start of the trailing run
+    with torch.no_grad():
+        log_probs = model(input_ids=torch.tensor([ids])).logits[0].double().log_softmax(-1)
+    return sum(log_probs[t - 1, ids[t]].item() for t in range(first, len(ids)))
+
+
+@pytest.mark.parametrize("chat_template", [False, True])
+def test_kl_term_matches_an_independent_computation(chat_template):
+    tokenizer = build_tiny_tokenizer(chat_template)
+    model = build_tiny_llama(len(tokenizer), seed=3)
+    conversations = [hotel_conversation(2, rounds=2), hotel_conversation(5, rounds=1)]
+    conversations[1]["soft_targets"][0]["probs"] = [0.0, 0.25, 0.75]  # a zero-probability candidate too
+    examples = [parse_example(c, f"mem:{i}") for i, c in enumerate(conversations)]
+    data, _ = tokenize_dataset(tokenizer, examples, max_length=1024, with_soft_targets=True)
+    batch = collate(data, tokenizer.pad_token_id)
+    with torch.no_grad():
+        _, _, kl = micro_batch_loss(model, batch, 1, len(batch.candidate_row), kl_weight=1.0)
+
+    expected = []
+    for conversation in conversations:
+        for target in conversation["soft_targets"]:
+            scores = [candidate_score_independently(model, tokenizer, conversation["messages"],
+                                                    target["message_index"], c) for c in target["candidates"]]
+            log_norm = math.log(sum(math.exp(s - max(scores)) for s in scores)) + max(scores)
+            expected.append(sum(p * (math.log(p) - (s - log_norm)) for p, s in zip(target["probs"], scores) if p > 0))
+    assert len(expected) == 3 and kl.item() > 0.01
+    assert kl.item() == pytest.approx(sum(expected) / len(expected), abs=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Determinism, resume, outputs
+# ---------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def straight_run(student_dir, dataset, tmp_path_factory):
+    return train(small_config(), dataset, tmp_path_factory.mktemp("straight"), model=str(student_dir))
+
+
+def test_same_seed_gives_same_losses_and_weights(straight_run, student_dir, dataset, tmp_path):
+    again = train(small_config(), dataset, tmp_path / "again", model=str(student_dir))
+    assert again.losses == straight_run.losses and len(again.losses) == 6
+    for name, weight in trainable_weights(straight_run.model).items():
+        assert torch.equal(weight, trainable_weights(again.model)[name]), name
+    other_seed = train(small_config(seed=1, max_steps=2), dataset, tmp_path / "seed1", model=str(student_dir))
+    assert other_seed.losses != straight_run.losses[:2]
+
+
+def test_resume_after_a_crash_continues_to_the_same_weights_and_losses(straight_run, student_dir, dataset, tmp_path):
+    class Crash(Exception):
+        pass
+
+    def crash_after_step_4(record):  # step 3 was checkpointed, step 4 was not
+        if record["step"] == 4:
+            raise Crash
+
+    out = tmp_path / "interrupted"
+    with pytest.raises(Crash):
+        train(small_config(), dataset, out, model=str(student_dir), on_step_end=crash_after_step_4)
+    # What a crash in the middle of saving step 5 would leave: neither may be taken for a checkpoint.
+    (out / "checkpoints" / ".tmp-step-00000005-x").mkdir()
+    (out / "checkpoints" / "step-00000005").mkdir()
+    assert io_utils.last_complete_checkpoint(out / "checkpoints").name == "step-00000003"
+
+    resumed = train(small_config(), dataset, out, model=str(student_dir), resume=True)
+    assert resumed.steps == 6 and resumed.steps_this_run == 3  # steps 1-3 were not redone
+    assert logged_losses(out) == pytest.approx(logged_losses(straight_run.out_dir), abs=1e-6)
+    assert resumed.losses == pytest.approx(straight_run.losses[3:], abs=1e-6)
+    for name, weight in trainable_weights(straight_run.model).items():
+        torch.testing.assert_close(trainable_weights(resumed.model)[name], weight, atol=1e-6, rtol=0)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["resumed_from"].endswith("step-00000003") and summary["steps"] == 6
+
+
+def test_outputs_adapter_in_peft_layout_log_and_summary(straight_run, student_dir):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    adapter_dir = straight_run.adapter_dir
+    adapter_config = json.loads((adapter_dir / "adapter_config.json").read_text())
+    linear_layers = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}  # "all-linear"
+    assert {name.rsplit(".", 1)[-1] for name in adapter_config["target_modules"]} == linear_layers
+    tokenizer = AutoTokenizer.from_pretrained(adapter_dir)  # saved beside the adapter
+    loaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(student_dir), adapter_dir).eval()
+    ids = torch.tensor([tokenize_chat(tokenizer, hotel_conversation(3)["messages"])[0]])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(input_ids=ids).logits, straight_run.model.eval()(input_ids=ids).logits)
+
+    log = [json.loads(line) for line in (straight_run.out_dir / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2, 3, 4, 5, 6] and all(r["tokens_per_s"] > 0 for r in log)
+    assert log[0]["lr"] == pytest.approx(5e-3 / 2)  # warm-up: step 1 of 1
+    summary = json.loads((straight_run.out_dir / "summary.json").read_text())
+    assert summary["steps"] == 6 and summary["tokens"] == straight_run.tokens > 0 and summary["peak_rss_mb"] > 0
+    saved_config = TrainConfig.from_json_file(straight_run.out_dir / "train_config.json")
+    assert saved_config.model_name_or_path == str(student_dir) and saved_config.kl_weight == 0.5
+    kept = io_utils.complete_checkpoints(straight_run.out_dir / "checkpoints")
+    assert [step for step, _ in kept] == [3, 6]
+
+
+def test_budget_stops_cleanly_and_full_method_saves_a_model(student_dir, dataset, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    stopped = train(small_config(budget_minutes=1e-9), dataset, tmp_path / "budget", model=str(student_dir))
+    assert stopped.stop_reason == "budget" and stopped.steps == 0
+    assert (stopped.adapter_dir / "adapter_model.safetensors").is_file()
+    assert io_utils.last_complete_checkpoint(tmp_path / "budget" / "checkpoints").name == "step-00000000"
+
+    full = train(small_config(method="full", max_steps=2, learning_rate=1e-3), dataset, tmp_path / "full",
+                 model=str(student_dir))
+    reloaded = AutoModelForCausalLM.from_pretrained(full.model_dir)
+    original = AutoModelForCausalLM.from_pretrained(student_dir)
+    changed = [n for n, p in reloaded.named_parameters() if not torch.equal(p, original.get_parameter(n))]
+    assert len(changed) == len(list(original.parameters()))
+    for name, parameter in full.model.named_parameters():
+        assert torch.equal(parameter.detach(), reloaded.get_parameter(name)), name
+
+
+# ---------------------------------------------------------------------------------------------------
+# QLoRA on CPU, and a 2-process accelerate run
+# ---------------------------------------------------------------------------------------------------
+def test_qlora_trains_a_4bit_tiny_llama_on_cpu_and_merges(student_dir, tmp_path):
+    import bitsandbytes as bnb
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    data = write_jsonl(tmp_path / "repeated.jsonl", [hotel_conversation(0)] * 4)
+    config = TrainConfig(method="qlora", lora_r=16, lora_alpha=32, lora_dropout=0.0, learning_rate=1e-2,
+                         warmup_steps=0, batch_size=4, max_steps=12, save_every_steps=0, merge_adapter=True)
+    result = train(config, data, tmp_path / "qlora", model=str(student_dir))
+    base_layer = result.model.base_model.model.model.layers[0].self_attn.q_proj.base_layer
+    assert isinstance(base_layer, bnb.nn.Linear4bit)  # really a 4-bit NF4 base
+    losses = result.losses  # the same 4 conversations every step: the adapters must fit them
+    assert losses[-1] < losses[0] - 0.8 and sum(losses[-3:]) < sum(losses[:3]) - 1.5
+
+    merged = AutoModelForCausalLM.from_pretrained(result.merged_dir).eval()
+    unmerged = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(student_dir), result.adapter_dir).eval()
+    ids = torch.tensor([[1, 5, 9, 40, 77, 120]])
+    with torch.no_grad():
+        torch.testing.assert_close(merged(input_ids=ids).logits, unmerged(input_ids=ids).logits, atol=1e-4, rtol=1e-4)
+
+
+def test_in_memory_student_pair_with_qlora_and_a_fresh_run_refuses_old_checkpoints(dataset, tmp_path):
+    import bitsandbytes as bnb
+    from peft import PeftModel
+
+    tokenizer = build_tiny_tokenizer()
+    base = build_tiny_llama(len(tokenizer), hidden=64)
+    config = small_config(method="qlora", max_steps=2, save_every_steps=0, merge_adapter=True)
+    result = train(config, dataset, tmp_path / "pair", model=(base, tokenizer))  # re-quantised via a scratch dir
+    assert isinstance(result.model.base_model.model.model.layers[1].mlp.up_proj.base_layer, bnb.nn.Linear4bit)
+    assert result.steps == 2 and result.tokenizer is tokenizer
+    PeftModel.from_pretrained(build_tiny_llama(len(tokenizer), hidden=64), result.adapter_dir)
+    assert (result.merged_dir / "model.safetensors").is_file()
+
+    with pytest.raises(FileExistsError, match="resume"):
+        train(config, dataset, tmp_path / "pair", model=(base, tokenizer))
+
+
+def test_failed_4bit_loading_says_so_and_suggests_method_lora(student_dir, dataset, tmp_path, monkeypatch):
+    import transformers
+
+    from distill.model_setup import QuantizationUnavailableError
+
+    def no_bitsandbytes(**_):
+        raise ImportError("bitsandbytes is not installed")
+
+    monkeypatch.setattr(transformers, "BitsAndBytesConfig", no_bitsandbytes)
+    with pytest.raises(QuantizationUnavailableError, match=r"4-bit.*bitsandbytes is not installed.*--method lora"):
+        train(small_config(method="qlora"), dataset, tmp_path / "out", model=str(student_dir))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_accelerate_launch_with_two_cpu_processes(student_dir, dataset, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    config_path = tmp_path / "config.json"
+    config_path.write_text(small_config(max_steps=4, save_every_steps=2, model_name_or_path=str(student_dir)).to_json())
+    out = tmp_path / "ddp"
+    # `--cpu` alone starts a single process (accelerate expects mpirun for CPU ranks); the torchrun-based
+    # launcher on a machine without GPUs gives CPU processes on the gloo backend (see train()).
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               "--main_process_port", str(free_port()),
+               "-m", "distill.train", "--config", str(config_path), "--data", str(dataset), "--out", str(out)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    finished = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["num_processes"] == 2 and summary["steps"] == 4
+    assert len(torch.load(out / "checkpoints" / "step-00000004" / "rng.pt", weights_only=False)) == 2
+    PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(student_dir), out / "adapter")
