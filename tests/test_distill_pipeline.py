@@ -1,0 +1,42 @@
+"""The whole teaching loop on tiny settings: data, training, evaluation before and after, report and plot."""
+import json
+
+import pytest
+
+import tiny_lm
+from distill.pipeline import DistillSettings, run_distill
+
+
+def _settings(tmp_path, **changes):
+    base = dict(domain="hotel", teacher="bayesian", out_dir=str(tmp_path / "run"), n_dialogues=1, n_eval_users=3,
+                n_heldout=2, max_train_users=6, budget_minutes=0.05)
+    base.update(changes)
+    return DistillSettings(**base)
+
+
+def _check_outputs(tmp_path, report, teacher):
+    out = tmp_path / "run"
+    manifest = json.loads((out / "data" / "manifest.json").read_text())
+    assert manifest["counts"]["examples"] == 6 * 5 and manifest["teacher"] == teacher
+    assert len(manifest["eval_users"]) == 3
+    assert report == json.loads((out / "report.json").read_text())
+    assert report["n_users"] == 3 and len(report["accuracy"]) == 6
+    assert set(report["extra"]["curves"]) >= {"bayesian", "random"}
+    assert (out / "accuracy.png").stat().st_size > 10_000
+
+
+def test_distill_a_hugging_face_model_with_lora(tmp_path):
+    model_dir = tiny_lm.save_tiny_lm(tmp_path / "tiny")
+    lines = []
+    report = run_distill(_settings(tmp_path, model=str(model_dir), method="lora"), log=lines.append)
+    _check_outputs(tmp_path, report, "bayesian")
+    assert (tmp_path / "run" / "train" / "adapter" / "adapter_config.json").is_file()
+    table = "\n".join(lines)
+    assert "student before" in table and "student after" in table and "bayesian" in table
+
+
+def test_distill_the_embedded_student(tmp_path):
+    pytest.importorskip("distill.student")
+    report = run_distill(_settings(tmp_path, teacher="soft"), log=lambda line: None)
+    _check_outputs(tmp_path, report, "soft")
+    assert (tmp_path / "run" / "train" / "model" / "config.json").is_file()
