@@ -13,6 +13,7 @@ Both the simulated users and the exact inference use this one object, so they ca
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -55,11 +56,9 @@ class UtilityChoice(TorchDistribution):
         """Log-probability of every option: [..., n_options]."""
         if self.temperature > 0:
             return self._apply_lapse(torch.log_softmax(self.utility / self.temperature, dim=-1))
-        best = self.utility.amax(-1, keepdim=True)
-        is_best = self.utility >= best - self.tie_tolerance  # [..., n_options]
-        n_best = is_best.sum(-1, keepdim=True)
-        log_probs = torch.where(is_best, -torch.log(n_best.to(self.utility.dtype)), -math.inf)
-        return self._apply_lapse(log_probs)
+        is_best = self.utility >= (self.utility.amax(-1, keepdim=True) - self.tie_tolerance)  # [..., n_options]
+        n_best = _count(is_best, keepdim=True)
+        return self._apply_lapse(self._minus_log_count(n_best * is_best))
 
     def log_prob(self, value):
         """Log-probability of the chosen option ``value`` (long, broadcastable to the batch shape)."""
@@ -67,15 +66,17 @@ class UtilityChoice(TorchDistribution):
             chosen = self.utility.gather(-1, _index(value, self.utility))[..., 0]
             log_probs = chosen / self.temperature - torch.logsumexp(self.utility / self.temperature, -1)
             return self._apply_lapse(log_probs)
-        # Deterministic: never materialise the whole [..., n_options] log-prob table (the hot path of
-        # exact inference); compare the chosen utility with the best one directly.
-        best = self.utility.amax(-1)
-        chosen = self.utility.gather(-1, _index(value, self.utility))[..., 0]
-        n_best = (self.utility >= (best - self.tie_tolerance).unsqueeze(-1)).sum(-1)
-        log_probs = torch.where(
-            chosen >= best - self.tie_tolerance, -torch.log(n_best.to(self.utility.dtype)), -math.inf
-        )
-        return self._apply_lapse(log_probs)
+        # Deterministic: the hot path of exact inference, so no [..., n_options] float table and no
+        # torch.where: count the tied-best options in uint8, mark whether the chosen one is among them,
+        # and read -log(count) (or -inf) off a small table.
+        threshold = self.utility.amax(-1).sub_(self.tie_tolerance)  # best - tolerance, [...]
+        is_best = self.utility >= threshold.unsqueeze(-1)  # [..., n_options]
+        return self._apply_lapse(self._minus_log_count(_count(is_best) * _chosen(is_best, value)))
+
+    def _minus_log_count(self, count):
+        """``-log(count)`` for counts of tied options (uint8), with ``-inf`` for a count of 0."""
+        table = _minus_log_table(self.n_options, self.utility.dtype, self.utility.device)
+        return table.index_select(0, count.reshape(-1).long()).reshape(count.shape)
 
     def sample(self, sample_shape=torch.Size(), generator=None):
         probs = self.log_probs().exp()
@@ -94,3 +95,34 @@ def _index(value, utility):
     """``value`` expanded (a view, no copy) to utility's batch shape, with a trailing singleton for gather."""
     value = torch.as_tensor(value, device=utility.device).long()
     return value.expand(utility.shape[:-1]).unsqueeze(-1)
+
+
+def _count(is_best, keepdim=False):
+    """How many options are tied for best: ``is_best.sum(-1)`` as uint8 (int32 beyond 255 options)."""
+    if is_best.shape[-1] < 256:  # bool -> uint8 is a free view, and uint8 sums are fast
+        return is_best.view(torch.uint8).sum(-1, keepdim=keepdim, dtype=torch.uint8)
+    return is_best.sum(-1, keepdim=keepdim, dtype=torch.int32)
+
+
+def _chosen(is_best, value):
+    """Whether the chosen option ``value`` is among the best: bool ``[...]``.  For a few options a loop of
+    elementwise tests is much cheaper than ``gather`` with an index expanded over the batch."""
+    value = torch.as_tensor(value, device=is_best.device)
+    n_options = is_best.shape[-1]
+    if n_options > 8:
+        return is_best.gather(-1, _index(value, is_best))[..., 0]
+    value = value.expand(is_best.shape[:-1])
+    chosen = is_best[..., 0] & (value == 0)
+    for option in range(1, n_options):
+        chosen |= is_best[..., option] & (value == option)
+    return chosen
+
+
+@functools.lru_cache(maxsize=None)
+def _minus_log_table(n_options, dtype, device):
+    """``[-inf, -log 1, -log 2, ..., -log n_options]``: entry k is the log-probability of each of k tied
+    options (entry 0: an option that is not among the best).  The logs come from ``torch.log`` on a
+    tensor long enough for its vectorised path, the path the whole-batch ``-torch.log(n_best)`` took."""
+    counts = torch.arange(1, n_options + 1, dtype=dtype, device=device)
+    logs = torch.log(counts.repeat(max(1, -(-64 // n_options))))[:n_options]
+    return torch.cat([torch.full((1,), -math.inf, dtype=dtype, device=device), -logs])

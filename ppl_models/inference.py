@@ -12,6 +12,7 @@ Deterministic users give a 0/1 likelihood: a choice that no hypothesis with prio
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -68,22 +69,37 @@ def choice_log_likelihood(domain: Domain, option_index: torch.Tensor, choices: t
 
     Returns ``[H, D, R]`` (the observed choices), or ``[H, D, R, O]`` (every option) with ``all_options``.
     """
+    observed, every_option = _log_likelihoods(
+        domain, option_index, choices, observed=not all_options, all_options=all_options
+    )
+    return every_option if all_options else observed
+
+
+def _log_likelihoods(domain: Domain, option_index, choices, *, observed=True, all_options=False):
+    """``(log p(observed choice) [H, D, R], log p(each option) [H, D, R, O])``, both from one enumerated
+    trace (``infer`` with ``predictive`` needs both); either is None unless asked for."""
     space = hypothesis_space(domain)
     n_dialogues, n_rounds = option_index.shape[:2]
+    observed_shape = (space.size, n_dialogues, n_rounds)
     if n_rounds == 0:  # nothing observed yet: Pyro plates cannot be empty, and there is nothing to trace
-        return torch.zeros((space.size, n_dialogues, 0) + ((domain.n_options,) if all_options else ()))
+        return (
+            torch.zeros(observed_shape) if observed else None,
+            torch.zeros(observed_shape + (domain.n_options,)) if all_options else None,
+        )
     trace = enumerated_trace(domain, option_index, choices)
     fn = trace.nodes[CHOICE_SITE]["fn"]
     n_enum = enum_ndim(trace)
+    log_lik = log_probs = None
+    if observed:
+        log_lik = as_enum_batch(fn.log_prob(trace.nodes[CHOICE_SITE]["value"]), n_enum)  # [enum..., D, R]
+        log_lik = log_lik.expand(space.enum_shape + observed_shape[1:]).reshape(observed_shape)
     if all_options:
-        log_lik = fn.log_probs()  # [enum..., D, R, O]
-        extra = n_enum + 3 - log_lik.dim()
-        log_lik = log_lik.reshape((1,) * extra + tuple(log_lik.shape))
+        log_probs = fn.log_probs()  # [enum..., D, R, O]
+        extra = n_enum + 3 - log_probs.dim()
+        log_probs = log_probs.reshape((1,) * extra + tuple(log_probs.shape))
         shape = space.enum_shape + (n_dialogues, n_rounds, domain.n_options)
-        return log_lik.expand(shape).reshape((space.size,) + shape[n_enum:])
-    log_lik = as_enum_batch(fn.log_prob(trace.nodes[CHOICE_SITE]["value"]), n_enum)  # [enum..., D, R]
-    shape = space.enum_shape + (n_dialogues, n_rounds)
-    return log_lik.expand(shape).reshape(space.size, n_dialogues, n_rounds)
+        log_probs = log_probs.expand(shape).reshape((space.size,) + shape[n_enum:])
+    return log_lik, log_probs
 
 
 def infer(
@@ -105,39 +121,74 @@ def infer(
     _check_inputs(domain, option_index, choices)
     space = hypothesis_space(domain)
     n_dialogues, n_rounds = choices.shape
-    per_dialogue = space.size * n_rounds * domain.n_options
-    log_posteriors, marginal_parts, predictive_parts, evidence_parts = [], {s: [] for s in space.sites}, [], []
-    prior = space.log_prior.double()[:, None, None]  # [H, 1, 1]
+    n_hypotheses = space.size
+    per_dialogue = n_hypotheses * n_rounds * domain.n_options
+    # The outputs are preallocated and filled chunk by chunk (no parts to concatenate: half the memory).
+    states = (n_dialogues, n_rounds + 1)
+    log_evidence = torch.empty(states, dtype=torch.float64)
+    log_posterior = torch.empty(states + (n_hypotheses,), dtype=torch.float64) if keep_posterior else None
+    marginal_out = {s: torch.empty(states + (space.site_sizes[s],), dtype=torch.float64) for s in space.sites}
+    marginal_out = marginal_out if marginals else {}
+    predictive_out = torch.empty((n_dialogues, n_rounds, domain.n_options), dtype=torch.float64) if predictive else None
+    prior = space.log_prior.double()[:, None]  # [H, 1]
     for start, stop in _chunks(n_dialogues, per_dialogue, max_elements):
+        log_lik, option_log_probs = _log_likelihoods(
+            domain, option_index[start:stop], choices[start:stop], all_options=predictive
+        )  # [H, d, R] (and [H, d, R, O])
         # Utilities are float32; the evidence accumulates in float64 so posteriors are exact to ~1e-12.
-        log_lik = choice_log_likelihood(domain, option_index[start:stop], choices[start:stop]).double()  # [H, d, R]
-        cumulative = torch.cat([log_lik.new_zeros(log_lik.shape[:-1] + (1,)), log_lik.cumsum(-1)], dim=-1)
-        log_joint = prior + cumulative  # [H, d, R+1]
-        log_evidence = torch.logsumexp(log_joint, dim=0)  # [d, R+1]
-        _raise_if_impossible(log_evidence, choices[start:stop], start)
-        log_post = log_joint - log_evidence  # [H, d, R+1]
-        evidence_parts.append(log_evidence)
-        if keep_posterior:
-            log_posteriors.append(log_post.permute(1, 2, 0))
+        # log p(h) + log p(choices of rounds < r | h) for r = 0..R, built in place: [H, d, R+1]
+        log_joint = torch.empty((n_hypotheses, stop - start, n_rounds + 1), dtype=torch.float64)
+        log_joint[..., 0] = prior
+        torch.cumsum(log_lik, -1, dtype=torch.float64, out=log_joint[..., 1:])
+        log_joint[..., 1:] += prior[..., None]
+        evidence = _logsumexp(log_joint, 0)  # [d, R+1]
+        _raise_if_impossible(evidence, choices[start:stop], start)
+        log_evidence[start:stop] = evidence
+        log_post = log_joint.sub_(evidence)  # [H, d, R+1], in place
+        if keep_posterior:  # [H, d*(R+1)] -> [d*(R+1), H] as a 2-D transposed copy (torch's fast path)
+            log_posterior[start:stop].view(-1, n_hypotheses).copy_(log_post.view(n_hypotheses, -1).t())
         if marginals or predictive:
-            post = log_post.exp()
+            post = _exp(log_post)
         if marginals:
             for site in space.sites:
-                marginal_parts[site].append(space.marginal(post, site))
+                marginal_out[site][start:stop] = space.marginal(post, site)
         if predictive:
-            option_probs = choice_log_likelihood(
-                domain, option_index[start:stop], choices[start:stop], all_options=True
-            ).double().exp()  # [H, d, R, O]
-            predictive_parts.append(torch.einsum("hdr,hdro->dro", post[..., :n_rounds], option_probs))
+            option_probs = _exp(option_log_probs.double())  # [H, d, R, O]
+            predictive_out[start:stop] = torch.einsum("hdr,hdro->dro", post[..., :n_rounds], option_probs)
         if progress is not None:
             progress(stop - start)
     return PosteriorResult(
         space=space,
-        log_posterior=torch.cat(log_posteriors) if keep_posterior else None,
-        marginals={s: torch.cat(parts) for s, parts in marginal_parts.items()} if marginals else {},
-        predictive=torch.cat(predictive_parts) if predictive else None,
-        log_evidence=torch.cat(evidence_parts),
+        log_posterior=log_posterior,
+        marginals=marginal_out,
+        predictive=predictive_out,
+        log_evidence=log_evidence,
     )
+
+
+# torch.exp is slow where its result underflows (below about -87 in float32, -708 in float64, and at -inf:
+# a hypothesis the data rule out, most of them after a few rounds); _exp gives the same values without it.
+_EXP_UNDERFLOW = {torch.float32: -87.0, torch.float64: -708.0}
+
+
+def _exp(x: torch.Tensor) -> torch.Tensor:
+    """``torch.exp(x)``, bit for bit, fast when much of ``x`` is ``-inf``."""
+    low = _EXP_UNDERFLOW.get(x.dtype)
+    if low is None or x.numel() == 0:
+        return x.exp()
+    if x.nan_to_num(nan=0.0, posinf=0.0, neginf=0.0).amin() < low:
+        return x.exp()  # finite values whose exp underflows (to subnormals): the exact slow path
+    # every finite value is >= low: exp of the clamped value, times 0 at -inf and 1 elsewhere
+    ones = x.clamp(low - 1.0, low).sub_(low - 1.0)
+    return x.clamp(min=low).exp_().mul_(ones)
+
+
+def _logsumexp(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """``torch.logsumexp(x, dim)``, bit for bit (ATen's steps), with the fast ``_exp``."""
+    maxes = x.amax(dim, keepdim=True)
+    maxes_squeezed = maxes.squeeze(dim)
+    maxes_squeezed.masked_fill_(maxes_squeezed.abs() == math.inf, 0)
+    return _exp(x - maxes).sum(dim).log_().add_(maxes_squeezed)
 
 
 def _raise_if_impossible(log_evidence: torch.Tensor, choices: torch.Tensor, offset: int) -> None:
@@ -168,8 +219,8 @@ def predict(
     dummy_choices = torch.zeros(n_dialogues, n_sets, dtype=torch.long)
     parts = []
     for start, stop in _chunks(n_dialogues, space.size * n_sets * domain.n_options, max_elements):
-        option_probs = choice_log_likelihood(
-            domain, option_index[start:stop], dummy_choices[start:stop], all_options=True
-        ).double().exp()  # [H, d, M, O]
-        parts.append(torch.einsum("dsh,hdmo->dsmo", log_posterior[start:stop].double().exp(), option_probs))
+        option_probs = _exp(
+            choice_log_likelihood(domain, option_index[start:stop], dummy_choices[start:stop], all_options=True).double()
+        )  # [H, d, M, O]
+        parts.append(torch.einsum("dsh,hdmo->dsmo", _exp(log_posterior[start:stop].double()), option_probs))
     return torch.cat(parts)

@@ -50,11 +50,19 @@ def linear_utility(weights, options) -> torch.Tensor:
     ``weights[f]`` broadcasts against the plates (``[..., n_dialogues, 1]``); ``options.value`` is
     ``[n_dialogues, n_rounds, n_options, n_features]``.  Summing feature by feature lets the enumerated
     dimensions grow one at a time instead of materialising a ``[..., n_features]`` product.
+
+    The result is stored option-major (each option's utilities contiguous, the ``[..., n_options]`` tensor
+    a permuted view): the choice rule's reductions over the options then run as elementwise operations
+    across contiguous blocks, several times faster under enumeration than over a trailing dimension of 3.
+    The values are the same either way (the same sums in the same order).
     """
+    values = options.value.movedim(-1, 0).movedim(-1, 1).contiguous()  # [F, O, ..., D, R]: a small copy
+    n_batch = max([weight.dim() for weight in weights] + [values.dim() - 2])
+    values = values.reshape(values.shape[:2] + (1,) * (n_batch + 2 - values.dim()) + values.shape[2:])
     utility = 0.0
-    for f, weight in enumerate(weights):
-        utility = utility + weight.unsqueeze(-1) * options.value[..., f]
-    return utility
+    for weight, value in zip(weights, values):
+        utility = utility + weight * value  # [O, ..., D, R]
+    return utility.movedim(0, -1)  # [..., D, R, O]
 
 
 def linear_domain_parts(features, levels=WEIGHT_LEVELS):

@@ -1,0 +1,253 @@
+"""Training throughput (tokens/s) and peak memory of distill.train for full / lora / qlora on one machine.
+
+Small LLaMA-style models with random weights (13M and 101M parameters, see SCENARIOS) and a BPE
+tokenizer are built locally (nothing is downloaded), then each method trains for a few steps on synthetic
+hotel dialogues through the real ``distill.train.train`` (data, collation, loss, optimizer; no
+intermediate checkpoints).  Each method runs in its own subprocess so that its peak RSS is its own.
+
+On CPU, read memory with care: LoRA's frozen fp32 base stays memory-mapped from the safetensors file
+(file-backed resident pages, not anonymous memory), while the 4-bit loader leaves that file mapped too;
+hence both the total and the anonymous resident memory are reported.
+
+    .venv/bin/python benchmarks/bench_train_throughput.py                 # a few minutes on 2 CPU cores
+    .venv/bin/python benchmarks/bench_train_throughput.py --scenarios activations --steps 3   # quicker
+    .venv/bin/python benchmarks/bench_train_throughput.py --threads 1     # steadier on a busy machine
+
+Writes benchmarks/results/train_throughput.json: per scenario (model shape) and method: tokens/s (whole
+run, and median of the steps after the first), seconds per step, peak RSS of the whole process and RSS peak
+sampled during the training steps (peak GPU memory on a GPU), trainable parameters, and the qlora/lora
+throughput and memory ratios.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def synthetic_dialogue(rng: random.Random, rounds: int) -> dict:
+    messages = []
+    for r in range(rounds):
+        prices = [rng.randint(50, 400) for _ in range(3)]
+        stars = [rng.randint(1, 5) for _ in range(3)]
+        hotels = "; ".join(f"Hotel {k + 1}: ${p} a night, {s} stars, {rng.randint(1, 20)} km from the centre"
+                           for k, (p, s) in enumerate(zip(prices, stars)))
+        messages.append({"role": "user", "content": f"Round {r + 1}. Options: {hotels}. Which one should I book?"})
+        messages.append({"role": "assistant", "content": f"The best option is Hotel {rng.randint(1, 3)}."})
+        messages.append({"role": "user", "content": f"I picked Hotel {rng.randint(1, 3)}."})
+    return {"messages": messages}
+
+
+def build_student(directory: Path, hidden: int, layers: int, vocab: int, seed: int = 0) -> int:
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    rng = random.Random(seed)
+    corpus = [json.dumps(synthetic_dialogue(rng, 3)) for _ in range(200)] + ["### User:\n### Assistant:\n"]
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    backend.train_from_iterator(corpus, trainers.BpeTrainer(
+        vocab_size=vocab, special_tokens=["<pad>", "<s>", "</s>"], show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=int(hidden * 8 / 3) // 64 * 64,
+                         num_hidden_layers=layers, num_attention_heads=max(1, hidden // 64),
+                         num_key_value_heads=max(1, hidden // 64), max_position_embeddings=2048,
+                         bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    model = LlamaForCausalLM(config)
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return sum(p.numel() for p in model.parameters())
+
+
+def resident_memory() -> tuple[int, int]:
+    """(resident bytes, anonymous resident bytes).  Anonymous = heap/tensors; the rest is file-backed pages
+    (libraries, and safetensors weights that stay memory-mapped from disk), which the OS can drop."""
+    try:
+        fields = dict(line.split(":", 1) for line in open("/proc/self/status") if line.startswith(("VmRSS", "RssAnon")))
+        return int(fields["VmRSS"].split()[0]) * 1024, int(fields["RssAnon"].split()[0]) * 1024
+    except (OSError, KeyError):  # not Linux
+        import psutil
+
+        rss = psutil.Process().memory_info().rss
+        return rss, rss
+
+
+class RssSampler:
+    """Samples this process's resident memory every few ms on a thread; ``peak_since(t)`` is the largest
+    sample taken after time t (used for the peak of the training steps, without model loading)."""
+
+    def __init__(self, every_s: float = 0.01):
+        self.every_s, self.samples = every_s, []
+        self.running = True
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while self.running:
+            self.samples.append((time.perf_counter(), *resident_memory()))
+            time.sleep(self.every_s)
+
+    def stop(self) -> None:
+        self.running = False
+        self.thread.join()
+
+    def peak_since(self, start: float) -> tuple[float, float]:
+        """(peak resident MiB, peak anonymous resident MiB) of the samples after ``start``."""
+        later = [(rss, anon) for t, rss, anon in self.samples if t >= start] or [(0, 0)]
+        return max(r for r, _ in later) / 2**20, max(a for _, a in later) / 2**20
+
+
+def run_worker(args) -> None:
+    """One method, one process: train, then append a JSON line with the measurements."""
+    import bitsandbytes  # noqa: F401  (imported before the baseline so that it is in it)
+    import peft  # noqa: F401
+
+    from distill.train import train
+    from distill.train_config import TrainConfig
+
+    sampler = RssSampler()
+    baseline_rss, baseline_anon = (b / 2**20 for b in resident_memory())  # libraries loaded, no model yet
+    step_ends: list[float] = []
+    learning_rate = 1e-5 if args.worker == "full" else 2e-4
+    config = TrainConfig(method=args.worker, max_steps=args.steps, batch_size=args.batch_size, warmup_steps=1,
+                         learning_rate=learning_rate, save_every_steps=0, keep_last_checkpoints=1,
+                         max_length=args.max_length, kl_weight=args.kl_weight, seed=0)
+    out_dir = Path(args.scratch) / f"out-{args.worker}"
+    result = train(config, args.data, out_dir, model=args.model_dir,
+                   on_step_end=lambda record: step_ends.append(time.perf_counter()))
+    sampler.stop()
+    log = [json.loads(line) for line in (out_dir / "train_log.jsonl").read_text().splitlines()]
+    summary = json.loads((out_dir / "summary.json").read_text())
+    steady = [r["tokens_per_s"] for r in log[1:]] or [log[0]["tokens_per_s"]]
+    steady_rss, steady_anon = sampler.peak_since(step_ends[0] if step_ends else math.inf)
+    measured = {
+        "method": args.worker,
+        "steps": result.steps,
+        "tokens": result.tokens,
+        "tokens_per_s": result.tokens_per_s,
+        "tokens_per_s_median_after_first_step": statistics.median(steady),
+        "seconds_per_step": summary["train_seconds"] / max(1, result.steps),
+        "peak_rss_mb": result.peak_rss_mb,  # whole process, model loading (and 4-bit quantising) included
+        "baseline_rss_mb": baseline_rss,  # python + torch + transformers + peft + bitsandbytes, no model
+        # sampled during steps 2..N (weights, grads, optimizer states, activations; not the load peak)
+        "training_rss_peak_mb": steady_rss,
+        "training_rss_peak_above_baseline_mb": steady_rss - baseline_rss,
+        # the anonymous part only: excludes fp32 weights still memory-mapped from the safetensors file
+        "training_anon_rss_peak_above_baseline_mb": steady_anon - baseline_anon,
+        "peak_gpu_mb": summary["peak_gpu_mb"],
+        "trainable_params": sum(p.numel() for p in result.model.parameters() if p.requires_grad),
+        "first_loss": log[0]["loss"],
+        "last_loss": log[-1]["loss"],
+        "wall_seconds": summary["wall_seconds"],
+    }
+    with open(args.result_file, "a") as handle:
+        handle.write(json.dumps(measured) + "\n")
+
+
+# Two shapes of the same question.  "activations": a 13M-parameter model on batches of 4 three-round
+# dialogues, where compute and activations dominate (a tokens/s view).  "weights": a ~100M-parameter
+# model on single one-round dialogues, where weights, gradients and optimizer states dominate memory
+# (where 4-bit weights should show).
+SCENARIOS = {
+    "activations": dict(hidden=512, layers=4, vocab=2048, batch_size=4, rounds=3),
+    "weights": dict(hidden=1024, layers=8, vocab=4096, batch_size=1, rounds=1),
+}
+
+
+def run_scenario(name: str, shape: dict, args) -> dict:
+    with tempfile.TemporaryDirectory(prefix="bench-train-") as scratch:
+        scratch = Path(scratch)
+        num_params = build_student(scratch / "student", shape["hidden"], shape["layers"], shape["vocab"])
+        rng = random.Random(1)
+        data = scratch / "train.jsonl"
+        data.write_text("".join(json.dumps(synthetic_dialogue(rng, shape["rounds"])) + "\n" for _ in range(args.examples)))
+        result_file = scratch / "results.jsonl"
+        for method in args.methods.split(","):
+            started = time.perf_counter()
+            subprocess.run([sys.executable, __file__, "--worker", method, "--model-dir", str(scratch / "student"),
+                            "--data", str(data), "--scratch", str(scratch), "--result-file", str(result_file),
+                            "--steps", str(args.steps), "--batch-size", str(shape["batch_size"]),
+                            "--max-length", str(args.max_length), "--kl-weight", str(args.kl_weight),
+                            "--threads", str(args.threads)],
+                           check=True, cwd=ROOT, stderr=subprocess.DEVNULL if args.quiet else None)
+            print(f"{name}/{method}: done in {time.perf_counter() - started:.1f} s", file=sys.stderr)
+        runs = {r["method"]: r for r in map(json.loads, result_file.read_text().splitlines())}
+    report = {"model": {"architecture": "LlamaForCausalLM (random weights)", "parameters": num_params, **shape},
+              "methods": runs}
+    if "qlora" in runs and "lora" in runs:
+        qlora, lora = runs["qlora"], runs["lora"]
+        report["qlora_vs_lora"] = {
+            "tokens_per_s_ratio": qlora["tokens_per_s"] / lora["tokens_per_s"],
+            "steady_tokens_per_s_ratio": qlora["tokens_per_s_median_after_first_step"]
+            / lora["tokens_per_s_median_after_first_step"],
+            "peak_rss_ratio": qlora["peak_rss_mb"] / lora["peak_rss_mb"],
+            "training_rss_peak_above_baseline_ratio": qlora["training_rss_peak_above_baseline_mb"]
+            / lora["training_rss_peak_above_baseline_mb"],
+            "training_anon_rss_peak_above_baseline_ratio": qlora["training_anon_rss_peak_above_baseline_mb"]
+            / lora["training_anon_rss_peak_above_baseline_mb"],
+        }
+    return report
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--methods", default="full,lora,qlora")
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS), help=f"any of {list(SCENARIOS)}")
+    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--examples", type=int, default=32)
+    parser.add_argument("--max-length", type=int, default=1024)
+    parser.add_argument("--kl-weight", type=float, default=0.0)
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch CPU threads per run (0: torch's default); 1 is steadier on a busy machine")
+    parser.add_argument("--quiet", action="store_true", help="hide the workers' progress bars")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "train_throughput.json"))
+    # internal: run one method in this process
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--model-dir", help=argparse.SUPPRESS)
+    parser.add_argument("--data", help=argparse.SUPPRESS)
+    parser.add_argument("--scratch", help=argparse.SUPPRESS)
+    parser.add_argument("--result-file", help=argparse.SUPPRESS)
+    parser.add_argument("--batch-size", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    import torch
+
+    if args.worker:
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        run_worker(args)
+        return
+
+    started = time.perf_counter()
+    report = {
+        "setup": {"steps": args.steps, "examples": args.examples, "kl_weight": args.kl_weight,
+                  "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+                  "torch_threads": args.threads or torch.get_num_threads(), "cpu_count": os.cpu_count(),
+                  "load_average_1min_at_start": os.getloadavg()[0], "torch": torch.__version__},
+        "scenarios": {name: run_scenario(name, SCENARIOS[name], args) for name in args.scenarios.split(",")},
+    }
+    report["setup"]["load_average_1min_at_end"] = os.getloadavg()[0]
+    report["setup"]["benchmark_seconds"] = time.perf_counter() - started
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
