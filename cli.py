@@ -294,10 +294,13 @@ def train(data_path, model, domain, method, epochs, max_steps, learning_rate, ba
     if model is None:
         if domain is None:
             raise click.UsageError("give --model, or --domain for the embedded student")
-        from distill.student import train_student
+        import dataclasses
 
+        from distill.student import StudentConfig, train_student
+
+        config = dataclasses.replace(StudentConfig(), kl_weight=kl_weight)
         result = train_student(load_domain(domain), data_path, out_dir, budget_minutes=budget_minutes or 10.0,
-                               seed=seed, resume=resume, kl_weight=kl_weight)
+                               config=config, seed=seed, resume=resume)
     else:
         from distill.train import train as run_training
         from distill.train_config import TrainConfig

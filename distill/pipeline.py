@@ -70,10 +70,12 @@ def run_distill(settings: DistillSettings, log=print) -> dict:
     # ---- 2. the student, before training ------------------------------------------------------------
     reports = {}
     if settings.model is None:
-        from .student import build_student, train_student
+        from .student import StudentConfig, build_student, train_student
+
+        student_config = dataclasses.replace(StudentConfig(), kl_weight=kl_weight)
 
         if settings.eval_before:
-            model, tokenizer = build_student(domain, seed=settings.seed)
+            model, tokenizer = build_student(domain, student_config, seed=settings.seed)
             before = LMAssistant(prepare_loaded_lm(model, tokenizer, "embedded-student"), name="student (before)")
             reports["before"] = _evaluate(domain, before, eval_users, settings, "student before", log)
     elif settings.eval_before:
@@ -84,7 +86,7 @@ def run_distill(settings: DistillSettings, log=print) -> dict:
     train_dir = out / "train"
     if settings.model is None:
         result = train_student(domain, data_path, train_dir, budget_minutes=settings.budget_minutes,
-                               seed=settings.seed, resume=settings.resume, kl_weight=kl_weight)
+                               config=student_config, seed=settings.seed, resume=settings.resume)
         after_lm = load_causal_lm(str(train_dir / "model"))
     else:
         config = TrainConfig(model_name_or_path=settings.model, method=settings.method, epochs=1.0,

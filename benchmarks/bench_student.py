@@ -1,0 +1,58 @@
+"""Throughput and peak memory of training the embedded default student (distill/student.py) on CPU.
+
+    python benchmarks/bench_student.py [--domain hotel] [--steps 30] [--users 60]
+
+Writes a small teaching set (bayesian teacher) to a temporary directory, trains the default StudentConfig for
+``--steps`` optimizer steps with distill.student.train_student, and prints one JSON line: steps, tokens/s,
+seconds per step, peak RSS memory, torch threads chosen by the calibration, and the first/last losses.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from distill.student import StudentConfig, train_student  # noqa: E402
+from distill.teaching_data import write_teaching_set  # noqa: E402
+from ppl_models import get_domain  # noqa: E402
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--domain", default="hotel")
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--users", type=int, default=60, help="teaching users (10 dialogues each)")
+    args = parser.parse_args(argv)
+    domain = get_domain(args.domain)
+    config = StudentConfig()
+    with tempfile.TemporaryDirectory(prefix="bench-student-") as tmp:
+        write_teaching_set(domain, "bayesian", Path(tmp) / "data", n_dialogues=10, n_eval_users=10,
+                           max_train_users=args.users)
+        start = time.perf_counter()
+        result = train_student(domain, Path(tmp) / "data" / "train-bayesian.jsonl", Path(tmp) / "run",
+                               budget_minutes=30, config=config, max_steps=args.steps)
+        wall = time.perf_counter() - start
+        plan = json.loads((Path(tmp) / "run" / "student_plan.json").read_text())
+        summary = json.loads((Path(tmp) / "run" / "summary.json").read_text())
+    record = {
+        "domain": args.domain, "steps": result.steps, "batch_size": config.batch_size,
+        "tokens_per_s": round(result.tokens_per_s, 1),
+        "seconds_per_step": round(summary["train_seconds"] / max(1, result.steps_this_run), 3),
+        "calibrated_seconds_per_step": round(plan["seconds_per_step"], 3), "threads": plan["threads"],
+        "peak_rss_mb": round(result.peak_rss_mb, 1), "wall_s": round(wall, 1),
+        "first_loss": round(result.losses[0], 4), "last_loss": round(result.losses[-1], 4),
+        "parameters": sum(p.numel() for p in result.model.parameters()), "torch": torch.__version__,
+    }
+    print(json.dumps(record))
+    return record
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,345 @@
+"""The embedded default student: a small LLaMA-style causal LM built from scratch, with a tokenizer made for
+one domain's dialogue text, trained fully on the teaching data within a wall-clock budget (CPU friendly).
+
+    model, tokenizer = build_student(domain)                       # random weights, domain tokenizer
+    result = train_student(domain, "data/train-bayesian.jsonl", "runs/student", budget_minutes=10)
+
+Design (measured on hotel, 2 shared CPU cores, Nov 2026; numbers in the docstrings below):
+
+* **Tokenizer: one token per phrase.**  Word-level over a vocabulary derived from the domain declaration and
+  ``eval.dialogue_text``'s fixed phrases, never from a sample: the whole task explanation, each
+  "feature: value" pair with its leading separator (", price: $370"), each bare value text ("$370",
+  "4.5 stars", "10:48 AM"), "Hotel 2:", "Round 3." and the recurring answer / feedback phrases ("Not quite: I
+  prefer Hotel") are single tokens.  A regex pre-tokeniser tries these phrases longest first, then falls back
+  to words, single digits and single punctuation marks (all in the vocabulary), so any number is
+  representable.  Whitespace is dropped.  A 5-round hotel dialogue is 133 tokens (238 with word-level
+  feature names and values), which is what makes CPU training feasible.
+* **Chat template**: ``<|role|>content<|end|>`` per message, ``<|assistant|>`` as the generation prompt:
+  append-only, so ``eval.chat_format.tokenize_chat`` segments it exactly.
+* **Value embeddings start ordinal**: each value token's embedding starts as a point on a per-feature
+  quarter circle at angle (normalised value) * pi/2 (plus the usual noise, halved), so ", price: $370" starts
+  between $280 and $460 and the model need not discover the order of 11 atoms from data.  (A direction, not a
+  magnitude, because RMSNorm removes magnitudes.)
+* **Longest prefix only**: the teaching set holds every prefix of a dialogue as its own example, but the loss
+  of the longest one already covers every assistant turn of the shorter ones, so ``train_student`` keeps only
+  the longest example of each dialogue: same targets, about a third of the tokens.
+* **Threads and schedule fitted to a shared machine**: a few timed steps pick the torch thread count (one
+  thread was 0.7 s/step where two were 5.4 s/step while other jobs ran); the cosine decay follows the wall
+  clock so that it ends with the budget, whatever the step time turns out to be.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import re
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+
+from eval.dialogue_text import answer_text, feedback_text, noun_title, task_instructions
+from ppl_models import Domain
+
+SPECIAL_TOKENS = ["<pad>", "<unk>", "<|end|>", "<|system|>", "<|user|>", "<|assistant|>"]
+CHAT_TEMPLATE = (
+    "{% for message in messages %}{{ '<|' + message['role'] + '|>' + message['content'] + '<|end|>' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}"
+)
+# After the phrases: words, single digits (any number is representable), single non-space symbols.
+FALLBACK_PATTERN = r"[A-Za-z]+(?:'[a-z]+)?|\d|[^\sA-Za-z\d]"
+MAX_ROUND_PHRASES = 20  # "Round 1." ... "Round 20." are single tokens (later rounds fall back to pieces)
+
+
+@dataclass(frozen=True)
+class StudentConfig:
+    # Width of the residual stream.  128 is the largest width whose training steps still let the model see
+    # the teaching set a few times in 10 CPU minutes; the task needs few concepts (4 features x 11 values).
+    hidden_size: int = 128
+    # Transformer blocks.  Comparing options within a round and accumulating feedback across rounds needs
+    # a few hops of attention; 4 layers at width 128 (~0.9M parameters) is the budget's sweet spot.
+    num_layers: int = 4
+    # Attention heads (head dim 32): several heads let one layer attend to different features at once.
+    num_heads: int = 4
+    # MLP width (3x hidden, LLaMA's SwiGLU usually uses ~2.7x).
+    intermediate_size: int = 384
+    # Longest sequence; a 5-round hotel dialogue is ~260 tokens with this tokenizer, 512 leaves headroom for
+    # 8-feature flight domains.  Also max_position_embeddings.
+    max_length: int = 512
+    # Peak AdamW learning rate: tiny from-scratch models tolerate (and, with few steps, need) ~1e-3.
+    learning_rate: float = 2e-3
+    # Conversations per optimizer step: 32 x ~260 tokens keeps a step ~1 s on 2 cores while averaging
+    # over enough users for a stable gradient.
+    batch_size: int = 32
+    # Linear warm-up before the cosine decay (a cold Adam with a high lr diverges otherwise).
+    warmup_steps: int = 30
+    # Cosine decays to learning_rate * min_lr_ratio at the last step the budget allows.
+    min_lr_ratio: float = 0.05
+    # Mild decoupled weight decay for the from-scratch weights.
+    weight_decay: float = 0.01
+    # Soft-target KL weight (used only if the data has soft targets).  0 by default: the trainer scores every
+    # candidate as an extra row holding the whole prefix (15 extra rows per 5-round dialogue), ~10x the
+    # compute per example, which costs more steps than the signal gains within a CPU budget.
+    kl_weight: float = 0.0
+    # One token per "feature: value" (", price: $370"): ~5 tokens an option instead of ~12, so ~half the
+    # sequence length, and the answer needs to attend to fewer, more informative tokens.
+    merge_feature_values: bool = True
+    # Start value embeddings on an ordinal quarter circle (see the module docstring).
+    ordinal_value_init: bool = True
+    # Digit k starts as the embedding of "Hotel k:" (input and output); see tie_option_numbers.
+    tie_option_numbers: bool = True
+    # Keep only the longest prefix of each dialogue (see the module docstring).
+    longest_prefix_only: bool = True
+    # Fraction of the budget kept free for tokenisation, calibration and saving.
+    budget_margin: float = 0.08
+
+
+# --------------------------------------------------------------------------------------------------
+# Tokenizer
+# --------------------------------------------------------------------------------------------------
+def value_texts(domain: Domain) -> list[list[str]]:
+    """Every value text of every feature, per feature, in value order."""
+    return [[f.text(i) for i in range(len(f.values))] for f in domain.features]
+
+
+def feature_value_phrases(domain: Domain) -> list[list[str]]:
+    """Per feature, its "name: value" phrases in value order, with the ", " that separates it from the feature
+    before it (", price: $370"); the first feature has none."""
+    return [[f"{', ' if j else ''}{f.name}: {text}" for text in texts]
+            for j, (f, texts) in enumerate(zip(domain.features, value_texts(domain)))]
+
+
+def domain_phrases(domain: Domain, max_rounds: int = MAX_ROUND_PHRASES, merge_values: bool = True) -> list[str]:
+    """The phrases that become single tokens: fixed dialogue text, feature names and values."""
+    noun = noun_title(domain)
+    phrases = [task_instructions(domain), f"Which {domain.noun} is best for me?"]
+    # answers and feedback, cut before the option number: "The best option is Hotel", "Not quite: I prefer Hotel"
+    for text in (answer_text(domain, 0), feedback_text(domain, 0, 0), feedback_text(domain, 0, 1),
+                 feedback_text(domain, -1, 0)):
+        phrases.append(text.rsplit(" ", 1)[0])
+    phrases.append(answer_text(domain, -1))
+    phrases += [f"{noun} {i + 1}:" for i in range(max(domain.n_options, 9))]
+    phrases += [f"Round {r}." for r in range(1, max_rounds + 1)]
+    phrases += [f"{name}:" for name in domain.feature_names]
+    phrases += [t for texts in value_texts(domain) for t in texts]
+    if merge_values:
+        phrases += [p for texts in feature_value_phrases(domain) for p in texts]
+    return list(dict.fromkeys(p for p in phrases if p))
+
+
+def split_pattern(phrases: list[str]) -> str:
+    ordered = sorted(set(phrases), key=lambda p: (-len(p), p))  # longest first: the regex takes the first match
+    return "|".join([re.escape(p) for p in ordered] + [FALLBACK_PATTERN])
+
+
+def build_tokenizer(domain: Domain, merge_values: bool = True):
+    """A word/phrase-level PreTrainedTokenizerFast for ``domain`` with an append-only chat template."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    phrases = domain_phrases(domain, merge_values=merge_values)
+    pattern = split_pattern(phrases)
+    # Vocabulary: the phrases plus every fallback piece of the fixed texts, single digits, letters-words of
+    # the noun, and ASCII punctuation, so nothing the dialogue module writes for this domain is unknown.
+    fallback = re.compile(FALLBACK_PATTERN)
+    pieces = [str(d) for d in range(10)] + list("!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~")
+    for phrase in phrases + [domain.noun, noun_title(domain), "Round", "option"]:
+        pieces += fallback.findall(phrase)
+    vocab_list = list(dict.fromkeys(SPECIAL_TOKENS + phrases + pieces))
+    backend = Tokenizer(models.WordLevel({t: i for i, t in enumerate(vocab_list)}, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex(pattern), behavior="removed", invert=True)
+    backend.decoder = decoders.WordPiece(prefix="##", cleanup=True)  # joins tokens with spaces
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", pad_token="<pad>",
+                                        eos_token="<|end|>", additional_special_tokens=SPECIAL_TOKENS[3:])
+    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.model_max_length = 10**6
+    return tokenizer
+
+
+# --------------------------------------------------------------------------------------------------
+# Model
+# --------------------------------------------------------------------------------------------------
+def ordinal_value_init(model, tokenizer, domain: Domain, seed: int) -> None:
+    """Value token embeddings start at angle (normalised value) * pi/2 in a per-feature random plane."""
+    embeddings = model.get_input_embeddings().weight
+    hidden = embeddings.shape[1]
+    gen = torch.Generator().manual_seed(seed * 7919 + 17)
+    with torch.no_grad():
+        for feature, texts, merged in zip(domain.features, value_texts(domain), feature_value_phrases(domain)):
+            basis, _ = torch.linalg.qr(torch.randn(hidden, 2, generator=gen))  # orthonormal plane [H, 2]
+            scale = float(embeddings.std()) * math.sqrt(hidden)  # the norm of an ordinary embedding row
+            for j, (text, normalised) in enumerate(zip(texts, feature.normalised)):
+                angle = float(normalised) * math.pi / 2
+                direction = basis[:, 0] * math.cos(angle) + basis[:, 1] * math.sin(angle)
+                for token in {tokenizer.convert_tokens_to_ids(text), tokenizer.convert_tokens_to_ids(merged[j])}:
+                    if token != tokenizer.unk_token_id:
+                        embeddings[token] = 0.5 * embeddings[token] + scale * direction
+
+
+def build_student(domain: Domain, config: StudentConfig = StudentConfig(), seed: int = 0):
+    """(model, tokenizer): a randomly initialised LlamaForCausalLM sized by ``config`` and the domain's
+    tokenizer (see the module docstring)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = build_tokenizer(domain, config.merge_feature_values)
+    model_config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=config.hidden_size, intermediate_size=config.intermediate_size,
+        num_hidden_layers=config.num_layers, num_attention_heads=config.num_heads,
+        num_key_value_heads=config.num_heads, max_position_embeddings=config.max_length,
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=None,
+        tie_word_embeddings=False, attention_dropout=0.0,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(model_config)
+    if config.ordinal_value_init:
+        ordinal_value_init(model, tokenizer, domain, seed)
+    if config.tie_option_numbers:
+        tie_option_numbers(model, tokenizer, domain)
+    return model, tokenizer
+
+
+def tie_option_numbers(model, tokenizer, domain: Domain) -> None:
+    """The digit naming option k (in answers and feedback) starts with the input embedding of the option's
+    header "Hotel k:", and its output row starts as that embedding too: finding "which option" then is a
+    copy of the header, in both directions (read a choice, name a pick)."""
+    inputs, outputs = model.get_input_embeddings().weight, model.get_output_embeddings().weight
+    with torch.no_grad():
+        for k in range(1, min(domain.n_options, 9) + 1):
+            header = tokenizer.convert_tokens_to_ids(f"{noun_title(domain)} {k}:")
+            digit = tokenizer.convert_tokens_to_ids(str(k))
+            inputs[digit] = inputs[header]
+            outputs[digit] = inputs[header] * (outputs.std() / inputs.std())
+
+
+# --------------------------------------------------------------------------------------------------
+# Training
+# --------------------------------------------------------------------------------------------------
+def longest_prefixes(lines: list[str]) -> list[str]:
+    """Keep, of every dialogue, only its longest prefix example (a prefix example's messages are a prefix of
+    the next one's).  Order of the kept examples is preserved."""
+    kept: list[tuple[list, str]] = []
+    for line in lines:
+        messages = json.loads(line)["messages"]
+        if kept and messages[: len(kept[-1][0])] == kept[-1][0] and len(messages) > len(kept[-1][0]):
+            kept[-1] = (messages, line)
+        else:
+            kept.append((messages, line))
+    return [line for _, line in kept]
+
+
+def calibrate(model, tokenizer, examples_lines: list[str], config: StudentConfig, n_steps: int = 3):
+    """(seconds per optimizer step, seconds to tokenise one example, torch threads used), timed on a copy of
+    the model; sets torch's thread count to the fastest one."""
+    from distill.chat_dataset import collate, parse_example, tokenize_dataset
+
+    sample = [parse_example(json.loads(line), "calibration") for line in examples_lines[: config.batch_size]]
+    start = time.perf_counter()
+    data, _ = tokenize_dataset(tokenizer, sample, config.max_length, with_soft_targets=config.kl_weight > 0)
+    tokenize_s = (time.perf_counter() - start) / len(sample)
+    probe = copy.deepcopy(model).train()
+    optimizer = torch.optim.AdamW(probe.parameters(), lr=1e-4)
+    batch = collate(data, tokenizer.pad_token_id)
+    # On a shared CPU, intra-op threads that wait for each other can be far slower than one thread (measured:
+    # 5.4 s vs 0.7 s per step on 2 busy cores), so time every thread count up to the default and keep the best.
+    best = (math.inf, torch.get_num_threads())
+    for threads in sorted({1, torch.get_num_threads()}):
+        torch.set_num_threads(threads)
+        times = []
+        for _ in range(n_steps + 1):
+            t0 = time.perf_counter()
+            logits = probe(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+            logits.float().logsumexp(-1).mean().backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            times.append(time.perf_counter() - t0)
+        median = sorted(times[1:])[len(times[1:]) // 2]
+        # more threads must win clearly: their speed is the first to collapse when other jobs start
+        best = min(best, (median if threads == 1 else median / 0.6, threads))
+    torch.set_num_threads(best[1])
+    return best[0], tokenize_s, best[1]
+
+
+def train_config_for(config: StudentConfig, max_steps: int, seed: int, budget_minutes: float | None):
+    from distill.train_config import TrainConfig
+
+    return TrainConfig(
+        model_name_or_path="embedded-student", method="full", dtype="float32",
+        learning_rate=config.learning_rate, weight_decay=config.weight_decay, warmup_steps=config.warmup_steps,
+        min_lr_ratio=config.min_lr_ratio, batch_size=config.batch_size, max_length=config.max_length,
+        max_steps=max_steps, budget_minutes=budget_minutes, kl_weight=config.kl_weight, seed=seed,
+        save_every_steps=max(50, max_steps // 4), keep_last_checkpoints=1, log_every_steps=10,
+    )
+
+
+def train_student(domain: Domain, dataset_path, out_dir, budget_minutes: float = 10.0,
+                  config: StudentConfig = StudentConfig(), seed: int = 0, resume: bool = False,
+                  max_steps: int | None = None):
+    """Build the student and train it on ``dataset_path`` (a teaching-set JSONL) with distill.train.train
+    (method "full") so that everything, tokenisation and saving included, fits ``budget_minutes``.
+
+    ``max_steps`` overrides the budget-fitted number of steps.  ``resume=True`` continues a run in
+    ``out_dir`` (same config and seed; the schedule of the first run is kept).  Returns the TrainResult."""
+    from distill.train import train
+
+    start = time.perf_counter()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    lines = [line for line in Path(dataset_path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    if config.longest_prefix_only:
+        lines = longest_prefixes(lines)
+    data_path = out_dir / "student-train.jsonl"
+    if not (resume and data_path.exists()):
+        data_path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    model, tokenizer = build_student(domain, config, seed)
+
+    plan_path = out_dir / "student_plan.json"
+    if resume and plan_path.exists():
+        plan = json.loads(plan_path.read_text())
+        torch.set_num_threads(plan.get("threads", torch.get_num_threads()))
+    else:
+        step_s, tokenize_s, threads = calibrate(model, tokenizer, lines, config)
+        elapsed = time.perf_counter() - start
+        usable = budget_minutes * 60 * (1 - config.budget_margin) - elapsed - tokenize_s * len(lines)
+        fitted = max(1, int(2 * usable / step_s))  # a cap only: the budget (and clock schedule) ends the run
+        plan = {"max_steps": max_steps or fitted, "seconds_per_step": step_s,
+                "tokenize_seconds_per_example": tokenize_s, "threads": threads, "examples": len(lines),
+                "student_config": config.__dict__, "budget_minutes": budget_minutes}
+        plan_path.write_text(json.dumps(plan, indent=2) + "\n")
+    remaining = max(0.05, budget_minutes - (time.perf_counter() - start) / 60)
+    train_config = train_config_for(config, plan["max_steps"], seed, remaining)
+    # The step time on a shared CPU drifts by several x within minutes, so the cosine follows the clock: it
+    # reaches its floor when the budget ends, whatever number of steps that turns out to be.
+    end = time.perf_counter() + remaining * 60 * (1 - config.budget_margin / 2)
+    with clock_schedule(end if max_steps is None else None):
+        return train(train_config, data_path, out_dir, model=(model, tokenizer), resume=resume)
+
+
+@contextmanager
+def clock_schedule(end: float | None):
+    """While active, distill.train's warm-up + cosine schedule decays by wall-clock progress towards ``end``
+    (a time.perf_counter() value) instead of by step count; warm-up stays by steps.  None: no change."""
+    import distill.train as trainer
+
+    if end is None:
+        yield
+        return
+    original = trainer.warmup_cosine
+
+    def warmup_clock_cosine(config, total_steps):
+        state = {}
+
+        def factor(step: int) -> float:
+            if step < config.warmup_steps:
+                return (step + 1) / (config.warmup_steps + 1)
+            begin = state.setdefault("begin", time.perf_counter())  # when the decay starts
+            progress = min(1.0, (time.perf_counter() - begin) / max(1e-6, end - begin))
+            return config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+        return factor
+
+    trainer.warmup_cosine = warmup_clock_cosine
+    try:
+        yield
+    finally:
+        trainer.warmup_cosine = original

@@ -1,0 +1,91 @@
+"""The embedded default student (distill/student.py): its domain tokenizer, chat template and training."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from distill.student import StudentConfig, build_student, build_tokenizer, longest_prefixes, train_student, value_texts
+from eval.chat_format import chat_segments, tokenize_chat
+from eval.dialogue_text import candidate_answers, dialogue_messages, heldout_prompt_messages
+from ppl_models import get_domain
+from ppl_models.domains.flight import flight_domain
+from ppl_models.rng import generator
+
+TINY = StudentConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, batch_size=4,
+                     learning_rate=1e-2, warmup_steps=2)
+
+
+def _dialogue(domain, seed=0):
+    options = domain.draw_options(generator(seed, "test-student"), (domain.n_rounds,))
+    picks = [r % domain.n_options for r in range(domain.n_rounds)]
+    choices = [(r + 1) % domain.n_options for r in range(domain.n_rounds)]
+    return options, picks, choices
+
+
+@pytest.mark.parametrize("domain", [get_domain("hotel"), get_domain("flight"), flight_domain(8)], ids=lambda d: d.name)
+def test_every_value_text_is_one_known_token(domain):
+    tokenizer = build_tokenizer(domain)
+    for texts in value_texts(domain):
+        for text in texts:
+            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+            assert len(ids) == 1 and ids[0] != tokenizer.unk_token_id, text
+
+
+@pytest.mark.parametrize("domain", [get_domain("hotel"), get_domain("flight"), flight_domain(8)], ids=lambda d: d.name)
+def test_dialogues_and_heldout_prompts_have_no_unknown_tokens(domain):
+    tokenizer = build_tokenizer(domain)
+    options, picks, choices = _dialogue(domain)
+    # every value of every feature appears in some option row
+    rows = torch.stack([torch.tensor([i % len(f.values) for f in domain.features]) for i in range(11)])
+    options = options.clone()
+    options[0] = rows[:domain.n_options]
+    options[1] = rows[domain.n_options: 2 * domain.n_options]
+    options[2] = rows[2 * domain.n_options: 3 * domain.n_options]
+    options[3] = rows[[9, 10, 0]]
+    picks[2] = -1  # the "I am not sure" answer and its feedback
+    conversations = [dialogue_messages(domain, options, picks, choices)]
+    conversations.append(heldout_prompt_messages(domain, options[:3], picks[:3], choices[:3], options[4]))
+    for messages in conversations:
+        ids, _ = tokenize_chat(tokenizer, messages)
+        assert tokenizer.unk_token_id not in ids
+    for answer in candidate_answers(domain):
+        assert tokenizer.unk_token_id not in tokenizer(answer, add_special_tokens=False)["input_ids"]
+
+
+def test_chat_template_is_append_only_and_masks_answers():
+    domain = get_domain("hotel")
+    model, tokenizer = build_student(domain, TINY)
+    options, picks, choices = _dialogue(domain)
+    messages = dialogue_messages(domain, options, picks, choices)
+    segments = chat_segments(tokenizer, messages)  # raises ChatTemplateError if not append-only
+    assert len(segments) == len(messages)
+    full, mask = tokenize_chat(tokenizer, messages)
+    for n in range(1, len(messages)):
+        assert full[: len(tokenize_chat(tokenizer, messages[:n])[0])] == tokenize_chat(tokenizer, messages[:n])[0]
+    answers = [t for t, m in zip(tokenizer.convert_ids_to_tokens(full), mask) if m]
+    assert answers[:4] == ["The best option is Hotel", str(picks[0] + 1), ".", "<|end|>"]
+    assert model.config.vocab_size == len(tokenizer)
+    assert len(full) < 300  # compact: a 5-round hotel dialogue
+
+
+def test_longest_prefixes_keeps_one_example_per_dialogue(tmp_path):
+    from distill.teaching_data import write_teaching_set
+
+    domain = get_domain("hotel")
+    write_teaching_set(domain, "bayesian", tmp_path, n_dialogues=2, n_eval_users=10, max_train_users=3)
+    lines = (tmp_path / "train-bayesian.jsonl").read_text().splitlines()
+    kept = longest_prefixes(lines)
+    assert len(lines) == 5 * len(kept) == 5 * 6
+    assert all(line.count('"role": "assistant"') == domain.n_rounds for line in kept)
+
+
+def test_a_few_training_steps_lower_the_loss(tmp_path):
+    from distill.teaching_data import write_teaching_set
+
+    domain = get_domain("hotel")
+    write_teaching_set(domain, "bayesian", tmp_path / "data", n_dialogues=2, n_eval_users=10, max_train_users=4)
+    result = train_student(domain, tmp_path / "data" / "train-bayesian.jsonl", tmp_path / "run", budget_minutes=2,
+                           config=TINY, max_steps=20)
+    assert result.steps == 20 and result.stop_reason == "max_steps"
+    assert sum(result.losses[-3:]) / 3 < 0.7 * sum(result.losses[:3]) / 3
+    assert (tmp_path / "run" / "model" / "tokenizer.json").exists()
