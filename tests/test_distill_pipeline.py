@@ -40,3 +40,9 @@ def test_distill_the_embedded_student(tmp_path):
     report = run_distill(_settings(tmp_path, teacher="soft"), log=lambda line: None)
     _check_outputs(tmp_path, report, "soft")
     assert (tmp_path / "run" / "train" / "model" / "config.json").is_file()
+
+
+def test_distill_runs_on_webshop(tmp_path):
+    report = run_distill(_settings(tmp_path, domain="webshop", eval_before=False), log=lambda line: None)
+    _check_outputs(tmp_path, report, "bayesian")
+    assert report["domain"] == "webshop"
