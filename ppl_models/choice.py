@@ -76,7 +76,7 @@ class UtilityChoice(TorchDistribution):
     def _minus_log_count(self, count):
         """``-log(count)`` for counts of tied options (uint8), with ``-inf`` for a count of 0."""
         table = _minus_log_table(self.n_options, self.utility.dtype, self.utility.device)
-        return table.index_select(0, count.reshape(-1).long()).reshape(count.shape)
+        return table.index_select(0, count.reshape(-1).int()).reshape(count.shape)
 
     def sample(self, sample_shape=torch.Size(), generator=None):
         probs = self.log_probs().exp()

@@ -12,6 +12,7 @@ Deterministic users give a 0/1 likelihood: a choice that no hypothesis with prio
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -127,33 +128,35 @@ def infer(
     states = (n_dialogues, n_rounds + 1)
     log_evidence = torch.empty(states, dtype=torch.float64)
     log_posterior = torch.empty(states + (n_hypotheses,), dtype=torch.float64) if keep_posterior else None
-    marginal_out = {s: torch.empty(states + (space.site_sizes[s],), dtype=torch.float64) for s in space.sites}
-    marginal_out = marginal_out if marginals else {}
+    marginal_out = {
+        site: torch.empty(states + (space.site_sizes[site],), dtype=torch.float64) for site in space.sites
+    } if marginals else {}
     predictive_out = torch.empty((n_dialogues, n_rounds, domain.n_options), dtype=torch.float64) if predictive else None
     prior = space.log_prior.double()[:, None]  # [H, 1]
+    workspace = _Workspace()  # float64 scratch tensors reused from chunk to chunk (fresh ones page-fault)
     for start, stop in _chunks(n_dialogues, per_dialogue, max_elements):
         log_lik, option_log_probs = _log_likelihoods(
             domain, option_index[start:stop], choices[start:stop], all_options=predictive
         )  # [H, d, R] (and [H, d, R, O])
         # Utilities are float32; the evidence accumulates in float64 so posteriors are exact to ~1e-12.
         # log p(h) + log p(choices of rounds < r | h) for r = 0..R, built in place: [H, d, R+1]
-        log_joint = torch.empty((n_hypotheses, stop - start, n_rounds + 1), dtype=torch.float64)
+        shape = (n_hypotheses, stop - start, n_rounds + 1)
+        log_joint = workspace.get("joint", shape)
         log_joint[..., 0] = prior
-        torch.cumsum(log_lik, -1, dtype=torch.float64, out=log_joint[..., 1:])
-        log_joint[..., 1:] += prior[..., None]
-        evidence = _logsumexp(log_joint, 0)  # [d, R+1]
+        torch.cumsum(log_lik, -1, dtype=torch.float64, out=log_joint[..., 1:]).add_(prior[..., None])
+        evidence = _logsumexp(log_joint, 0, workspace.get("diff", shape), workspace.get("scratch", shape))
         _raise_if_impossible(evidence, choices[start:stop], start)
         log_evidence[start:stop] = evidence
         log_post = log_joint.sub_(evidence)  # [H, d, R+1], in place
-        if keep_posterior:  # [H, d*(R+1)] -> [d*(R+1), H] as a 2-D transposed copy (torch's fast path)
-            log_posterior[start:stop].view(-1, n_hypotheses).copy_(log_post.view(n_hypotheses, -1).t())
+        if keep_posterior:  # [H, d, R+1] -> [d, R+1, H] (a permuted copy: torch runs it on every thread)
+            log_posterior[start:stop].copy_(log_post.permute(1, 2, 0))
         if marginals or predictive:
-            post = _exp(log_post)
+            post = _exp_(log_post, workspace.get("scratch", shape))  # in place: log_post is not needed again
         if marginals:
             for site in space.sites:
                 marginal_out[site][start:stop] = space.marginal(post, site)
         if predictive:
-            option_probs = _exp(option_log_probs.double())  # [H, d, R, O]
+            option_probs = _exp_(option_log_probs.to(torch.float64, copy=True))  # [H, d, R, O]
             predictive_out[start:stop] = torch.einsum("hdr,hdro->dro", post[..., :n_rounds], option_probs)
         if progress is not None:
             progress(stop - start)
@@ -166,29 +169,68 @@ def infer(
     )
 
 
+class _Workspace:
+    """Named float64 scratch tensors for ``infer``'s chunks, allocated once at the largest chunk's size."""
+
+    def __init__(self):
+        self.buffers = {}
+
+    def get(self, name: str, shape: tuple) -> torch.Tensor:
+        size = math.prod(shape)
+        buffer = self.buffers.get(name)
+        if buffer is None or buffer.numel() < size:
+            buffer = self.buffers[name] = torch.empty(size, dtype=torch.float64)
+        return buffer[:size].view(shape)
+
+
 # torch.exp is slow where its result underflows (below about -87 in float32, -708 in float64, and at -inf:
-# a hypothesis the data rule out, most of them after a few rounds); _exp gives the same values without it.
+# a hypothesis the data rule out, most of them after a few rounds); _exp_ gives the same values without it.
 _EXP_UNDERFLOW = {torch.float32: -87.0, torch.float64: -708.0}
 
 
-def _exp(x: torch.Tensor) -> torch.Tensor:
-    """``torch.exp(x)``, bit for bit, fast when much of ``x`` is ``-inf``."""
+def _exp_(x: torch.Tensor, scratch: torch.Tensor | None = None) -> torch.Tensor:
+    """``x.exp_()``, bit for bit, fast when much of ``x`` is ``-inf``; ``scratch``: an optional tensor
+    of x's shape and dtype to work in."""
     low = _EXP_UNDERFLOW.get(x.dtype)
     if low is None or x.numel() == 0:
-        return x.exp()
-    if x.nan_to_num(nan=0.0, posinf=0.0, neginf=0.0).amin() < low:
-        return x.exp()  # finite values whose exp underflows (to subnormals): the exact slow path
+        return x.exp_()
+    scratch = torch.empty_like(x) if scratch is None else scratch
+    if torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0, out=scratch).amin() < low:
+        return x.exp_()  # finite values whose exp underflows (to subnormals): the exact slow path
     # every finite value is >= low: exp of the clamped value, times 0 at -inf and 1 elsewhere
-    ones = x.clamp(low - 1.0, low).sub_(low - 1.0)
-    return x.clamp(min=low).exp_().mul_(ones)
+    ones = torch.clamp(x, low - 1.0, low, out=scratch).sub_(low - 1.0)
+    return x.clamp_(min=low).exp_().mul_(ones)
 
 
-def _logsumexp(x: torch.Tensor, dim: int) -> torch.Tensor:
-    """``torch.logsumexp(x, dim)``, bit for bit (ATen's steps), with the fast ``_exp``."""
-    maxes = x.amax(dim, keepdim=True)
+def _logsumexp(x: torch.Tensor, dim: int, diff: torch.Tensor | None = None, scratch: torch.Tensor | None = None):
+    """``torch.logsumexp(x, dim)``, bit for bit (ATen's steps), with the fast ``_exp_`` and ``_amax0``;
+    ``diff`` and ``scratch``: optional tensors of x's shape and dtype to work in."""
+    maxes = _amax0(x, keepdim=True) if dim == 0 else x.amax(dim, keepdim=True)
     maxes_squeezed = maxes.squeeze(dim)
     maxes_squeezed.masked_fill_(maxes_squeezed.abs() == math.inf, 0)
-    return _exp(x - maxes).sum(dim).log_().add_(maxes_squeezed)
+    return _exp_(torch.sub(x, maxes, out=diff), scratch).sum(dim).log_().add_(maxes_squeezed)
+
+
+def _amax0(x: torch.Tensor, keepdim: bool = False) -> torch.Tensor:
+    """``x.amax(0)``.  torch reduces a long leading dimension slowly when little lies behind it (a chunk of
+    one dialogue of a large hypothesis space: ``[390625, 1, 6]``), so fold it in two: ``[a, b * rest]``
+    then ``[b, rest]``.  The maximum does not depend on the order; a zero maximum (whose sign could) is
+    taken the plain way."""
+    n = x.shape[0]
+    rest = x.numel() // max(n, 1)
+    a = _fold(n) if x.is_contiguous() and rest < 512 else 1
+    if a == 1:
+        return x.amax(0, keepdim=keepdim)
+    folded = x.view(a, -1).amax(0).view((n // a,) + x.shape[1:]).amax(0, keepdim=keepdim)
+    return x.amax(0, keepdim=keepdim) if bool((folded == 0).any()) else folded
+
+
+@functools.lru_cache(maxsize=None)
+def _fold(n: int) -> int:
+    """The divisor of ``n`` nearest below its square root (1 when n is prime or small)."""
+    if n < 4096:
+        return 1
+    return next(a for a in range(math.isqrt(n), 0, -1) if n % a == 0)
 
 
 def _raise_if_impossible(log_evidence: torch.Tensor, choices: torch.Tensor, offset: int) -> None:
@@ -219,8 +261,11 @@ def predict(
     dummy_choices = torch.zeros(n_dialogues, n_sets, dtype=torch.long)
     parts = []
     for start, stop in _chunks(n_dialogues, space.size * n_sets * domain.n_options, max_elements):
-        option_probs = _exp(
-            choice_log_likelihood(domain, option_index[start:stop], dummy_choices[start:stop], all_options=True).double()
+        option_probs = _exp_(
+            choice_log_likelihood(
+                domain, option_index[start:stop], dummy_choices[start:stop], all_options=True
+            ).to(torch.float64, copy=True)
         )  # [H, d, M, O]
-        parts.append(torch.einsum("dsh,hdmo->dsmo", _exp(log_posterior[start:stop].double()), option_probs))
+        posterior = _exp_(log_posterior[start:stop].to(torch.float64, copy=True))  # a copy: the caller's stays
+        parts.append(torch.einsum("dsh,hdmo->dsmo", posterior, option_probs))
     return torch.cat(parts)
