@@ -7,3 +7,16 @@ if torch_threads:
     import torch
 
     torch.set_num_threads(int(torch_threads))
+
+import pytest
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models run fastest on one thread, and do not stall when other processes share the cores."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -18,13 +18,7 @@ from eval.lm import (
 from tiny_lm import flight_dialogue_requests, option_answer, save_tiny_lm, save_tiny_lora_adapter
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and do not stall when other processes share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py: tiny models, one thread
 
 
 @pytest.fixture(scope="module")

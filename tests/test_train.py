@@ -30,13 +30,7 @@ from tiny_student_fixtures import (  # noqa: E402
 )
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny matrices: one thread is several times faster than two on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py: tiny models, one thread
 
 
 @pytest.fixture(scope="module")
