@@ -97,16 +97,18 @@ def domains():
 
 
 # -- simulate / evaluate -----------------------------------------------------------------------------
-def run_and_report(domain, assistant, n_users, seed, n_heldout, **ids):
+def run_and_report(domain, assistant, n_users, seed, n_heldout, elicit_beliefs=False, **ids):
+    """(the EvaluationRun, its report)."""
     from eval.protocol import run_protocol
     from eval.report import build_report
 
-    bar = progress_bar(domain.n_rounds + 1, f"{assistant.name} on {domain.name}")
+    bar = progress_bar(domain.n_rounds + 1 + int(elicit_beliefs), f"{assistant.name} on {domain.name}")
     try:
-        run = run_protocol(domain, assistant, n_users=n_users, seed=seed, n_heldout=n_heldout, progress=bar.update)
+        run = run_protocol(domain, assistant, n_users=n_users, seed=seed, n_heldout=n_heldout,
+                           elicit_beliefs=elicit_beliefs, progress=bar.update)
     finally:
         bar.close()
-    return build_report(run, **ids)
+    return run, build_report(run, **ids)
 
 
 @main.command()
@@ -129,7 +131,7 @@ def simulate(domain, catalog, user_temperature, user_lapse, assistant, n_users, 
     from eval.report import run_table, save_report
 
     loaded = load_domain(domain, catalog, user_temperature, user_lapse)
-    report = run_and_report(loaded, make_assistant(assistant), n_users, seed, heldout)
+    _, report = run_and_report(loaded, make_assistant(assistant), n_users, seed, heldout)
     click.echo(f"{assistant} assistant on {loaded.name}, {report['n_users']} users, seed {seed}")
     click.echo(run_table(report))
     if out:
@@ -205,14 +207,23 @@ def lm_assistant(model, adapter, mode, load_in_4bit, label=None):
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for users, options and choices.")
 @click.option("--heldout", type=click.IntRange(min=1), default=None,
               help="Held-out option sets per user (default: 100 for built-in assistants, 20 for --model).")
+@click.option("--elicit-beliefs/--no-elicit-beliefs", default=None,
+              help="Also ask for the user's preference on each feature after each round (1-5 scale) and score the "
+                   "stated beliefs: error against the Bayesian posterior, implied picks, consistency. Default: on "
+                   "for built-in assistants on domains with per-feature weights (free), off for --model (it costs "
+                   "one prompt per feature, user and round).")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Directory for report.json and accuracy.png.")
-def evaluate(domain, catalog, user_temperature, user_lapse, assistant, model, adapter, mode, load_in_4bit, n_users, seed, heldout, out_dir):
+def evaluate(domain, catalog, user_temperature, user_lapse, assistant, model, adapter, mode, load_in_4bit, n_users, seed,
+             heldout, elicit_beliefs, out_dir):
     """Evaluate an assistant or a language model with the study's protocol.
 
     Writes DIR/report.json (per-round accuracy, agreement with the Bayesian assistant, log-loss, KL and Brier
-    against the Bayesian predictive, each with 95% bootstrap intervals) and DIR/accuracy.png.
+    against the Bayesian predictive, each with 95% bootstrap intervals) and DIR/accuracy.png; with elicited
+    beliefs also the belief metrics and DIR/beliefs.png.
     """
     from eval.assistants import make_assistant
+    from eval.belief_scale import belief_levels, is_elicitable
+    from eval.beliefs import plot_beliefs
     from eval.report import plot_reports, run_table, save_report
 
     if (assistant is None) == (model is None):
@@ -226,16 +237,25 @@ def evaluate(domain, catalog, user_temperature, user_lapse, assistant, model, ad
     else:
         heldout = heldout or 100
         chosen = make_assistant(assistant)
-    report = run_and_report(loaded, chosen, n_users, seed, heldout, model=model, adapter=adapter, mode=mode if model else None)
+    if elicit_beliefs is None:
+        elicit_beliefs = not model and is_elicitable(loaded)
+    elif elicit_beliefs:
+        belief_levels(loaded)  # a domain without per-feature weights: a clear error before any work
+    run, report = run_and_report(loaded, chosen, n_users, seed, heldout, elicit_beliefs,
+                                 model=model, adapter=adapter, mode=mode if model else None)
     out = Path(out_dir)
     save_report(report, out / "report.json")
     plot_reports([report], out / "accuracy.png", references=reference_reports(loaded, n_users, seed, heldout),
                  title=f"{loaded.name}: accuracy on held-out option sets")
+    if elicit_beliefs:
+        plot_beliefs(run, report, out / "beliefs.png")
     click.echo(f"{chosen.name} on {loaded.name}, {report['n_users']} users x {heldout} held-out sets, seed {seed}")
     click.echo(run_table(report))
     if report["failures"]["unparseable_answers"]:
         click.echo(f"{report['failures']['unparseable_answers']} answers named no option (counted wrong)")
-    click.echo(f"report: {out / 'report.json'}\nplot: {out / 'accuracy.png'}")
+    if report["failures"].get("unparseable_belief_answers"):
+        click.echo(f"{report['failures']['unparseable_belief_answers']} belief answers named no scale point")
+    click.echo(f"report: {out / 'report.json'}\nplot: {out / 'accuracy.png'}" + (f", {out / 'beliefs.png'}" if elicit_beliefs else ""))
 
 
 @main.command()

@@ -2,7 +2,9 @@
 
 Every assistant (Bayesian, oracle, random, cheapest, a Hugging Face LM) meets the protocol through one small
 request record, ``RecommendRequest``, and answers with a ``Recommendation`` (a probability over the options
-where the assistant has one, and a pick).  All tensors are batched over dialogues.
+where the assistant has one, and a pick).  Asked about the user's preferences instead (belief elicitation,
+``eval/beliefs.py``), an assistant answers the same request's history with ``StatedBeliefs``: a distribution
+over the 5-point scale per feature.  All tensors are batched over dialogues.
 """
 from __future__ import annotations
 
@@ -10,8 +12,10 @@ from dataclasses import dataclass
 
 import torch
 
-from ppl_models import Domain, infer, predict, user_choice_log_probs
+from ppl_models import Domain, hypothesis_space, infer, predict, user_choice_log_probs
 from ppl_models.rng import generator
+
+from .belief_scale import N_SCALE_POINTS, StatedBeliefs, belief_sites
 
 
 @dataclass
@@ -58,11 +62,22 @@ class Assistant:
         """Recommendations on ``request.option_sets`` after 0, 1, ..., r rounds of the history."""
         out = []
         for k in range(request.n_rounds_seen + 1):
-            out.append(self.recommend(_truncate(request, k)))
+            out.append(self.recommend(truncate_request(request, k)))
         return out
 
+    def state_beliefs(self, request: RecommendRequest) -> StatedBeliefs:
+        """The assistant's estimate of each user's preference on each feature after the request's history
+        (``request.option_sets`` are not used).  Raises BeliefElicitationError for domains without
+        per-feature weights (``belief_scale.belief_sites``)."""
+        raise NotImplementedError(f"the {self.name} assistant cannot state beliefs")
 
-def _truncate(request: RecommendRequest, k: int) -> RecommendRequest:
+    def state_beliefs_after_each_round(self, request: RecommendRequest) -> list[StatedBeliefs]:
+        """Stated beliefs after 0, 1, ..., r rounds of the history."""
+        return [self.state_beliefs(truncate_request(request, k)) for k in range(request.n_rounds_seen + 1)]
+
+
+def truncate_request(request: RecommendRequest, k: int) -> RecommendRequest:
+    """The request with only the first ``k`` rounds of its history (and its seed for round k)."""
     return RecommendRequest(
         request.domain,
         request.history_options[:, :k],
@@ -101,6 +116,17 @@ class BayesianAssistant(Assistant):
             for k in range(probs.shape[1])
         ]
 
+    def state_beliefs_after_each_round(self, request: RecommendRequest) -> list[StatedBeliefs]:
+        """The exact posterior marginal of each feature's weight site, after 0..r rounds."""
+        domain = self.model_domain or request.domain
+        sites = belief_sites(domain)
+        marginals = infer(domain, request.history_options, request.history_choices, keep_posterior=False).marginals
+        probs = torch.stack([marginals[site] for site in sites], dim=2)  # [D, r+1, F, 5]
+        return [StatedBeliefs(probs[:, k]) for k in range(probs.shape[1])]
+
+    def state_beliefs(self, request: RecommendRequest) -> StatedBeliefs:
+        return self.state_beliefs_after_each_round(request)[-1]
+
 
 class OracleAssistant(Assistant):
     """Knows each user's true preferences: recommends the user's own most likely choice."""
@@ -113,6 +139,14 @@ class OracleAssistant(Assistant):
         probs = user_choice_log_probs(request.domain, request.users, request.option_sets).exp()
         return Recommendation(probs, pick_argmax(probs, generator(request.seed, "tiebreak", self.name)))
 
+    def state_beliefs(self, request: RecommendRequest) -> StatedBeliefs:
+        """The users' true weights, with certainty."""
+        if request.users is None:
+            raise ValueError("the oracle assistant needs the users' identities (request.users)")
+        values = hypothesis_space(request.domain).site_values
+        points = torch.stack([values[site][request.users] for site in belief_sites(request.domain)], dim=1)
+        return StatedBeliefs.from_points(points, distribution=True)  # [D, F, 5]
+
 
 class RandomAssistant(Assistant):
     """Picks uniformly at random."""
@@ -123,6 +157,12 @@ class RandomAssistant(Assistant):
         n_dialogues, n_sets, n_options = request.option_sets.shape[:3]
         probs = torch.full((n_dialogues, n_sets, n_options), 1.0 / n_options)
         return Recommendation(probs, pick_argmax(probs, generator(request.seed, "tiebreak", self.name)))
+
+    def state_beliefs(self, request: RecommendRequest) -> StatedBeliefs:
+        """Uniform over the scale for every feature."""
+        n_features = len(belief_sites(request.domain))
+        shape = (request.history_choices.shape[0], n_features, N_SCALE_POINTS)
+        return StatedBeliefs(torch.full(shape, 1.0 / N_SCALE_POINTS, dtype=torch.float64))
 
 
 class CheapestAssistant(Assistant):
@@ -139,6 +179,16 @@ class CheapestAssistant(Assistant):
         is_cheapest = prices <= prices.amin(-1, keepdim=True) + 1e-9
         probs = is_cheapest.float() / is_cheapest.sum(-1, keepdim=True)
         return Recommendation(probs, pick_argmax(probs, generator(request.seed, "tiebreak", self.name)))
+
+    def state_beliefs(self, request: RecommendRequest) -> StatedBeliefs:
+        """Its rule as beliefs: strongly prefer a lower price, indifferent to everything else."""
+        domain = request.domain
+        belief_sites(domain)
+        if domain.price_feature is None:
+            raise ValueError(f"domain {domain.name!r} has no price feature, so 'cheapest' is undefined")
+        points = torch.full((request.history_choices.shape[0], len(domain.features)), N_SCALE_POINTS // 2)
+        points[:, domain.feature_names.index(domain.price_feature)] = 0
+        return StatedBeliefs.from_points(points, distribution=True)
 
 
 BUILTIN_ASSISTANTS = {

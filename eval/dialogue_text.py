@@ -103,3 +103,50 @@ def heldout_prompt_messages(domain: Domain, history_options, picks, choices, hel
     opening = task_instructions(domain) if k == 0 else feedback_text(domain, picks[k - 1], choices[k - 1])
     messages.append({"role": "user", "content": f"{opening}\n\n{round_text(domain, k, heldout_option_index)}"})
     return messages
+
+
+# -- belief elicitation ------------------------------------------------------------------------------
+# The study also asked assistants, during the dialogue, what they thought the user's preference on each
+# feature was.  The scale's points (1..5) map to the feature's weight levels in ascending order
+# (eval/belief_scale.py); the question names the feature and its lowest and highest values.
+BELIEF_SCALE = (
+    "strongly prefer lower",
+    "somewhat prefer lower",
+    "indifferent",
+    "somewhat prefer higher",
+    "strongly prefer higher",
+)
+
+
+def belief_question(domain: Domain, feature_index: int) -> str:
+    """The question about the user's preference on one feature, e.g. "On a scale of 1 to 5, how much do I
+    prefer a higher price (lowest: $100; highest: $1000)? 1: strongly prefer lower, ..."."""
+    feature = domain.features[feature_index]
+    order = sorted(range(len(feature.values)), key=lambda i: feature.normalised[i])
+    scale = ", ".join(f"{point}: {words}" for point, words in enumerate(BELIEF_SCALE, start=1))
+    return (
+        "Before we go on, tell me what you have worked out about my preferences so far. "
+        f"On a scale of 1 to {len(BELIEF_SCALE)}, how much do I prefer a higher {feature.name} "
+        f"(lowest: {feature.text(order[0])}; highest: {feature.text(order[-1])})? {scale}. "
+        f'Answer with "{belief_answer_text("N")}"'
+    )
+
+
+def belief_answer_text(point) -> str:
+    """The answer naming scale point ``point`` (1-based, as the user reads the scale)."""
+    return f"My estimate is {point}."
+
+
+def belief_candidate_answers() -> list[str]:
+    """The answers to a belief question, one per scale point (what LM scoring compares)."""
+    return [belief_answer_text(point) for point in range(1, len(BELIEF_SCALE) + 1)]
+
+
+def belief_prompt_messages(domain: Domain, history_options, picks, choices, feature_index: int):
+    """The conversation after all observed rounds (``len(choices)`` of them), followed by the belief
+    question about feature ``feature_index`` in place of the next round's options."""
+    k = len(choices)
+    messages = dialogue_messages(domain, history_options, picks, choices, k)
+    opening = task_instructions(domain) if k == 0 else feedback_text(domain, picks[k - 1], choices[k - 1])
+    messages.append({"role": "user", "content": f"{opening}\n\n{belief_question(domain, feature_index)}"})
+    return messages

@@ -32,6 +32,7 @@ __all__ = [
     "LoadedLM",
     "RoundRequest",
     "load_causal_lm",
+    "parse_belief_answer",
     "parse_option_answer",
     "prepare_loaded_lm",
 ]
@@ -127,3 +128,19 @@ def parse_option_answer(text: str, noun: str, n_options: int) -> int | None:
         return None
     number = int(found.group(1))
     return number - 1 if 1 <= number <= n_options else None
+
+
+def parse_belief_answer(text: str, n_points: int = 5) -> int | None:
+    """The 0-based scale point a belief answer names, or None if it names none or one out of range.
+
+    Accepts "My estimate is 4.", "estimate: 4", "4/5", "4 out of 5", or a bare "4" (any case).  The
+    canonical "estimate is N" wins; otherwise the first "N/5" or "N out of 5", then a reply that is only
+    a number.
+    """
+    found = re.search(r"estimate\s*(?:is|:)\s*:?\s*(\d+)", text, re.IGNORECASE)
+    found = found or re.search(rf"\b(\d+)\s*(?:/|out\s+of)\s*{n_points}\b", text, re.IGNORECASE)
+    found = found or re.fullmatch(r"\s*(\d+)\s*[.!]?\s*", text)
+    if found is None:
+        return None
+    number = int(found.group(1))
+    return number - 1 if 1 <= number <= n_points else None

@@ -6,6 +6,10 @@ Two ways to decide:
   chat-formatted history, normalised over the options (``ChoiceScorer``, with KV-cache reuse);
 * ``generate``: greedy decoding, then the option number is parsed from the text; an answer that names no
   option counts as wrong and is reported as a failure.
+
+Belief elicitation (``state_beliefs``) asks the same history one question per feature
+(``dialogue_text.belief_prompt_messages``): in score mode the 5 answers "My estimate is N." are scored and
+normalised over the 5, in generate mode the decoded answer's N is parsed (no N: a failure).
 """
 from __future__ import annotations
 
@@ -13,9 +17,10 @@ import torch
 
 from ppl_models.rng import generator
 
-from .assistants import Assistant, Recommendation, RecommendRequest, pick_argmax
-from .dialogue_text import candidate_answers, heldout_prompt_messages
-from .lm import ChoiceScorer, DialogueRequest, LoadedLM, RoundRequest, parse_option_answer
+from .assistants import Assistant, Recommendation, RecommendRequest, pick_argmax, truncate_request
+from .belief_scale import N_SCALE_POINTS, StatedBeliefs, belief_sites
+from .dialogue_text import belief_candidate_answers, belief_prompt_messages, candidate_answers, heldout_prompt_messages
+from .lm import ChoiceScorer, DialogueRequest, LoadedLM, RoundRequest, parse_belief_answer, parse_option_answer
 
 
 class LMAssistant(Assistant):
@@ -28,6 +33,7 @@ class LMAssistant(Assistant):
         self.scorer = ChoiceScorer(lm, batch_size=batch_size)
         self.name = name or f"lm:{lm.model_id}"
         self.unparseable_examples: list[str] = []  # a few raw answers that named no option, for reports
+        self.unparseable_belief_examples: list[str] = []  # the same for belief answers
 
     def prompts(self, request: RecommendRequest) -> list[list[dict]]:
         """One conversation per (dialogue, option set), in [D, M] order."""
@@ -63,3 +69,40 @@ class LMAssistant(Assistant):
         # An unparseable answer is counted wrong: pick -1 never equals a user's choice.
         picks = torch.tensor([-1 if p is None else p for p in parsed]).reshape(n_dialogues, n_sets)
         return Recommendation(None, picks, failures)
+
+    def belief_prompts(self, request: RecommendRequest) -> list[list[dict]]:
+        """One conversation per (dialogue, feature), in [D, F] order: the history, then the question."""
+        n_features = len(belief_sites(request.domain))
+        return [
+            belief_prompt_messages(
+                request.domain,
+                request.history_options[d],
+                request.history_picks[d].tolist(),
+                request.history_choices[d].tolist(),
+                f,
+            )
+            for d in range(request.history_choices.shape[0])
+            for f in range(n_features)
+        ]
+
+    def state_beliefs(self, request: RecommendRequest) -> StatedBeliefs:
+        return self.state_beliefs_after_each_round(request)[-1]
+
+    def state_beliefs_after_each_round(self, request: RecommendRequest) -> list[StatedBeliefs]:
+        """All history lengths' questions in one scoring (or generation) call: [(r+1) * D * F] prompts."""
+        n_dialogues, n_features = request.history_choices.shape[0], len(belief_sites(request.domain))
+        n_states = request.n_rounds_seen + 1
+        conversations = [c for k in range(n_states) for c in self.belief_prompts(truncate_request(request, k))]
+        shape = (n_states, n_dialogues, n_features)
+        if self.mode == "score":
+            candidates = belief_candidate_answers()
+            scored = self.scorer.score([DialogueRequest([RoundRequest(c, candidates)]) for c in conversations])
+            probs = torch.stack([p[0] for p in scored]).double().reshape(shape + (N_SCALE_POINTS,))
+            return [StatedBeliefs(probs[k]) for k in range(n_states)]
+        answers = self.scorer.generate(conversations)
+        parsed = [parse_belief_answer(a, N_SCALE_POINTS) for a in answers]
+        for answer, p in zip(answers, parsed):
+            if p is None and len(self.unparseable_belief_examples) < 5:
+                self.unparseable_belief_examples.append(answer)
+        points = torch.tensor([-1 if p is None else p for p in parsed]).reshape(shape)
+        return [StatedBeliefs.from_points(points[k], distribution=False) for k in range(n_states)]

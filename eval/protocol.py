@@ -4,7 +4,8 @@ For each user: one observed dialogue of ``n_rounds`` rounds (the assistant recom
 the user reveals their choice), and ``n_heldout`` held-out option sets.  After 0, 1, ..., n_rounds
 observed rounds the assistant recommends on every held-out set; its accuracy is the fraction of sets where
 its pick equals the user's choice.  The Bayesian assistant's predictions on the same sets are recorded as
-the reference for agreement, KL and Brier metrics.
+the reference for agreement, KL and Brier metrics.  With ``elicit_beliefs`` the assistant is also asked
+for its beliefs about the user's preferences after each history length (``eval/beliefs.py``).
 """
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from ppl_models import Domain, pick_users, simulate_choices, simulate_dialogues
 from ppl_models.rng import generator
 
 from .assistants import Assistant, BayesianAssistant, Recommendation, RecommendRequest
+from .belief_scale import belief_levels
+from .beliefs import BeliefRun, elicit_beliefs as elicit
 
 N_HELDOUT = 100
 
@@ -39,6 +42,7 @@ class EvaluationRun:
     reference_probs: torch.Tensor | None  # [N, R+1, M, O]: the Bayesian assistant's posterior predictive
     reference_picks: torch.Tensor | None  # long [N, R+1, M]
     user_domain: Domain  # the domain (and noise model) that simulated the users
+    beliefs: BeliefRun | None = None  # stated beliefs after 0..R rounds, when elicited
 
 
 def play_dialogues(assistant: Assistant, domain: Domain, options, choices, users, seed: int, progress=None):
@@ -76,12 +80,17 @@ def run_protocol(
     n_heldout: int = N_HELDOUT,
     user_domain: Domain | None = None,
     reference: bool = True,
+    elicit_beliefs: bool = False,
     progress=None,
 ) -> EvaluationRun:
     """Play the protocol (see module docstring).  ``user_domain`` simulates the users (default: ``domain``,
     e.g. pass a noisy variant to test an assistant against noisy users).  ``users`` (hypothesis indices)
-    overrides ``n_users``, e.g. to evaluate on users held out from teaching data.  Deterministic given ``seed``."""
+    overrides ``n_users``, e.g. to evaluate on users held out from teaching data.  ``elicit_beliefs`` also
+    asks for stated beliefs (one more ``progress`` step; BeliefElicitationError, before anything is played,
+    for a domain without per-feature weights).  Deterministic given ``seed``."""
     user_domain = user_domain or domain
+    if elicit_beliefs:
+        belief_levels(domain)  # fail early on a domain whose preferences are not per-feature weights
     users = pick_users(domain, n_users, seed) if users is None else users
     observed = simulate_dialogues(user_domain, users, 1, seed, stream="observed")
     heldout_options = domain.draw_options(generator(seed, "heldout", "options"), (len(users), n_heldout))
@@ -102,7 +111,10 @@ def run_protocol(
         reference_picks, reference_probs, _ = (
             (picks, probs, None) if bayesian is assistant else _stack(bayesian.recommend_after_each_round(request))
         )
-    return EvaluationRun(
+    run = EvaluationRun(
         domain, assistant.name, seed, users, observed.option_index, observed.choices, dialogue_picks,
         heldout_options, heldout_choices, picks, probs, failures, reference_probs, reference_picks, user_domain,
     )
+    if elicit_beliefs:
+        run.beliefs = elicit(run, assistant, progress)
+    return run

@@ -8,8 +8,13 @@ Schema (``"schema": "bayes-teach/report/v1"``)::
      "accuracy": [R+1 floats], "ci95": [[lo, hi], ...],      # accuracy, repeated at top level
      "metrics": {name: {"mean": [R+1], "ci95": [[lo, hi], ...]}},   # accuracy, agreement_with_bayesian,
                                                    # failure_rate, log_loss, kl_from_bayesian, brier_vs_bayesian, ...
-     "failures": {"unparseable_answers": int},
+     "failures": {"unparseable_answers": int, "unparseable_belief_answers": int (with beliefs)},
+     "beliefs": {"elicited", "scale", "levels", "distribution", "questions"},   # only when elicited
      "extra": {...}}                              # anything a command adds (e.g. training summaries)
+
+With belief elicitation (``eval/beliefs.py``) ``metrics`` also holds ``belief_error``, ``belief_tv``
+(distributions only), ``belief_sign_agreement``, ``implied_accuracy``, ``consistency`` and
+``belief_failure_rate``; a round where a metric is undefined for every user has ``null`` mean and interval.
 """
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ import json
 import os
 from pathlib import Path
 
+from .beliefs import belief_report
 from .metrics import summarise_run
 from .protocol import EvaluationRun
 
@@ -41,7 +47,10 @@ def build_report(run: EvaluationRun, *, model=None, adapter=None, mode=None, ext
     metrics = summarise_run(run)
     metrics.update(extra_metrics or {})
     n_rounds = run.picks.shape[1] - 1
-    return {
+    failures = {"unparseable_answers": int(run.failures.sum())}
+    if run.beliefs is not None:
+        failures["unparseable_belief_answers"] = int(run.beliefs.failures.sum())
+    report = {
         "schema": SCHEMA,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "domain": run.domain.name,
@@ -58,9 +67,12 @@ def build_report(run: EvaluationRun, *, model=None, adapter=None, mode=None, ext
         "accuracy": metrics["accuracy"]["mean"],
         "ci95": metrics["accuracy"]["ci95"],
         "metrics": metrics,
-        "failures": {"unparseable_answers": int(run.failures.sum())},
+        "failures": failures,
         "extra": extra or {},
     }
+    if run.beliefs is not None:
+        report["beliefs"] = belief_report(run)
+    return report
 
 
 def save_report(report: dict, path) -> Path:
@@ -95,14 +107,16 @@ def report_label(report: dict) -> str:
     return report.get("extra", {}).get("label", report.get("assistant", "?"))
 
 
-def format_table(columns: dict, rounds) -> str:
-    """A per-round table: ``columns`` maps a header to per-round values in [0, 1] (shown as %)."""
+def format_table(columns: dict, rounds, raw=()) -> str:
+    """A per-round table: ``columns`` maps a header to per-round values in [0, 1] (shown as %), except the
+    headers in ``raw``, shown as they are (3 decimals)."""
     headers = ["round"] + list(columns)
     widths = [max(5, len(h)) for h in headers]
     lines = ["  ".join(h.rjust(w) for h, w in zip(headers, widths))]
     for i, r in enumerate(rounds):
         cells = [str(r)] + [
-            "-" if values is None or values[i] is None else f"{100 * values[i]:.1f}" for values in columns.values()
+            "-" if values is None or values[i] is None else f"{values[i]:.3f}" if header in raw else f"{100 * values[i]:.1f}"
+            for header, values in columns.items()
         ]
         lines.append("  ".join(c.rjust(w) for c, w in zip(cells, widths)))
     return "\n".join(lines)
@@ -118,7 +132,27 @@ def run_table(report: dict) -> str:
     }
     if "agreement_with_bayesian" in metrics:
         columns["agree w/ bayes %"] = metrics["agreement_with_bayesian"]["mean"]
-    return format_table(columns, report["rounds"])
+    table = format_table(columns, report["rounds"])
+    if "belief_error" in metrics:
+        table += "\n\nstated beliefs (error: mean |stated - posterior-mean weight|):\n" + belief_table(report)
+    return table
+
+
+def belief_table(report: dict) -> str:
+    """The per-round belief metrics of a report with elicited beliefs."""
+    metrics = report["metrics"]
+    error = metrics["belief_error"]
+    columns = {
+        "belief error": error["mean"],
+        "ci95 low": [None if c is None else c[0] for c in error["ci95"]],
+        "ci95 high": [None if c is None else c[1] for c in error["ci95"]],
+        "sign agree %": metrics["belief_sign_agreement"]["mean"],
+        "implied acc %": metrics["implied_accuracy"]["mean"],
+        "consistency %": metrics["consistency"]["mean"],
+    }
+    if any(metrics["belief_failure_rate"]["mean"]):
+        columns["failed %"] = metrics["belief_failure_rate"]["mean"]
+    return format_table(columns, report["rounds"], raw=("belief error", "ci95 low", "ci95 high"))
 
 
 def plot_reports(reports, out=None, metric: str = "accuracy", references=None, title=None):
@@ -136,11 +170,12 @@ def plot_reports(reports, out=None, metric: str = "accuracy", references=None, t
         values = report["metrics"].get(metric)
         if values is None:
             continue
-        rounds = report["rounds"]
-        mean = [100 * v for v in values["mean"]]
+        rounds, nan = report["rounds"], float("nan")
+        mean = [nan if v is None else 100 * v for v in values["mean"]]
+        ci = [(nan, nan) if c is None else c for c in values["ci95"]]
         line = axes.plot(rounds, mean, style, label=report_label(report), markersize=4)[0]
         axes.fill_between(
-            rounds, [100 * lo for lo, _ in values["ci95"]], [100 * hi for _, hi in values["ci95"]],
+            rounds, [100 * lo for lo, _ in ci], [100 * hi for _, hi in ci],
             color=line.get_color(), alpha=0.15, linewidth=0,
         )
     axes.set_xlabel("observed rounds")
