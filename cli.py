@@ -340,10 +340,13 @@ def train(data_path, model, domain, method, epochs, max_steps, learning_rate, ba
 @click.option("--budget", "budget_minutes", type=float, default=10.0, show_default=True, help="Training time budget in minutes.")
 @click.option("--eval-users", type=click.IntRange(min=1), default=100, show_default=True, help="Users held out of teaching for evaluation.")
 @click.option("--heldout", type=click.IntRange(min=1), default=20, show_default=True, help="Held-out option sets per evaluation user and round.")
+@click.option("--dialogues", type=click.IntRange(min=1), default=None,
+              help="Simulated dialogues per teaching user (default: 10, every prefix an example, as in the study, for "
+                   "--model; 100 whole dialogues for the embedded student, which memorises fewer).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for data, training and evaluation.")
 @click.option("--resume", is_flag=True, help="Resume an interrupted training run in --out.")
 @click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False), help="Output directory (default: runs/<domain>-<teacher>).")
-def distill(domain, teacher, model, method, budget_minutes, eval_users, heldout, seed, resume, out_dir):
+def distill(domain, teacher, model, method, budget_minutes, eval_users, heldout, dialogues, seed, resume, out_dir):
     """Teach a student the Bayesian strategy: data, training, and evaluation before and after.
 
     Prints a per-round table (student before, student after, Bayesian assistant, random) and writes
@@ -353,7 +356,7 @@ def distill(domain, teacher, model, method, budget_minutes, eval_users, heldout,
 
     settings = DistillSettings(domain=domain, teacher=teacher, model=model, method=method, budget_minutes=budget_minutes,
                                out_dir=out_dir or f"runs/{domain}-{teacher}", seed=seed, n_eval_users=eval_users,
-                               n_heldout=heldout, resume=resume)
+                               n_heldout=heldout, n_dialogues=dialogues, resume=resume)
     run_distill(settings, log=click.echo)
 
 

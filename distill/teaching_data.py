@@ -29,6 +29,7 @@ from ppl_models import Domain, all_users, infer, simulate_dialogues
 from ppl_models.rng import generator
 
 TEACHERS = ("bayesian", "oracle", "soft")
+PREFIXES = ("all", "longest")
 MANIFEST = "manifest.json"
 
 
@@ -51,10 +52,16 @@ def teacher_picks(domain: Domain, dialogues, seed: int):
     return pick_argmax(predictive, generator(seed, "teaching", "tiebreak")), predictive
 
 
-def build_examples(domain: Domain, teacher: str, users: torch.Tensor, n_dialogues: int, seed: int) -> list[dict]:
-    """Every prefix of every simulated dialogue as one chat example (see the module docstring)."""
+def build_examples(domain: Domain, teacher: str, users: torch.Tensor, n_dialogues: int, seed: int,
+                   prefixes: str = "all") -> list[dict]:
+    """Every prefix of every simulated dialogue as one chat example (see the module docstring); with
+    ``prefixes="longest"`` only the whole dialogue (its assistant turns are those of all its prefixes, so a
+    trainer that learns every assistant turn gets the same targets from a fifth of the text)."""
     if teacher not in TEACHERS:
         raise ValueError(f"unknown teacher {teacher!r}; choose from {', '.join(TEACHERS)}")
+    if prefixes not in PREFIXES:
+        raise ValueError(f"prefixes must be one of {', '.join(PREFIXES)}, not {prefixes!r}")
+    first_length = 1 if prefixes == "all" else domain.n_rounds
     dialogues = simulate_dialogues(domain, users, n_dialogues, seed, stream="teaching")
     bayes_picks, predictive = teacher_picks(domain, dialogues, seed)
     picks = dialogues.choices if teacher == "oracle" else bayes_picks
@@ -62,7 +69,7 @@ def build_examples(domain: Domain, teacher: str, users: torch.Tensor, n_dialogue
     examples = []
     for d in range(len(dialogues)):
         options, choices, picks_d = dialogues.option_index[d], dialogues.choices[d].tolist(), picks[d].tolist()
-        for n_rounds in range(1, domain.n_rounds + 1):
+        for n_rounds in range(first_length, domain.n_rounds + 1):
             example = {"messages": dialogue_messages(domain, options, picks_d, choices, n_rounds)}
             if teacher == "soft":
                 example["soft_targets"] = [
@@ -88,19 +95,20 @@ def _write_atomic(path: Path, text: str) -> str:
 
 def write_teaching_set(
     domain: Domain, teacher: str, out_dir, *, n_dialogues: int = 10, n_eval_users: int = 0, seed: int = 0,
-    max_train_users: int | None = None,
+    max_train_users: int | None = None, prefixes: str = "all",
 ) -> dict:
     """Write ``train-<teacher>.jsonl`` and ``manifest.json`` into ``out_dir``; return the manifest.
 
     ``n_eval_users`` users are held out (their ids go in the manifest, for evaluation); ``max_train_users``
-    caps the teaching users (a seeded subset), for quick runs."""
+    caps the teaching users (a seeded subset), for quick runs.  ``prefixes``: "all" (every prefix of a
+    dialogue is an example, as in the study) or "longest" (one example per dialogue)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     train_users, eval_users = split_users(domain, n_eval_users, seed)
     if max_train_users is not None and max_train_users < len(train_users):
         order = torch.randperm(len(train_users), generator=generator(seed, "train-users"))
         train_users = train_users[order[:max_train_users]].sort().values
-    examples = build_examples(domain, teacher, train_users, n_dialogues, seed)
+    examples = build_examples(domain, teacher, train_users, n_dialogues, seed, prefixes)
     data_file = f"train-{teacher}.jsonl"
     text = "".join(json.dumps(example, ensure_ascii=False, sort_keys=True) + "\n" for example in examples)
     manifest = {
@@ -108,6 +116,7 @@ def write_teaching_set(
         "teacher": teacher,
         "seed": seed,
         "n_dialogues_per_user": n_dialogues,
+        "prefixes": prefixes,
         "counts": {"train_users": int(len(train_users)), "eval_users": int(len(eval_users)),
                    "dialogues": int(len(train_users)) * n_dialogues, "examples": len(examples)},
         "eval_users": eval_users.tolist(),

@@ -14,10 +14,13 @@ def _settings(tmp_path, **changes):
     return DistillSettings(**base)
 
 
-def _check_outputs(tmp_path, report, teacher):
+def _check_outputs(tmp_path, report, teacher, embedded=True):
     out = tmp_path / "run"
     manifest = json.loads((out / "data" / "manifest.json").read_text())
-    assert manifest["counts"]["examples"] == 6 * 5 and manifest["teacher"] == teacher
+    # the embedded student gets whole dialogues only (one example each); a --model gets every prefix
+    assert manifest["counts"]["examples"] == (6 if embedded else 6 * 5)
+    assert manifest["prefixes"] == ("longest" if embedded else "all")
+    assert manifest["teacher"] == teacher
     assert len(manifest["eval_users"]) == 3
     assert report == json.loads((out / "report.json").read_text())
     assert report["n_users"] == 3 and len(report["accuracy"]) == 6
@@ -29,7 +32,7 @@ def test_distill_a_hugging_face_model_with_lora(tmp_path):
     model_dir = tiny_lm.save_tiny_lm(tmp_path / "tiny")
     lines = []
     report = run_distill(_settings(tmp_path, model=str(model_dir), method="lora"), log=lines.append)
-    _check_outputs(tmp_path, report, "bayesian")
+    _check_outputs(tmp_path, report, "bayesian", embedded=False)
     assert (tmp_path / "run" / "train" / "adapter" / "adapter_config.json").is_file()
     table = "\n".join(lines)
     assert "student before" in table and "student after" in table and "bayesian" in table

@@ -31,9 +31,10 @@ def test_every_value_text_is_one_known_token(domain):
             assert len(ids) == 1 and ids[0] != tokenizer.unk_token_id, text
 
 
+@pytest.mark.parametrize("option_tokens", [False, True], ids=["value-tokens", "option-tokens"])
 @pytest.mark.parametrize("domain", [get_domain("hotel"), get_domain("flight"), flight_domain(8)], ids=lambda d: d.name)
-def test_dialogues_and_heldout_prompts_have_no_unknown_tokens(domain):
-    tokenizer = build_tokenizer(domain)
+def test_dialogues_and_heldout_prompts_have_no_unknown_tokens(domain, option_tokens):
+    tokenizer = build_tokenizer(domain, option_tokens=option_tokens)
     options, picks, choices = _dialogue(domain)
     # every value of every feature appears in some option row
     rows = torch.stack([torch.tensor([i % len(f.values) for f in domain.features]) for i in range(11)])
@@ -89,3 +90,45 @@ def test_a_few_training_steps_lower_the_loss(tmp_path):
     assert result.steps == 20 and result.stop_reason == "max_steps"
     assert sum(result.losses[-3:]) / 3 < 0.7 * sum(result.losses[:3]) / 3
     assert (tmp_path / "run" / "model" / "tokenizer.json").exists()
+
+
+@pytest.mark.parametrize("domain", [get_domain("hotel"), get_domain("flight")], ids=lambda d: d.name)
+def test_each_option_line_is_one_token_starting_from_its_header_and_values(domain):
+    model, tokenizer = build_student(domain, TINY)
+    options, picks, choices = _dialogue(domain)
+    ids, _ = tokenize_chat(tokenizer, dialogue_messages(domain, options, picks, choices))
+    tokens = tokenizer.convert_ids_to_tokens(ids)
+    noun = domain.noun[:1].upper() + domain.noun[1:]
+    expected = [f"{noun} {k + 1}: {domain.option_text(row)}" for r in range(domain.n_rounds)
+                for k, row in enumerate(options[r].tolist())]
+    assert [t for t in tokens if t.startswith(f"{noun} ") and ", " in t] == expected
+    # Two lines that differ only in one value start closer than two lines that differ in every value.
+    embed = model.get_input_embeddings().weight
+    base = [0] * len(domain.features)
+    near = [1] + [0] * (len(domain.features) - 1)
+    far = [len(f.values) - 1 for f in domain.features]
+    line = lambda idx: embed[tokenizer.convert_tokens_to_ids(f"{noun} 1: {domain.option_text(idx)}")]
+    assert torch.dist(line(base), line(near)) < torch.dist(line(base), line(far))
+
+
+def test_domains_with_too_many_option_lines_keep_value_tokens():
+    domain = flight_domain(8)  # 11,068,596 value combinations
+    tokenizer = build_tokenizer(domain, option_tokens=True)
+    options, picks, choices = _dialogue(domain)
+    ids, _ = tokenize_chat(tokenizer, dialogue_messages(domain, options, picks, choices))
+    assert len(tokenizer) < 1000 and tokenizer.unk_token_id not in ids
+
+
+def test_the_template_restates_each_chosen_option_and_stays_append_only():
+    domain = get_domain("hotel")
+    tokenizer = build_tokenizer(domain, option_tokens=True, restate_choices=True)
+    options, picks, choices = _dialogue(domain, seed=3)
+    messages = dialogue_messages(domain, options, picks, choices)
+    chat_segments(tokenizer, messages)  # raises ChatTemplateError unless append-only
+    tokens = tokenizer.convert_ids_to_tokens(tokenize_chat(tokenizer, messages)[0])
+    restated = [t for t in tokens if t.startswith("Chosen: ")]
+    # one per feedback turn (rounds 1..4 are followed by a user turn), naming the user's choice of that round
+    assert restated == [f"Chosen: {domain.option_text(options[r, choices[r]].tolist())}" for r in range(domain.n_rounds - 1)]
+    prompt = heldout_prompt_messages(domain, options[:2], picks[:2], choices[:2], options[4])
+    prompt_tokens = tokenizer.convert_ids_to_tokens(tokenize_chat(tokenizer, prompt)[0])
+    assert [t for t in prompt_tokens if t.startswith("Chosen: ")] == restated[:2]

@@ -59,3 +59,15 @@ def test_written_sets_are_reproducible_loadable_and_exclude_evaluation_users(tmp
 
     loaded = datasets.load_dataset("json", data_files=str(tmp_path / "a" / "train-soft.jsonl"), split="train")
     assert len(loaded) == 100 and loaded[0]["messages"][0]["role"] == "user"
+
+
+def test_longest_prefixes_are_the_whole_dialogues_of_the_full_set():
+    hotel = get_domain("hotel")
+    users = torch.tensor([5, 300])
+    every = build_examples(hotel, "soft", users, 2, seed=3)
+    longest = build_examples(hotel, "soft", users, 2, seed=3, prefixes="longest")
+    assert longest == every[4::5]
+    import pytest
+
+    with pytest.raises(ValueError, match="prefixes"):
+        build_examples(hotel, "soft", users, 2, seed=3, prefixes="some")

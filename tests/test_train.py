@@ -358,3 +358,26 @@ def test_accelerate_launch_with_two_cpu_processes(student_dir, dataset, tmp_path
     assert summary["num_processes"] == 2 and summary["steps"] == 4
     assert len(torch.load(out / "checkpoints" / "step-00000004" / "rng.pt", weights_only=False)) == 2
     PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(student_dir), out / "adapter")
+
+
+def test_logits_only_at_loss_positions_give_the_same_loss_and_gradients():
+    import distill.train as trainer
+
+    tokenizer = build_tiny_tokenizer()
+    model = build_tiny_llama(len(tokenizer), seed=5)
+    conversations = [hotel_conversation(1, rounds=2), hotel_conversation(3, rounds=1)]
+    data, _ = tokenize_dataset(tokenizer, [parse_example(c, f"mem:{i}") for i, c in enumerate(conversations)],
+                               max_length=1024, with_soft_targets=True)
+    batch = collate(data, tokenizer.pad_token_id)
+    logits, positions = trainer.loss_logits(model, batch)
+    assert positions is not None and 0 < logits.shape[1] == len(positions) < batch.input_ids.shape[1] // 2
+    results = []
+    for keep in (True, False):
+        trainer._KEEPS_LOGITS[type(model)] = keep
+        model.zero_grad()
+        loss, _, _ = micro_batch_loss(model, batch, 10, len(batch.candidate_row), kl_weight=0.5)
+        loss.backward()
+        results.append((loss.item(), [p.grad.clone() for p in model.parameters()]))
+    trainer._KEEPS_LOGITS.pop(type(model))
+    assert results[0][0] == pytest.approx(results[1][0], abs=1e-6)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(results[0][1], results[1][1]))
