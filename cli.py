@@ -282,14 +282,18 @@ TEACHER_HELP = "bayesian: the Bayesian assistant's picks; oracle: the user's cho
 @click.option("--dialogues", type=click.IntRange(min=1), default=10, show_default=True, help="Simulated dialogues per teaching user.")
 @click.option("--eval-users", type=click.IntRange(min=0), default=100, show_default=True,
               help="Users held out of the teaching data for evaluation (listed in the manifest).")
+@click.option("--prefixes", type=click.Choice(["all", "longest"]), default="all", show_default=True,
+              help="all: every prefix of a dialogue is an example (the study); longest: one example per whole dialogue "
+                   "(the same assistant turns for a trainer that learns every turn, a fifth of the text).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed; the same seed gives byte-identical files.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Directory for the JSONL file and manifest.json.")
-def make_data(domain, catalog, user_temperature, user_lapse, teacher, dialogues, eval_users, seed, out_dir):
+def make_data(domain, catalog, user_temperature, user_lapse, teacher, dialogues, eval_users, prefixes, seed, out_dir):
     """Write a teaching set: every prefix of every simulated dialogue as a chat example (JSONL)."""
     from distill.teaching_data import write_teaching_set
 
     loaded = load_domain(domain, catalog, user_temperature, user_lapse)
-    manifest = write_teaching_set(loaded, teacher, out_dir, n_dialogues=dialogues, n_eval_users=eval_users, seed=seed)
+    manifest = write_teaching_set(loaded, teacher, out_dir, n_dialogues=dialogues, n_eval_users=eval_users, seed=seed,
+                                  prefixes=prefixes)
     click.echo(f"{manifest['counts']['examples']} examples ({teacher}) from {manifest['counts']['train_users']} users -> {out_dir}")
 
 
