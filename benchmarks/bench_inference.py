@@ -1,28 +1,39 @@
 """Benchmark: exact inference through the Pyro model against a hand-vectorized torch computation, on CPU.
 
-Three measurements.  In ``study`` and ``throughput`` every method runs in the same process on the same data,
+Four measurements.  In ``study`` and ``throughput`` every method runs in the same process on the same data,
 alternating, ``--repeats`` times (the fastest and the median wall time are kept), and the largest difference
 between the posteriors is recorded:
 
 * ``study``: the study-size teaching set, flight (4 features, 625 hypotheses), 624 users x 10 dialogues x
-  5 rounds, the posterior after every round: ``infer`` with its defaults (log posterior [6240, 6, 625] and
+  5 rounds, the posterior after every round: ``infer`` with its defaults (posterior [6240, 6, 625] and
   every site's marginal) and with ``marginals=False``.  Target (a): <= 2 s.
 * ``throughput``: ``--batch`` flight dialogues x 5 rounds (rounded up to a multiple of the 624 users).  Timed:
   from option indices ``[N, 5, 3, 4]`` and choices ``[N, 5]`` to the float64 posterior after 0..5 rounds of
-  every dialogue, ``[N, 6, 625]``, in memory (``infer(..., marginals=False)``: its log_posterior).  Rate =
+  every dialogue, ``[N, 6, 625]``, in memory (``infer(..., marginals=False)``: its ``posterior``).  Rate =
   user-rounds (N x 5 observed choices) per wall second, fastest repeat.  Targets: (b) >= 1,000,000
-  user-rounds/s; (c) the Pyro path no slower than 1.5x the hand-vectorized one.
+  user-rounds/s; (c) the Pyro path no slower than 1.5x the hand-vectorized one.  The Pyro path and
+  ``hand_tuned`` are also timed on one thread (``pyro_1_thread``, ``hand_tuned_1_thread``).
+* ``memory``: what the output alone costs: first writes to a fresh ``[N, 6, 625]`` float64 tensor (page
+  faults, on 4 KiB and on huge pages), and a second write (memory bandwidth).
 * ``scaling``: flight with F = 2..8 features (5^F hypotheses), ``--scaling-dialogues`` dialogues x 5 rounds,
   posterior kept; one child process per (F, method) so that its peak resident memory is its own (VmHWM;
   ``resource.getrusage`` is recorded too).  Target (d): peak memory < 4 GB at 8 features.
 
-``hand_posterior`` uses nothing from the package's inference: the weight matrix ``[H, F]`` of every hypothesis,
-utilities by one matmul (the products w*x are exact, so these equal the model's feature-by-feature sums bit
-for bit), the deterministic argmax likelihood with UtilityChoice's tie rule and tolerance (options within 1e-6
-of the best are tied; the chosen one gets 1/n_tied, or 0), a cumulative product over rounds in float64, times
-the prior, normalised.  It works in probability space; the package in log space (float32 log-likelihoods,
-float64 accumulation), so they agree to ~1e-8.  ``hand_log_posterior`` does the package's numerics by hand
-(agreement ~1e-16), to separate the cost of the Pyro machinery from the cost of log space.
+The hand-vectorized baselines use nothing from the package's inference: the weight matrix ``[H, F]`` of every
+hypothesis, utilities by one matmul (the products w*x are exact, so these equal the model's feature-by-feature
+sums bit for bit), the deterministic argmax likelihood with UtilityChoice's tie rule and tolerance (options
+within 1e-6 of the best are tied; the chosen one gets 1/n_tied, or 0), then the posterior after each round:
+
+* ``hand_posterior`` (``hand``, the ratio target's baseline): the straightforward way: tie counts as bool and
+  uint8 tensors, a cumulative product over rounds in float64, times the prior, normalised;
+* ``hand_log_posterior`` (``hand_log``): the same in log space (float32 log-likelihoods, float64
+  accumulation, logsumexp), the numerics the package used before it moved to probability space;
+* ``hand_tuned_posterior`` (``hand_tuned``): the package's own techniques by hand (tie counts in float32,
+  the running product in place in the output, one normalisation, the output on huge pages, the same chunk
+  size and the same two chunk threads), to separate the cost of the Pyro machinery from the numerics.
+
+The package's likelihoods are float32 (1/3 is rounded) and the straightforward baselines' float64, so they
+agree to ~1e-8.
 
     .venv/bin/python benchmarks/bench_inference.py                 # full run, about a minute
     .venv/bin/python benchmarks/bench_inference.py --quick         # smaller batches, one repeat: ~20 s
@@ -35,12 +46,14 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import math
 import os
 import platform
 import resource
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -49,7 +62,7 @@ sys.path.insert(0, str(REPO_ROOT))
 
 import torch  # noqa: E402
 
-from ppl_models import all_users, get_domain, infer, pick_users, simulate_dialogues  # noqa: E402
+from ppl_models import all_users, get_domain, infer, memory, pick_users, simulate_dialogues  # noqa: E402
 from ppl_models.domains.flight import flight_domain  # noqa: E402
 from ppl_models.linear import WEIGHT_LEVELS  # noqa: E402
 
@@ -70,7 +83,7 @@ def parse_args(argv=None):
     parser.add_argument("--batch", type=int, default=None, help="throughput dialogues (default 20000, quick 4000)")
     parser.add_argument("--scaling-dialogues", type=int, default=None, help="dialogues per feature count (default 32, quick 4)")
     parser.add_argument("--max-features", type=int, default=8, help="largest feature count in the scaling run")
-    parser.add_argument("--skip", default="", help="comma-separated sections to skip: study,throughput,scaling")
+    parser.add_argument("--skip", default="", help="comma-separated sections to skip: study,throughput,memory,scaling")
     parser.add_argument("--output", type=Path, default=RESULTS)
     parser.add_argument("--child", nargs=3, metavar=("FEATURES", "DIALOGUES", "METHOD"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -152,6 +165,78 @@ def hand_log_posterior(values: torch.Tensor, choices: torch.Tensor, weights: tor
     return out
 
 
+def hand_tuned_posterior(values: torch.Tensor, choices: torch.Tensor, weights: torch.Tensor,
+                         max_elements: int = HAND_MAX_ELEMENTS) -> torch.Tensor:
+    """The same posterior as ``hand_posterior``, with the techniques the package uses (see the module
+    docstring): float32 tie counts (``torch.ge`` into float32, sums, a division; 1/3 rounded to float32), the
+    running product over rounds in place in the float64 output, one normalisation per round's sums, the
+    output on huge pages, and chunks shared by two threads (each with its own single torch thread)."""
+    n_dialogues, n_rounds, n_options, n_features = values.shape
+    n_hypotheses = weights.shape[0]
+    prior = weights.ne(0).any(1).double()
+    prior /= prior.sum()
+    weights_t = weights.t().contiguous()  # [F, H]
+    by_option = values.permute(2, 0, 1, 3).contiguous()  # [O, N, R, F]
+    chose = torch.nn.functional.one_hot(choices, n_options).float().unsqueeze(-1).unbind(2)  # [N, R, 1] each
+    out = memory.empty((n_dialogues, n_rounds + 1, n_hypotheses), torch.float64)
+    step = max(1, max_elements // (n_rounds * n_options * n_hypotheses))
+    chunks = [(start, min(start + step, n_dialogues)) for start in range(0, n_dialogues, step)]
+
+    def run(start, stop):
+        n = stop - start
+        utility = (by_option[:, start:stop].reshape(-1, n_features) @ weights_t).view(n_options, n, n_rounds, n_hypotheses)
+        threshold = torch.maximum(utility[0], utility[1])
+        for option in range(2, n_options):
+            torch.maximum(threshold, utility[option], out=threshold)
+        threshold.sub_(TIE_TOLERANCE)
+        n_best = torch.ge(utility[0], threshold, out=torch.empty_like(threshold))
+        chosen_is_best = n_best * chose[0][start:stop]
+        is_best = torch.empty_like(threshold)
+        for option in range(1, n_options):
+            torch.ge(utility[option], threshold, out=is_best)
+            n_best += is_best
+            chosen_is_best.addcmul_(is_best, chose[option][start:stop])
+        post = out[start:stop]
+        post[:, 0] = prior
+        post[:, 1:] = chosen_is_best.div_(n_best)
+        rows = post.unbind(1)
+        for r in range(n_rounds):
+            rows[r + 1].mul_(rows[r])
+        post[:, 1:].mul_(post[:, 1:].sum(-1, keepdim=True).reciprocal_())
+
+    threads = min(2, torch.get_num_threads(), len(chunks))
+    if threads == 1:
+        for chunk in chunks:
+            run(*chunk)
+        return out
+    torch_threads = torch.get_num_threads()
+
+    def worker(index):
+        torch.set_num_threads(torch_threads // threads)
+        for chunk in chunks[index::threads]:
+            run(*chunk)
+
+    pool = [threading.Thread(target=worker, args=(i,)) for i in range(threads)]
+    for thread in pool:
+        thread.start()
+    for thread in pool:
+        thread.join()
+    torch.set_num_threads(torch_threads)
+    return out
+
+
+def with_threads(function, threads: int):
+    """``function`` run with ``threads`` torch threads, then the setting restored."""
+    def run():
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            return function()
+        finally:
+            torch.set_num_threads(before)
+    return run
+
+
 # -- timing helpers ------------------------------------------------------------------------------------------
 def timed(function):
     wall, cpu = time.perf_counter(), time.process_time()
@@ -184,8 +269,8 @@ def compare(functions: dict, repeats: int):
     return stats, results
 
 
-def max_abs_diff(log_posterior: torch.Tensor, posterior: torch.Tensor) -> float:
-    return float((log_posterior.exp() - posterior).abs().max())
+def max_abs_diff(posterior: torch.Tensor, other: torch.Tensor) -> float:
+    return float((posterior - other).abs().max())
 
 
 def flight_inputs(domain, dialogues):
@@ -207,7 +292,7 @@ def study_section(args) -> dict:
     n_dialogues, n_rounds = choices.shape
     return {
         "what": "flight, 624 users x 10 dialogues x 5 rounds; posterior after 0..5 rounds of every dialogue. "
-                "pyro_default = infer() with its defaults (log posterior [6240, 6, 625] and every site's "
+                "pyro_default = infer() with its defaults (posterior [6240, 6, 625] and every site's "
                 "marginal); pyro_posterior_only = marginals=False; hand = hand_posterior (posterior only)",
         "dialogues": n_dialogues,
         "rounds": n_rounds,
@@ -215,7 +300,7 @@ def study_section(args) -> dict:
         "timings": stats,
         "pyro_default_over_hand": stats["pyro_default"]["min_s"] / stats["hand"]["min_s"],
         "pyro_posterior_only_over_hand": stats["pyro_posterior_only"]["min_s"] / stats["hand"]["min_s"],
-        "max_abs_diff_posterior": max_abs_diff(results["pyro_default"].log_posterior, results["hand"]),
+        "max_abs_diff_posterior": max_abs_diff(results["pyro_default"].posterior, results["hand"]),
         "target_s": STUDY_TARGET_S,
         "meets_target": stats["pyro_default"]["min_s"] <= STUDY_TARGET_S,
     }
@@ -228,11 +313,16 @@ def throughput_section(args) -> dict:
     dialogues = simulate_dialogues(domain, users, per_user, seed=1)
     values, choices = flight_inputs(domain, dialogues)
     weights = weight_matrix(4)
+    pyro = lambda: infer(domain, dialogues.option_index, choices, marginals=False)  # noqa: E731
+    tuned = lambda: hand_tuned_posterior(values, choices, weights)  # noqa: E731
     functions = {
-        "pyro": lambda: infer(domain, dialogues.option_index, choices, marginals=False),
+        "pyro": pyro,
         "hand": lambda: hand_posterior(values, choices, weights),
         "hand_log": lambda: hand_log_posterior(values, choices, weights),
+        "hand_tuned": tuned,
     }
+    if args.threads > 1:
+        functions.update(pyro_1_thread=with_threads(pyro, 1), hand_tuned_1_thread=with_threads(tuned, 1))
     stats, results = compare(functions, args.repeats)
     n_dialogues, n_rounds = choices.shape
     user_rounds = n_dialogues * n_rounds
@@ -240,26 +330,67 @@ def throughput_section(args) -> dict:
         stats[name]["user_rounds_per_s"] = user_rounds / stats[name]["min_s"]
         stats[name]["user_rounds_per_s_median"] = user_rounds / stats[name]["median_s"]
     ratio = stats["pyro"]["min_s"] / stats["hand"]["min_s"]
-    return {
+    posterior = results["pyro"].posterior
+    out = {
         "what": "flight (4 features, 625 hypotheses), N dialogues x 5 rounds; timed from option indices "
                 "[N, 5, 3, 4] and choices [N, 5] to the float64 posterior after 0..5 rounds of every dialogue, "
-                "[N, 6, 625], in memory (pyro: infer(..., keep_posterior=True, marginals=False), whose "
-                "log_posterior is that posterior in log space). A user-round = one observed choice; "
-                "rate = N*5 / wall seconds (fastest of the repeats). hand = hand_posterior (probability space); "
-                "hand_log = hand_log_posterior (the package's numerics: float32 log-likelihoods, float64 log-space "
-                "accumulation, logsumexp); the ratio target is checked against hand",
+                "[N, 6, 625], in memory (pyro: infer(..., keep_posterior=True, marginals=False), its posterior). "
+                "A user-round = one observed choice; rate = N*5 / wall seconds (fastest of the repeats). "
+                "hand = hand_posterior (straightforward, probability space; the ratio target's baseline); "
+                "hand_log = hand_log_posterior (log space); hand_tuned = hand_tuned_posterior (the package's "
+                "techniques by hand); *_1_thread: the same on one torch thread",
         "dialogues": n_dialogues,
         "rounds": n_rounds,
         "user_rounds": user_rounds,
         "timings": stats,
         "pyro_over_hand": ratio,
         "pyro_over_hand_log": stats["pyro"]["min_s"] / stats["hand_log"]["min_s"],
-        "max_abs_diff_posterior": max_abs_diff(results["pyro"].log_posterior, results["hand"]),
-        "max_abs_diff_posterior_hand_log": max_abs_diff(results["pyro"].log_posterior, results["hand_log"].exp()),
+        "pyro_over_hand_tuned": stats["pyro"]["min_s"] / stats["hand_tuned"]["min_s"],
+        "max_abs_diff_posterior": max_abs_diff(posterior, results["hand"]),
+        "max_abs_diff_posterior_hand_log": max_abs_diff(posterior, results["hand_log"].exp()),
+        "max_abs_diff_posterior_hand_tuned": max_abs_diff(posterior, results["hand_tuned"]),
         "target_user_rounds_per_s": THROUGHPUT_TARGET,
         "meets_throughput_target": stats["pyro"]["user_rounds_per_s"] >= THROUGHPUT_TARGET,
         "target_ratio": RATIO_TARGET,
         "meets_ratio_target": ratio <= RATIO_TARGET,
+    }
+    if "pyro_1_thread" in stats:
+        out["pyro_two_threads_speedup"] = stats["pyro_1_thread"]["min_s"] / stats["pyro"]["min_s"]
+        out["hand_tuned_two_threads_speedup"] = stats["hand_tuned_1_thread"]["min_s"] / stats["hand_tuned"]["min_s"]
+    return out
+
+
+def memory_section(args) -> dict:
+    """The output's own cost: first writes to a fresh posterior-sized tensor, chunk by chunk as inference
+    writes it (page faults: the kernel maps and zeroes each page), on 4 KiB pages and on huge pages
+    (``ppl_models.memory.empty``), and a second write of the same tensor (memory bandwidth)."""
+    n_dialogues = 624 * max(1, -(-args.batch // 624))
+    shape, step = (n_dialogues, 6, 625), 111
+    allocate = {"first_write_4k_pages": lambda: torch.empty(shape, dtype=torch.float64),
+                "first_write_huge_pages": lambda: memory.empty(shape, torch.float64)}
+    runs = {name: [] for name in list(allocate) + ["second_write"]}
+    for _ in range(max(3, args.repeats)):
+        for name, new in allocate.items():
+            tensor = new()
+            started = time.perf_counter()
+            for start in range(0, n_dialogues, step):
+                tensor[start:start + step].fill_(1.0)
+            runs[name].append(time.perf_counter() - started)
+            if name == "first_write_huge_pages":
+                started = time.perf_counter()
+                tensor.fill_(2.0)
+                runs["second_write"].append(time.perf_counter() - started)
+            del tensor
+    nbytes = math.prod(shape) * 8
+    return {
+        "what": f"a [{n_dialogues}, 6, 625] float64 tensor ({nbytes / 1e6:.0f} MB, the throughput section's output): "
+                "time to write it first (chunks of 111 dialogues, as infer does) on 4 KiB pages and on huge pages, "
+                "and to write it again; fastest of the runs (the first huge-page run of a process can be much "
+                "slower: the kernel or the hypervisor backs fresh memory)",
+        "bytes": nbytes,
+        "min_s": {name: min(times) for name, times in runs.items()},
+        "runs_s": {name: [round(t, 4) for t in times] for name, times in runs.items()},
+        "second_write_gb_per_s": nbytes / min(runs["second_write"]) / 1e9,
     }
 
 
@@ -303,7 +434,7 @@ def scaling_child(n_features: int, n_dialogues: int, method: str, threads: int, 
         walls.append(wall)
         cpus.append(cpu)
     peak = peak_rss_bytes()
-    posterior = result if method == "hand" else result.log_posterior
+    posterior = result if method == "hand" else result.posterior
     out = {
         "features": n_features,
         "hypotheses": 5 ** n_features,
@@ -319,7 +450,7 @@ def scaling_child(n_features: int, n_dialogues: int, method: str, threads: int, 
     }
     if method == "pyro":  # agreement on this run's data, checked in the child (no need to ship tensors)
         result = None
-        out["max_abs_diff_posterior"] = max_abs_diff(run().log_posterior, hand_posterior(values, choices, weights))
+        out["max_abs_diff_posterior"] = max_abs_diff(run().posterior, hand_posterior(values, choices, weights))
     return out
 
 
@@ -394,14 +525,32 @@ def summary(report: dict) -> str:
         lines.append(
             f"(b) throughput, {through['dialogues']} dialogues: pyro {t['pyro']['user_rounds_per_s']:,.0f} "
             f"user-rounds/s ({t['pyro']['min_s']:.3f} s), hand {t['hand']['user_rounds_per_s']:,.0f} "
-            f"({t['hand']['min_s']:.3f} s); target >= {THROUGHPUT_TARGET:,}: "
+            f"({t['hand']['min_s']:.3f} s), hand_log {t['hand_log']['user_rounds_per_s']:,.0f} "
+            f"({t['hand_log']['min_s']:.3f} s), hand_tuned {t['hand_tuned']['user_rounds_per_s']:,.0f} "
+            f"({t['hand_tuned']['min_s']:.3f} s); target >= {THROUGHPUT_TARGET:,}: "
             f"{'met' if through['meets_throughput_target'] else 'MISSED'}"
         )
+        if "pyro_1_thread" in t:
+            lines.append(
+                f"    one thread: pyro {t['pyro_1_thread']['user_rounds_per_s']:,.0f} user-rounds/s "
+                f"({t['pyro_1_thread']['min_s']:.3f} s), hand_tuned {t['hand_tuned_1_thread']['user_rounds_per_s']:,.0f} "
+                f"({t['hand_tuned_1_thread']['min_s']:.3f} s); two threads speed pyro up "
+                f"{through['pyro_two_threads_speedup']:.2f}x, hand_tuned {through['hand_tuned_two_threads_speedup']:.2f}x"
+            )
         lines.append(
             f"(c) pyro / hand = {through['pyro_over_hand']:.2f} (target <= {RATIO_TARGET}: "
             f"{'met' if through['meets_ratio_target'] else 'MISSED'}); max |diff| {through['max_abs_diff_posterior']:.1e}; "
-            f"pyro / hand_log (same numerics, {t['hand_log']['min_s']:.3f} s) = {through['pyro_over_hand_log']:.2f}, "
-            f"max |diff| {through['max_abs_diff_posterior_hand_log']:.1e}"
+            f"pyro / hand_log = {through['pyro_over_hand_log']:.2f} (max |diff| "
+            f"{through['max_abs_diff_posterior_hand_log']:.1e}); pyro / hand_tuned = "
+            f"{through['pyro_over_hand_tuned']:.2f} (max |diff| {through['max_abs_diff_posterior_hand_tuned']:.1e})"
+        )
+    mem = report.get("memory")
+    if mem:
+        m = mem["min_s"]
+        lines.append(
+            f"    the output alone ({mem['bytes'] / 1e6:.0f} MB): first write {m['first_write_4k_pages']:.3f} s on 4 KiB "
+            f"pages, {m['first_write_huge_pages']:.3f} s on huge pages; second write {m['second_write']:.3f} s "
+            f"({mem['second_write_gb_per_s']:.0f} GB/s)"
         )
     scaling = report.get("scaling")
     if scaling:
@@ -432,7 +581,9 @@ def main(argv=None) -> None:
         return
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
     report = {"machine": machine_info(args), "quick": args.quick, "repeats": args.repeats}
-    for name, section in (("scaling", scaling_section), ("study", study_section), ("throughput", throughput_section)):
+    sections = (("scaling", scaling_section), ("study", study_section), ("throughput", throughput_section),
+                ("memory", memory_section))
+    for name, section in sections:
         if name in skip:
             continue
         print(f"running {name} ...", flush=True)

@@ -103,7 +103,7 @@ class BayesianAssistant(Assistant):
     def _probs_after_each_round(self, request: RecommendRequest) -> torch.Tensor:
         domain = self.model_domain or request.domain
         posterior = infer(domain, request.history_options, request.history_choices, marginals=False)
-        return predict(domain, posterior.log_posterior, request.option_sets)  # [D, r+1, M, O]
+        return predict(domain, posterior, request.option_sets)  # [D, r+1, M, O]
 
     def recommend(self, request: RecommendRequest) -> Recommendation:
         probs = self._probs_after_each_round(request)[:, -1]

@@ -73,6 +73,52 @@ class UtilityChoice(TorchDistribution):
         is_best = self.utility >= threshold.unsqueeze(-1)  # [..., n_options]
         return self._apply_lapse(self._minus_log_count(_count(is_best) * _chosen(is_best, value)))
 
+    def likelihood(self, value):
+        """``p(value)``, the probability of the chosen option, in probability space: the hot path of exact
+        inference (``infer`` multiplies it into the posterior round by round, with no exp or log).
+
+        The deterministic user's probability is 1/(number tied) or 0, as float32 (1/3 is off by 3e-8, as
+        ``exp`` of the float32 ``log_prob`` is; with a lapse: mixed with the uniform in float32); a noisy
+        user's is ``exp(log_prob)`` in float64.  The result has the batch
+        shape and, like every elementwise result, the memory layout of ``utility``: a utility stored
+        option-major with the enumerated hypotheses innermost (``linear_utility``) gives a likelihood whose
+        hypotheses are contiguous, the layout ``infer`` writes its posterior in.  Counting is done in float
+        (``torch.ge`` into a float32 tensor, sums, a division), which torch vectorises several times better
+        than comparisons into bool, ``torch.where`` or a table lookup.
+        """
+        if self.temperature > 0:
+            return self.log_prob(value).to(torch.float64).exp_()
+        options = self.utility.unbind(-1)
+        threshold = torch.maximum(options[0], options[1])
+        for option in options[2:]:
+            torch.maximum(threshold, option, out=threshold)
+        threshold.sub_(self.tie_tolerance)  # best - tolerance, as in log_prob
+        dtype = threshold.dtype if threshold.is_floating_point() else torch.float32
+        chose = torch.nn.functional.one_hot(torch.as_tensor(value, device=self.utility.device).long(), self.n_options)
+        chose = chose.to(dtype).unbind(-1)  # whether option o was chosen, [...] each (the plates' shape)
+        n_best = torch.ge(options[0], threshold, out=torch.empty_like(threshold, dtype=dtype))
+        chosen_is_best = n_best * chose[0]
+        is_best = torch.empty_like(n_best)
+        for o in range(1, self.n_options):
+            torch.ge(options[o], threshold, out=is_best)
+            n_best += is_best
+            chosen_is_best.addcmul_(is_best, chose[o])
+        probs = chosen_is_best.div_(n_best)  # n_best >= 1: the best option is always among the best
+        if self.lapse > 0:
+            probs.mul_(1.0 - self.lapse).add_(self.lapse / self.n_options)
+        return probs
+
+    def probs(self):
+        """Probability of every option: ``[..., n_options]`` (float32; float64 for a noisy user)."""
+        if self.temperature > 0:
+            return self.log_probs().to(torch.float64).exp_()
+        threshold = self.utility.amax(-1, keepdim=True).sub_(self.tie_tolerance)
+        is_best = torch.ge(self.utility, threshold, out=torch.empty_like(self.utility, dtype=torch.float32))
+        probs = is_best.div_(is_best.sum(-1, keepdim=True))
+        if self.lapse > 0:
+            probs.mul_(1.0 - self.lapse).add_(self.lapse / self.n_options)
+        return probs
+
     def _minus_log_count(self, count):
         """``-log(count)`` for counts of tied options (uint8), with ``-inf`` for a count of 0."""
         table = _minus_log_table(self.n_options, self.utility.dtype, self.utility.device)

@@ -20,6 +20,7 @@ time with an error that names the problem.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, NamedTuple, Sequence
@@ -109,8 +110,8 @@ class Domain:
 
     def options(self, index: torch.Tensor) -> Options:
         """Options from value indices ``[..., n_options, n_features]``."""
-        columns = [table[index[..., i]] for i, table in enumerate(self.normalised_table())]
-        return Options(index, torch.stack(columns, dim=-1))
+        tables = _normalised_tables(self)
+        return Options(index, torch.stack([table[index[..., i]] for i, table in enumerate(tables)], dim=-1))
 
     def draw_options(self, generator: torch.Generator, batch_shape, n_options: int | None = None) -> torch.Tensor:
         """Random option sets as value indices, long ``[*batch_shape, n_options, n_features]``."""
@@ -139,18 +140,30 @@ class Domain:
         return UtilityChoice(utility, self.temperature, self.lapse)
 
 
-def user_model(domain: Domain, option_index: torch.Tensor, choices: torch.Tensor | None = None):
+@functools.lru_cache(maxsize=64)
+def _normalised_tables(domain: Domain) -> tuple:
+    """``domain.normalised_table()``, built once per domain (``options`` runs for every chunk of inference)."""
+    return tuple(domain.normalised_table())
+
+
+def user_model(domain: Domain, option_index: torch.Tensor, choices: torch.Tensor | None = None, preferences=None):
     """The generative program of a batch of dialogues.
 
     ``option_index`` is long ``[n_dialogues, n_rounds, n_options, n_features]``; ``choices`` is long
     ``[n_dialogues, n_rounds]`` (observed) or None (sampled).  Each dialogue has one user whose latent
     preferences come from ``domain.preference_model`` inside the ``dialogues`` plate; in every round the
     user's choice (site ``"choice"``) follows ``domain.utility`` through the domain's choice rule.
+
+    ``preferences``: the value ``domain.preference_model()`` returned in an earlier run, to use instead of
+    running it again (the program is then the likelihood of the choices given those preferences).  Exact
+    inference enumerates the prior once per domain (``hypothesis_space``) and passes its enumerated
+    preferences here for every chunk of dialogues: they do not depend on the data.
     """
     n_dialogues, n_rounds = option_index.shape[:2]
     options = domain.options(option_index)
     with pyro.plate("dialogues", n_dialogues, dim=-2):
-        preferences = domain.preference_model()
+        if preferences is None:
+            preferences = domain.preference_model()
         with pyro.plate("rounds", n_rounds, dim=-1):
             utility = domain.utility(preferences, options)  # [..., n_dialogues, n_rounds, n_options]
             return pyro.sample(CHOICE_SITE, domain.choice_distribution(utility), obs=choices)

@@ -29,6 +29,16 @@ class HypothesisSpace:
     site_dims: dict  # site -> position of its dimension in enum_shape
     site_values: dict  # site -> long [H], the site's value under each hypothesis
     log_prior: torch.Tensor  # [H], normalised; -inf where the prior excludes a hypothesis
+    # What ``domain.preference_model()`` returns under enumeration (e.g. one weight tensor per feature, each
+    # along its own enumerated dimension): it does not depend on the data, so inference reuses it for every
+    # chunk of dialogues (``observed_trace``).  None where reusing it was not verified to give the same
+    # choice distribution as the full enumerated trace.
+    preferences: object = None
+
+    @property
+    def prior(self) -> torch.Tensor:
+        """The prior probabilities, float64 [H]."""
+        return self.log_prior.double().exp()
 
     @property
     def size(self) -> int:
@@ -47,12 +57,62 @@ class HypothesisSpace:
         marginal = joint.sum(dim=other) if other else joint  # [K, *batch]
         return marginal.movedim(0, -1)
 
+    def marginal_last(self, probs: torch.Tensor, site: str) -> torch.Tensor:
+        """Marginal of ``site`` from probabilities with the hypotheses last, ``[*batch, H]`` -> ``[*batch, K]``."""
+        batch = probs.shape[:-1]
+        joint = probs.reshape(batch + self.enum_shape)
+        other = [len(batch) + d for d in range(len(self.enum_shape)) if d != self.site_dims[site]]
+        return joint.sum(dim=other) if other else joint
+
 
 def enumerated_trace(domain: Domain, option_index: torch.Tensor, choices: torch.Tensor):
     """A trace of ``user_model`` with every latent site enumerated in parallel and the choices observed."""
     model = config_enumerate(user_model, default="parallel")
     model = poutine.enum(model, first_available_dim=-MAX_PLATE_NESTING - 1)
     return poutine.trace(model).get_trace(domain, option_index, choices)
+
+
+def observed_trace(domain: Domain, option_index: torch.Tensor, choices: torch.Tensor):
+    """A trace of ``user_model`` whose choice site holds the choice distribution under every hypothesis.
+
+    The preference prior is enumerated once per domain (``hypothesis_space``) and its enumerated value is
+    passed to ``user_model`` (Pyro then traces only the plates and the observed choice site); where that
+    was not possible, the whole model is traced under enumeration (``enumerated_trace``).  Either way the
+    choice site's distribution has batch shape ``[*enum_shape, n_dialogues, n_rounds]`` (or broadcastable).
+    """
+    preferences = hypothesis_space(domain).preferences
+    if preferences is None:
+        return enumerated_trace(domain, option_index, choices)
+    return poutine.trace(user_model).get_trace(domain, option_index, choices, preferences=preferences)
+
+
+def _enumerated_preferences(domain: Domain):
+    """``domain.preference_model()``'s value under enumeration, traced alone, if it gives exactly the choice
+    distribution of a full enumerated trace (the same latent sites on the same enumerated dimensions, the
+    same utilities, on a few random dialogues); else None."""
+
+    def prior_only():
+        with pyro.plate("dialogues", 1, dim=-2):
+            return domain.preference_model()
+
+    model = poutine.enum(config_enumerate(prior_only, default="parallel"), first_available_dim=-MAX_PLATE_NESTING - 1)
+    try:
+        prior_trace = poutine.trace(model).get_trace()
+        preferences = prior_trace.nodes["_RETURN"]["value"]
+        option_index = domain.draw_options(torch.Generator().manual_seed(1), (3, 2))
+        trace = enumerated_trace(domain, option_index, torch.zeros(3, 2, dtype=torch.long))
+        dims = {name: site["infer"].get("_enumerate_dim") for name, site in latent_sites(prior_trace)}
+        if dims != {name: site["infer"].get("_enumerate_dim") for name, site in latent_sites(trace)}:
+            return None
+        expected = trace.nodes[CHOICE_SITE]["fn"].utility
+        with pyro.plate("dialogues", 3, dim=-2), pyro.plate("rounds", 2, dim=-1):
+            utility = domain.utility(preferences, domain.options(option_index))
+        utility, broadcast = torch.broadcast_tensors(utility, expected)
+        if broadcast.shape != expected.shape or not torch.equal(utility, broadcast):
+            return None
+    except Exception:  # a preference model that cannot run outside the full program: trace it every time
+        return None
+    return preferences
 
 
 def latent_sites(trace):
@@ -150,4 +210,5 @@ def hypothesis_space(domain: Domain) -> HypothesisSpace:
         site_dims=site_dims,
         site_values=site_values,
         log_prior=log_prior,
+        preferences=_enumerated_preferences(domain),
     )

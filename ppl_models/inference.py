@@ -1,27 +1,43 @@
 """Exact Bayesian inference over a domain's user model, by Pyro's parallel enumeration.
 
-``infer`` traces ``user_model`` under ``poutine.enum`` for a chunk of dialogues, reads the choice site's
-log-likelihood over the whole enumerated hypothesis space ``[H, n_dialogues, n_rounds]``, and accumulates
-it over rounds: the posterior after 0, 1, ..., n_rounds rounds, each latent site's posterior marginal, and
-the posterior predictive over each round's options given the rounds before it.  ``predict`` gives the
-posterior predictive over any new option sets.  Both work in chunks of dialogues sized so that no tensor
-holds more than ``max_elements`` numbers, so memory stays bounded for any batch.
+The preference prior is enumerated once per domain (``hypothesis_space``: every latent site of the Pyro
+program on its own tensor dimension).  ``infer`` then traces ``user_model`` for a chunk of dialogues with
+those enumerated preferences (``observed_trace``), reads off the choice site the likelihood of each observed
+choice under every hypothesis, ``[*enum_shape, n_dialogues, n_rounds]``, and runs the forward filter in
+probability space: the posterior after round r is the posterior after round r-1 times round r's likelihood,
+normalised; the normalisers' logs add up to the log evidence.  Outputs: the posterior after 0, 1, ...,
+n_rounds rounds, each latent site's posterior marginal, and the posterior predictive over each round's
+options given the rounds before it.  ``predict`` gives the posterior predictive over any new option sets.
+Both work in chunks of dialogues sized so that each chunk's intermediate tensors stay in the CPU's cache,
+so memory stays bounded for any batch.
 
-Deterministic users give a 0/1 likelihood: a choice that no hypothesis with prior mass explains raises
-``ImpossibleChoiceError`` naming the dialogue and round (a noisy user model absorbs such choices instead).
+Deterministic users give a likelihood of 1/(number of tied best options) or 0: a choice that no hypothesis
+with prior mass explains raises ``ImpossibleChoiceError`` naming the dialogue and round (a noisy user model
+absorbs such choices instead).
 """
 from __future__ import annotations
 
 import functools
 import math
+import threading
 from dataclasses import dataclass
 
 import torch
 
+from . import memory
 from .domain import CHOICE_SITE, Domain
-from .hypotheses import HypothesisSpace, as_enum_batch, enum_ndim, enumerated_trace, hypothesis_space
+from .hypotheses import HypothesisSpace, hypothesis_space, observed_trace
 
-DEFAULT_MAX_ELEMENTS = 1 << 23  # numbers per intermediate tensor (32 MB of float32)
+# Numbers per likelihood tensor of a chunk (hypotheses x dialogues x rounds x options): about 4 MB of float32
+# utilities, so that a chunk's intermediates stay in the CPU's caches (memory traffic, not arithmetic, is the
+# cost), while the fixed cost of each chunk (the Pyro trace, a few dozen torch calls) stays small.
+DEFAULT_MAX_ELEMENTS = 1 << 20
+
+
+_PYRO_LOCK = threading.Lock()
+# Below this evidence the running products of likelihoods may have reached float64's subnormal range
+# (2^-1022): such chunks are redone with a normalisation every round.
+_SAFE_EVIDENCE = 2.0 ** -900
 
 
 class ImpossibleChoiceError(ValueError):
@@ -41,10 +57,15 @@ class PosteriorResult:
     """Exact posterior quantities for a batch of dialogues (``D`` dialogues, ``R`` rounds)."""
 
     space: HypothesisSpace
-    log_posterior: torch.Tensor | None  # [D, R+1, H]: after 0..R rounds (None unless kept)
+    posterior: torch.Tensor | None  # [D, R+1, H] float64 probabilities after 0..R rounds (None unless kept)
     marginals: dict  # site -> [D, R+1, K]
     predictive: torch.Tensor | None  # [D, R, O]: round r's options given rounds < r
     log_evidence: torch.Tensor  # [D, R+1]: log p(choices of rounds < r)
+
+    @functools.cached_property
+    def log_posterior(self) -> torch.Tensor | None:
+        """``log(posterior)`` (``-inf`` where a hypothesis is ruled out), computed on first use."""
+        return None if self.posterior is None else self.posterior.log()
 
 
 def _check_inputs(domain: Domain, option_index: torch.Tensor, choices: torch.Tensor | None):
@@ -65,42 +86,28 @@ def _chunks(n_items: int, per_item: int, max_elements: int):
     return [(start, min(start + step, n_items)) for start in range(0, n_items, step)]
 
 
-def choice_log_likelihood(domain: Domain, option_index: torch.Tensor, choices: torch.Tensor, all_options=False):
-    """The choice site's log-likelihood under every hypothesis, from one enumerated trace.
+def _hypotheses_last(tensor: torch.Tensor, space: HypothesisSpace, batch_shape: tuple) -> torch.Tensor:
+    """A choice-site tensor ``[*enum_shape, *batch_shape]`` (or broadcastable to it) as
+    ``[*batch_shape, H]``: a view when its memory already holds the hypotheses innermost (utilities from
+    ``linear_utility``), else a copy."""
+    n_enum = len(space.enum_shape)
+    tensor = tensor.reshape((1,) * (n_enum + len(batch_shape) - tensor.dim()) + tuple(tensor.shape))
+    tensor = tensor.expand(space.enum_shape + tuple(batch_shape))
+    order = tuple(range(n_enum, tensor.dim())) + tuple(range(n_enum))
+    return tensor.permute(order).reshape(tuple(batch_shape) + (space.size,))
 
-    Returns ``[H, D, R]`` (the observed choices), or ``[H, D, R, O]`` (every option) with ``all_options``.
-    """
-    observed, every_option = _log_likelihoods(
-        domain, option_index, choices, observed=not all_options, all_options=all_options
-    )
-    return every_option if all_options else observed
+
+def _choice_site(domain: Domain, option_index: torch.Tensor, choices: torch.Tensor):
+    """The choice site's distribution (batch ``[*enum_shape, d, R]``) and observed value, from one trace."""
+    with _PYRO_LOCK:  # Pyro's stack of effect handlers is global, not per thread
+        site = observed_trace(domain, option_index, choices).nodes[CHOICE_SITE]
+    return site["fn"], site["value"]
 
 
-def _log_likelihoods(domain: Domain, option_index, choices, *, observed=True, all_options=False):
-    """``(log p(observed choice) [H, D, R], log p(each option) [H, D, R, O])``, both from one enumerated
-    trace (``infer`` with ``predictive`` needs both); either is None unless asked for."""
-    space = hypothesis_space(domain)
-    n_dialogues, n_rounds = option_index.shape[:2]
-    observed_shape = (space.size, n_dialogues, n_rounds)
-    if n_rounds == 0:  # nothing observed yet: Pyro plates cannot be empty, and there is nothing to trace
-        return (
-            torch.zeros(observed_shape) if observed else None,
-            torch.zeros(observed_shape + (domain.n_options,)) if all_options else None,
-        )
-    trace = enumerated_trace(domain, option_index, choices)
-    fn = trace.nodes[CHOICE_SITE]["fn"]
-    n_enum = enum_ndim(trace)
-    log_lik = log_probs = None
-    if observed:
-        log_lik = as_enum_batch(fn.log_prob(trace.nodes[CHOICE_SITE]["value"]), n_enum)  # [enum..., D, R]
-        log_lik = log_lik.expand(space.enum_shape + observed_shape[1:]).reshape(observed_shape)
-    if all_options:
-        log_probs = fn.log_probs()  # [enum..., D, R, O]
-        extra = n_enum + 3 - log_probs.dim()
-        log_probs = log_probs.reshape((1,) * extra + tuple(log_probs.shape))
-        shape = space.enum_shape + (n_dialogues, n_rounds, domain.n_options)
-        log_probs = log_probs.expand(shape).reshape((space.size,) + shape[n_enum:])
-    return log_lik, log_probs
+def _option_probs(fn) -> torch.Tensor:
+    """p(each option) under every hypothesis: ``[*enum_shape, d, R, O]``."""
+    probs = getattr(fn, "probs", None)
+    return probs() if callable(probs) else fn.log_probs().exp()
 
 
 def infer(
@@ -117,70 +124,148 @@ def infer(
     """Posterior over preference hypotheses after each round of each dialogue.
 
     ``option_index``: long ``[D, R, O, F]`` value indices; ``choices``: long ``[D, R]`` (0-based).
-    ``progress``: an optional callable given the number of dialogues finished by each chunk.
+    ``keep_posterior``: keep ``posterior`` ``[D, R+1, H]`` (float64 probabilities; ``log_posterior`` is
+    its log, computed on first use); ``marginals``: each latent site's marginal; ``predictive``: each
+    round's predictive.  ``max_elements``: the chunk size, in likelihood numbers (``H * d * R * O``).
+    Chunks run on two threads when ``torch.get_num_threads() >= 2`` (see ``_run_chunks``); ``progress``,
+    an optional callable given the number of dialogues finished by each chunk, is then called from those
+    threads (one call at a time).
     """
     _check_inputs(domain, option_index, choices)
     space = hypothesis_space(domain)
     n_dialogues, n_rounds = choices.shape
     n_hypotheses = space.size
-    per_dialogue = n_hypotheses * n_rounds * domain.n_options
-    # The outputs are preallocated and filled chunk by chunk (no parts to concatenate: half the memory).
+    # The outputs are preallocated and filled chunk by chunk (no parts to concatenate: half the memory);
+    # the posterior is written straight into its slice of the output.
     states = (n_dialogues, n_rounds + 1)
     log_evidence = torch.empty(states, dtype=torch.float64)
-    log_posterior = torch.empty(states + (n_hypotheses,), dtype=torch.float64) if keep_posterior else None
+    memory.warm_allocator()
+    posterior = memory.empty(states + (n_hypotheses,), torch.float64) if keep_posterior else None
     marginal_out = {
         site: torch.empty(states + (space.site_sizes[site],), dtype=torch.float64) for site in space.sites
     } if marginals else {}
     predictive_out = torch.empty((n_dialogues, n_rounds, domain.n_options), dtype=torch.float64) if predictive else None
-    prior = space.log_prior.double()[:, None]  # [H, 1]
-    workspace = _Workspace()  # float64 scratch tensors reused from chunk to chunk (fresh ones page-fault)
-    for start, stop in _chunks(n_dialogues, per_dialogue, max_elements):
-        log_lik, option_log_probs = _log_likelihoods(
-            domain, option_index[start:stop], choices[start:stop], all_options=predictive
-        )  # [H, d, R] (and [H, d, R, O])
-        # Utilities are float32; the evidence accumulates in float64 so posteriors are exact to ~1e-12.
-        # log p(h) + log p(choices of rounds < r | h) for r = 0..R, built in place: [H, d, R+1]
-        shape = (n_hypotheses, stop - start, n_rounds + 1)
-        log_joint = workspace.get("joint", shape)
-        log_joint[..., 0] = prior
-        torch.cumsum(log_lik, -1, dtype=torch.float64, out=log_joint[..., 1:]).add_(prior[..., None])
-        evidence = _logsumexp(log_joint, 0, workspace.get("diff", shape), workspace.get("scratch", shape))
-        _raise_if_impossible(evidence, choices[start:stop], start)
-        log_evidence[start:stop] = evidence
-        log_post = log_joint.sub_(evidence)  # [H, d, R+1], in place
-        if keep_posterior:  # [H, d, R+1] -> [d, R+1, H] (a permuted copy: torch runs it on every thread)
-            log_posterior[start:stop].copy_(log_post.permute(1, 2, 0))
-        if marginals or predictive:
-            post = _exp_(log_post, workspace.get("scratch", shape))  # in place: log_post is not needed again
+    prior = space.prior  # [H] float64
+
+    def run_chunk(start: int, stop: int) -> None:
+        n = stop - start
+        if keep_posterior:
+            post = posterior[start:stop]  # [n, R+1, H]: written in place
+        else:
+            post = torch.empty((n, n_rounds + 1, n_hypotheses), dtype=torch.float64)
+        evidence = log_evidence[start:stop]
+        post[:, 0] = prior
+        evidence[:, 0] = 0.0
+        if n_rounds:
+            fn, value = _choice_site(domain, option_index[start:stop], choices[start:stop])
+            _forward(fn, value, space, post, evidence)
+            _raise_if_impossible(evidence, choices[start:stop], start)
         if marginals:
             for site in space.sites:
-                marginal_out[site][start:stop] = space.marginal(post, site)
-        if predictive:
-            option_probs = _exp_(option_log_probs.to(torch.float64, copy=True))  # [H, d, R, O]
-            predictive_out[start:stop] = torch.einsum("hdr,hdro->dro", post[..., :n_rounds], option_probs)
-        if progress is not None:
-            progress(stop - start)
+                marginal_out[site][start:stop] = space.marginal_last(post, site)
+        if predictive and n_rounds:
+            option_probs = _option_probs(fn)  # [*enum, n, R, O]
+            before = post[:, :n_rounds]  # [n, R, H]: the posterior before each round
+            for o in range(domain.n_options):
+                probs = _hypotheses_last(option_probs[..., o], space, (n, n_rounds))  # [n, R, H]
+                predictive_out[start:stop, :, o] = torch.linalg.vecdot(before, probs.to(torch.float64))
+
+    per_dialogue = n_hypotheses * n_rounds * domain.n_options
+    _run_chunks(run_chunk, _chunks(n_dialogues, per_dialogue, max_elements), progress)
     return PosteriorResult(
         space=space,
-        log_posterior=log_posterior,
+        posterior=posterior,
         marginals=marginal_out,
         predictive=predictive_out,
         log_evidence=log_evidence,
     )
 
 
-class _Workspace:
-    """Named float64 scratch tensors for ``infer``'s chunks, allocated once at the largest chunk's size."""
+def _run_chunks(run_chunk, chunks: list, progress=None) -> None:
+    """``run_chunk(start, stop)`` for every chunk, on two threads when torch may use two or more.
 
-    def __init__(self):
-        self.buffers = {}
+    Each thread takes the next chunk as it finishes one, with half of torch's intra-op threads (one each on
+    two cores).  On a few cores this beats splitting every operation across the cores: no synchronisation
+    per operation, one chunk's Pyro trace overlaps another's arithmetic, and when another process takes a
+    core only one thread waits (measured on a shared 2-core machine: OpenMP-split operations can then run
+    100 times slower, chunk threads about as fast as one core).  The gain on two idle cores is modest
+    (about 1.2x over one thread: every torch call hands Python's GIL over).  An error is raised for the
+    first chunk (in order) that fails, as a sequential run would raise it.
+    """
+    torch_threads = torch.get_num_threads()
+    workers = min(2, torch_threads, len(chunks))
+    if workers <= 1:
+        for start, stop in chunks:
+            run_chunk(start, stop)
+            if progress is not None:
+                progress(stop - start)
+        return
+    lock = threading.Lock()
+    state = {"next": 0, "failed": None}  # the next chunk to take; (index, error) of the first that failed
 
-    def get(self, name: str, shape: tuple) -> torch.Tensor:
-        size = math.prod(shape)
-        buffer = self.buffers.get(name)
-        if buffer is None or buffer.numel() < size:
-            buffer = self.buffers[name] = torch.empty(size, dtype=torch.float64)
-        return buffer[:size].view(shape)
+    def worker() -> None:
+        torch.set_num_threads(torch_threads // workers)  # this thread's own (OpenMP settings are per thread)
+        while True:
+            with lock:
+                index = state["next"]
+                if index >= len(chunks) or (state["failed"] is not None and index > state["failed"][0]):
+                    return
+                state["next"] += 1
+            try:
+                run_chunk(*chunks[index])
+                if progress is not None:
+                    with lock:
+                        progress(chunks[index][1] - chunks[index][0])
+            except BaseException as error:  # noqa: BLE001 (re-raised in the caller's thread)
+                with lock:
+                    if state["failed"] is None or index < state["failed"][0]:
+                        state["failed"] = (index, error)
+
+    pool = [threading.Thread(target=worker, name=f"ppl_models.infer-{i}", daemon=True) for i in range(workers)]
+    try:
+        for thread in pool:
+            thread.start()
+        for thread in pool:
+            thread.join()
+    finally:
+        torch.set_num_threads(torch_threads)  # the workers' calls also changed torch's default for new threads
+    if state["failed"] is not None:
+        raise state["failed"][1]
+
+
+def _forward(fn, value, space: HypothesisSpace, post: torch.Tensor, evidence: torch.Tensor) -> None:
+    """The forward filter: fill ``post[:, 1:]`` ``[n, R, H]`` and ``evidence[:, 1:]`` given ``post[:, 0]``.
+
+    With the distribution's ``likelihood`` (UtilityChoice): in probability space, the prior times the
+    running product of the rounds' likelihoods, each round then divided by its sum (the evidence).  Where a
+    sum comes out 0 or so small that the products may have lost precision (an impossible choice, or a noisy
+    user's likelihoods over very many rounds), or without ``likelihood``: again from ``log_prob``, each
+    round normalised before the next and its log-likelihoods shifted by their largest value over the
+    hypotheses still possible, which cannot underflow.  An impossible choice leaves a non-finite evidence.
+    """
+    n, n_rounds = post.shape[0], post.shape[1] - 1
+    likelihood = getattr(fn, "likelihood", None)
+    if callable(likelihood):
+        joint = post[:, 1:]  # [n, R, H]
+        joint.copy_(_hypotheses_last(likelihood(value), space, (n, n_rounds)))  # to float64
+        rows = post.unbind(1)
+        for r in range(n_rounds):  # in place: cheaper than products into a third tensor
+            rows[r + 1].mul_(rows[r])  # p(h, choices of rounds <= r)
+        totals = joint.sum(-1, keepdim=True)  # p(choices of rounds <= r), [n, R, 1]
+        if bool(totals.amin() > _SAFE_EVIDENCE):
+            joint.mul_(totals.reciprocal_())
+            torch.log(totals.squeeze_(-1), out=evidence[:, 1:]).neg_()  # log(1 / total) = -log(total)
+            return
+    log_lik = _hypotheses_last(fn.log_prob(value), space, (n, n_rounds))  # [n, R, H]
+    for r in range(n_rounds):
+        before, now = post[:, r], post[:, r + 1]
+        torch.sub(log_lik[:, r], 0.0, out=now)  # float64 copy
+        shift = now.masked_fill(before == 0, -math.inf).amax(-1, keepdim=True)
+        shift.masked_fill_(~torch.isfinite(shift), 0.0)
+        now.sub_(shift).exp_().mul_(before)
+        total = now.sum(-1, keepdim=True)
+        now.div_(total)
+        torch.add(evidence[:, r], total[:, 0].log().add_(shift[:, 0]), out=evidence[:, r + 1])
 
 
 # torch.exp is slow where its result underflows (below about -87 in float32, -708 in float64, and at -inf:
@@ -202,37 +287,6 @@ def _exp_(x: torch.Tensor, scratch: torch.Tensor | None = None) -> torch.Tensor:
     return x.clamp_(min=low).exp_().mul_(ones)
 
 
-def _logsumexp(x: torch.Tensor, dim: int, diff: torch.Tensor | None = None, scratch: torch.Tensor | None = None):
-    """``torch.logsumexp(x, dim)``, bit for bit (ATen's steps), with the fast ``_exp_`` and ``_amax0``;
-    ``diff`` and ``scratch``: optional tensors of x's shape and dtype to work in."""
-    maxes = _amax0(x, keepdim=True) if dim == 0 else x.amax(dim, keepdim=True)
-    maxes_squeezed = maxes.squeeze(dim)
-    maxes_squeezed.masked_fill_(maxes_squeezed.abs() == math.inf, 0)
-    return _exp_(torch.sub(x, maxes, out=diff), scratch).sum(dim).log_().add_(maxes_squeezed)
-
-
-def _amax0(x: torch.Tensor, keepdim: bool = False) -> torch.Tensor:
-    """``x.amax(0)``.  torch reduces a long leading dimension slowly when little lies behind it (a chunk of
-    one dialogue of a large hypothesis space: ``[390625, 1, 6]``), so fold it in two: ``[a, b * rest]``
-    then ``[b, rest]``.  The maximum does not depend on the order; a zero maximum (whose sign could) is
-    taken the plain way."""
-    n = x.shape[0]
-    rest = x.numel() // max(n, 1)
-    a = _fold(n) if x.is_contiguous() and rest < 512 else 1
-    if a == 1:
-        return x.amax(0, keepdim=keepdim)
-    folded = x.view(a, -1).amax(0).view((n // a,) + x.shape[1:]).amax(0, keepdim=keepdim)
-    return x.amax(0, keepdim=keepdim) if bool((folded == 0).any()) else folded
-
-
-@functools.lru_cache(maxsize=None)
-def _fold(n: int) -> int:
-    """The divisor of ``n`` nearest below its square root (1 when n is prime or small)."""
-    if n < 4096:
-        return 1
-    return next(a for a in range(math.isqrt(n), 0, -1) if n % a == 0)
-
-
 def _raise_if_impossible(log_evidence: torch.Tensor, choices: torch.Tensor, offset: int) -> None:
     impossible = ~torch.isfinite(log_evidence)  # [d, R+1]; column r = after r rounds
     if impossible.any():
@@ -243,29 +297,36 @@ def _raise_if_impossible(log_evidence: torch.Tensor, choices: torch.Tensor, offs
 
 def predict(
     domain: Domain,
-    log_posterior: torch.Tensor,
+    log_posterior,
     option_index: torch.Tensor,
     *,
     max_elements: int = DEFAULT_MAX_ELEMENTS,
 ) -> torch.Tensor:
     """Posterior predictive over new option sets.
 
-    ``log_posterior``: ``[D, S, H]`` (S posterior states per dialogue, e.g. after 0..R rounds);
+    ``log_posterior``: ``[D, S, H]`` (S posterior states per dialogue, e.g. after 0..R rounds), or a
+    ``PosteriorResult`` with its posterior kept (its probabilities are used as they are: no log and exp);
     ``option_index``: long ``[D, M, O, F]`` (M option sets per dialogue).  Returns ``[D, S, M, O]``:
     the probability that the user picks each option of each set, under each posterior state.
     """
     space = hypothesis_space(domain)
     n_dialogues, n_sets = option_index.shape[:2]
-    if log_posterior.shape[0] != n_dialogues or log_posterior.shape[-1] != space.size:
-        raise ValueError(f"log_posterior must be [{n_dialogues}, S, {space.size}], got {tuple(log_posterior.shape)}")
+    in_log_space = not isinstance(log_posterior, PosteriorResult)
+    states = log_posterior if in_log_space else log_posterior.posterior
+    if states is None:
+        raise ValueError("the PosteriorResult has no posterior: run infer with keep_posterior=True")
+    if states.dim() != 3 or states.shape[0] != n_dialogues or states.shape[-1] != space.size:
+        raise ValueError(f"log_posterior must be [{n_dialogues}, S, {space.size}], got {tuple(states.shape)}")
     dummy_choices = torch.zeros(n_dialogues, n_sets, dtype=torch.long)
-    parts = []
+    out = torch.empty((n_dialogues, states.shape[1], n_sets, domain.n_options), dtype=torch.float64)
     for start, stop in _chunks(n_dialogues, space.size * n_sets * domain.n_options, max_elements):
-        option_probs = _exp_(
-            choice_log_likelihood(
-                domain, option_index[start:stop], dummy_choices[start:stop], all_options=True
-            ).to(torch.float64, copy=True)
-        )  # [H, d, M, O]
-        posterior = _exp_(log_posterior[start:stop].to(torch.float64, copy=True))  # a copy: the caller's stays
-        parts.append(torch.einsum("dsh,hdmo->dsmo", posterior, option_probs))
-    return torch.cat(parts)
+        n = stop - start
+        fn, _ = _choice_site(domain, option_index[start:stop], dummy_choices[start:stop])
+        option_probs = _option_probs(fn)  # [*enum, n, M, O]
+        posterior = states[start:stop].to(torch.float64, copy=in_log_space)  # a copy to exp: the caller's stays
+        if in_log_space:
+            posterior = _exp_(posterior)
+        for o in range(domain.n_options):
+            probs = _hypotheses_last(option_probs[..., o], space, (n, n_sets)).to(torch.float64)  # [n, M, H]
+            torch.bmm(posterior, probs.transpose(1, 2), out=out[start:stop, :, :, o])
+    return out

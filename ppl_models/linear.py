@@ -47,22 +47,33 @@ def linear_weight_prior(feature_names, levels=WEIGHT_LEVELS, exclude_indifferent
 def linear_utility(weights, options) -> torch.Tensor:
     """``sum_f weight_f * value_f`` for every option: ``[..., n_options]``.
 
-    ``weights[f]`` broadcasts against the plates (``[..., n_dialogues, 1]``); ``options.value`` is
-    ``[n_dialogues, n_rounds, n_options, n_features]``.  Summing feature by feature lets the enumerated
-    dimensions grow one at a time instead of materialising a ``[..., n_features]`` product.
+    ``weights[f]`` broadcasts against the plates (``[..., n_dialogues, 1]``, enumerated dimensions to the
+    left); ``options.value`` is ``[n_dialogues, n_rounds, n_options, n_features]``.  Summing feature by
+    feature lets the enumerated dimensions grow one at a time instead of materialising a
+    ``[..., n_features]`` product.
 
-    The result is stored option-major (each option's utilities contiguous, the ``[..., n_options]`` tensor
-    a permuted view): the choice rule's reductions over the options then run as elementwise operations
-    across contiguous blocks, several times faster under enumeration than over a trailing dimension of 3.
-    The values are the same either way (the same sums in the same order).
+    The result is a permuted view of a tensor stored option-major with the enumerated (hypothesis)
+    dimensions innermost, ``[n_options, n_dialogues, n_rounds, enum...]``: each option's utilities are one
+    contiguous block, so the choice rule's reductions over the options run as elementwise operations across
+    blocks, and its per-round likelihood comes out with the hypotheses contiguous for each dialogue and
+    round, the layout of the posterior ``infer`` writes, so no transpose is needed.  The values are the same
+    in any layout (the same sums in the same order).
     """
-    values = options.value.movedim(-1, 0).movedim(-1, 1).contiguous()  # [F, O, ..., D, R]: a small copy
-    n_batch = max([weight.dim() for weight in weights] + [values.dim() - 2])
-    values = values.reshape(values.shape[:2] + (1,) * (n_batch + 2 - values.dim()) + values.shape[2:])
+    values = options.value
+    n_plates = values.dim() - 2  # [*plates, n_options, n_features]
+    n_batch = max([weight.dim() for weight in weights] + [n_plates])
+    n_enum = n_batch - n_plates
+    # each feature's values as [n_options, *plates, 1 (x n_enum)]
+    values = values.movedim(-2, 0).reshape(values.shape[-2:-1] + values.shape[:-2] + (1,) * n_enum + values.shape[-1:])
     utility = 0.0
-    for weight, value in zip(weights, values):
-        utility = utility + weight * value  # [O, ..., D, R]
-    return utility.movedim(0, -1)  # [..., D, R, O]
+    for f, weight in enumerate(weights):
+        weight = torch.as_tensor(weight)
+        weight = weight.reshape((1,) * (n_batch - weight.dim()) + tuple(weight.shape))  # [*enum, *plates]
+        weight = weight.permute(tuple(range(n_enum, n_batch)) + tuple(range(n_enum)))  # [*plates, *enum]
+        utility = utility + weight * values[..., f]  # [n_options, *plates, *enum]
+    # [n_options, *plates, *enum] -> [*enum, *plates, n_options], a view
+    order = tuple(range(1 + n_plates, 1 + n_batch)) + tuple(range(1, 1 + n_plates)) + (0,)
+    return utility.permute(order)
 
 
 def linear_domain_parts(features, levels=WEIGHT_LEVELS):

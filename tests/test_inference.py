@@ -117,3 +117,96 @@ def test_chunking_does_not_change_results():
     chunked = infer(domain, dialogues.option_index, dialogues.choices, predictive=True, max_elements=625 * 5 * 3 * 3)
     assert torch.allclose(whole.log_posterior.exp(), chunked.log_posterior.exp(), atol=1e-7)
     assert torch.allclose(whole.predictive, chunked.predictive, atol=1e-7)
+
+
+@pytest.mark.parametrize("temperature,lapse", [(0.0, 0.0), (0.0, 0.2), (0.4, 0.0), (0.4, 0.1)])
+def test_probability_space_choice_rule_matches_its_log_probs(temperature, lapse):
+    """UtilityChoice.likelihood / probs (the inference hot path) against exp(log_prob) / exp(log_probs),
+    on utilities with many exact and near ties (within and beyond the tie tolerance)."""
+    from ppl_models.choice import UtilityChoice
+
+    generator = torch.Generator().manual_seed(0)
+    utility = torch.randint(0, 4, (6, 40, 3), generator=generator).float() / 4
+    utility[::3, :, 1] = utility[::3, :, 0] + 5e-7  # tied within the tolerance
+    utility[1::3, :, 2] = utility[1::3, :, 0] - 3e-6  # not tied
+    permuted = utility.permute(2, 0, 1).contiguous().permute(1, 2, 0)  # option-major storage, as linear_utility
+    value = torch.randint(0, 3, (40,), generator=generator)
+    for u in (utility, permuted):
+        fn = UtilityChoice(u, temperature, lapse)
+        assert torch.allclose(fn.likelihood(value).double(), fn.log_prob(value).double().exp(), atol=1e-7, rtol=0)
+        assert torch.allclose(fn.probs().double(), fn.log_probs().double().exp(), atol=1e-7, rtol=0)
+
+
+def test_posterior_result_and_predict_in_probability_space():
+    domain = get_domain("hotel")
+    dialogues = simulate_dialogues(domain, all_users(domain)[::97], 1, seed=2)
+    result = infer(domain, dialogues.option_index, dialogues.choices)
+    assert result.posterior.dtype == torch.float64 and result.posterior.shape == (7, 6, 625)
+    assert torch.equal(result.log_posterior, result.posterior.log())
+    assert torch.allclose(result.posterior.sum(-1), torch.ones(7, 6, dtype=torch.float64), atol=1e-12)
+    new_options = domain.draw_options(torch.Generator().manual_seed(4), (7, 3))
+    from_result = predict(domain, result, new_options)
+    assert torch.allclose(from_result, predict(domain, result.log_posterior, new_options), atol=1e-12)
+    assert torch.equal(infer(domain, dialogues.option_index, dialogues.choices, keep_posterior=False).log_evidence,
+                       result.log_evidence)
+
+
+def test_threads_do_not_change_results_and_report_the_first_impossible_dialogue():
+    domain = get_domain("flight")
+    dialogues = simulate_dialogues(domain, all_users(domain)[:60], 1, seed=6)
+    flight2 = get_domain("flight2")
+    p, q = _never_tied_pair(flight2)
+    options = torch.stack([p, q, q]).expand(40, 2, 3, 2)  # 40 dialogues, the same set in both rounds
+    choices = torch.zeros(40, 2, dtype=torch.long)
+    choices[[31, 13], 1] = 1  # P, then Q: no deterministic user does that (dialogues 13 and 31)
+    threads = torch.get_num_threads()
+    try:
+        results, errors = [], []
+        for n_threads in (1, 2):
+            torch.set_num_threads(n_threads)
+            results.append(infer(domain, dialogues.option_index, dialogues.choices, predictive=True,
+                                 max_elements=625 * 15 * 4))  # 15 chunks
+            assert torch.get_num_threads() == n_threads
+            with pytest.raises(ImpossibleChoiceError) as error:
+                infer(flight2, options, choices, max_elements=25 * 2 * 3 * 2)  # 20 chunks of 2 dialogues
+            errors.append(error.value)
+        one, two = results
+        for name in ("posterior", "predictive", "log_evidence"):
+            assert torch.equal(getattr(one, name), getattr(two, name))
+        for site in one.marginals:
+            assert torch.equal(one.marginals[site], two.marginals[site])
+        assert [(e.dialogue, e.round) for e in errors] == [(13, 1), (13, 1)]
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_long_noisy_dialogues_fall_back_to_per_round_normalisation():
+    """700 random choices of a noisy user: the evidence (about 1e-300) is below what products of
+    likelihoods may reach in float64, so inference normalises every round; checked against a log-space
+    brute force."""
+    import math
+
+    domain = get_domain("flight2").with_user(temperature=0.3)
+    generator = torch.Generator().manual_seed(9)
+    options = domain.draw_options(generator, (2, 700))
+    choices = torch.randint(0, domain.n_options, (2, 700), generator=generator)
+    result = infer(domain, options, choices, marginals=False)
+    assert float(result.log_evidence[:, -1].max()) < -900 * math.log(2)
+    hypotheses = _weights_of_hypotheses(domain, result.space)
+    for d in range(2):
+        log_joint = []
+        for weights in hypotheses:
+            if not any(weights):
+                log_joint.append(-math.inf)
+                continue
+            total = 0.0
+            for rows, choice in zip(options[d].tolist(), choices[d].tolist()):
+                utilities = [sum(w * x for w, x in zip(weights, row)) for row in brute_force.option_values(domain, rows)]
+                top = max(utilities)
+                total += (utilities[choice] - top) / 0.3 - math.log(sum(math.exp((u - top) / 0.3) for u in utilities))
+            log_joint.append(total)
+        top = max(log_joint)
+        norm = top + math.log(sum(math.exp(v - top) for v in log_joint))
+        expected = torch.tensor([math.exp(v - norm) for v in log_joint], dtype=torch.float64)
+        assert torch.allclose(result.posterior[d, -1], expected, atol=1e-6)
+        assert abs(float(result.log_evidence[d, -1]) - (norm - math.log(len(hypotheses) - 1))) < 1e-6 * abs(norm)
