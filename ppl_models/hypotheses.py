@@ -37,8 +37,9 @@ class HypothesisSpace:
 
     @property
     def prior(self) -> torch.Tensor:
-        """The prior probabilities, float64 [H]."""
-        return self.log_prior.double().exp()
+        """The prior probabilities, float64 [H], normalised in float64 (``log_prior`` is float32)."""
+        prior = self.log_prior.double().exp()
+        return prior / prior.sum()
 
     @property
     def size(self) -> int:

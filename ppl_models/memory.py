@@ -6,7 +6,10 @@ so with 4 KiB pages faulting can cost more than computing it (measured on a 2-co
 touch 618 MB, against 0.02 s to write it again).  On Linux, ``madvise(MADV_HUGEPAGE)`` asks for 2 MiB pages
 for the range (the kernel's transparent_hugepage setting "madvise", a common default, gives them only where
 asked): 512 times fewer faults (0.035 s for the same 618 MB).  Elsewhere, or where the call fails, this is a
-plain ``torch.empty``.
+plain ``torch.empty``.  One caveat, measured on a virtual machine whose balloon driver hands free memory
+back to the host: after a few seconds idle, the kernel's free huge pages are the memory the host took back,
+and the first write to them took 0.3-1 s for those 618 MB (the host backs them again), where 4 KiB pages
+took their usual 0.19 s; back to back, huge pages stayed at 0.03-0.04 s.
 
 Inference also allocates and frees a few MB of intermediate tensors per chunk of dialogues.  glibc's malloc
 returns freed memory at the top of its heap to the kernel once it exceeds a trim threshold, which starts at
