@@ -138,29 +138,35 @@ def feature_value_phrases(domain: Domain) -> list[list[str]]:
             for j, (f, texts) in enumerate(zip(domain.features, value_texts(domain)))]
 
 
-def option_descriptions(domain: Domain, limit: int = MAX_OPTION_TOKENS):
-    """Every option line ``eval.dialogue_text.options_text`` can write ("Hotel 2: distance to downtown: 3
-    miles, price: $460, ..."), with its option number (0-based) and value indices: a list of
-    (text, number, index tuple); None when there are more than ``limit`` of them."""
-    import itertools
-
-    n_lines = domain.n_options * math.prod(len(f.values) for f in domain.features)
-    if n_lines > limit:
-        return None
-    noun = noun_title(domain)
-    return [(f"{noun} {k + 1}: {domain.option_text(index)}", k, index)
-            for k in range(domain.n_options)
-            for index in itertools.product(*[range(len(f.values)) for f in domain.features])]
-
-
-def chosen_descriptions(domain: Domain, limit: int = MAX_OPTION_TOKENS):
-    """The restated chosen options, "Chosen: distance to downtown: 3 miles, ...", with their value indices."""
+def value_combinations(domain: Domain, limit: int = MAX_OPTION_TOKENS):
+    """Every option's value indices, in value order; None when the option lines (``n_options`` per
+    combination) would be more than ``limit`` tokens."""
     import itertools
 
     if domain.n_options * math.prod(len(f.values) for f in domain.features) > limit:
         return None
-    return [(CHOSEN_PREFIX + domain.option_text(index), index)
-            for index in itertools.product(*[range(len(f.values)) for f in domain.features])]
+    return list(itertools.product(*[range(len(f.values)) for f in domain.features]))
+
+
+def option_descriptions(domain: Domain, limit: int = MAX_OPTION_TOKENS):
+    """Every option line ``eval.dialogue_text.options_text`` can write ("Hotel 2: distance to downtown: 3
+    miles, price: $460, ..."), with its option number (0-based) and value indices: a list of
+    (text, number, index tuple); None when there are more than ``limit`` of them."""
+    combinations = value_combinations(domain, limit)
+    if combinations is None:
+        return None
+    noun = noun_title(domain)
+    return [(f"{noun} {k + 1}: {domain.option_text(index)}", k, index)
+            for k in range(domain.n_options) for index in combinations]
+
+
+def chosen_descriptions(domain: Domain, limit: int = MAX_OPTION_TOKENS):
+    """The restated chosen options, "Chosen: distance to downtown: 3 miles, ...", with their value indices,
+    in the order of ``value_combinations``; None when there are too many option lines."""
+    combinations = value_combinations(domain, limit)
+    if combinations is None:
+        return None
+    return [(CHOSEN_PREFIX + domain.option_text(index), index) for index in combinations]
 
 
 def restating_chat_template(domain: Domain) -> str:
@@ -185,13 +191,18 @@ def restating_chat_template(domain: Domain) -> str:
     )
 
 
-def option_description_pattern(domain: Domain) -> str:
-    """A regex matching exactly the option lines of ``domain`` (one alternation per feature)."""
-    header = "(?:" + "|".join(re.escape(f"{noun_title(domain)} {k + 1}: ") for k in range(domain.n_options)) + ")"
-    return header + re.escape(", ").join(
+def description_pattern(domain: Domain) -> str:
+    """A regex matching exactly the option descriptions of ``domain`` (one alternation per feature)."""
+    return re.escape(", ").join(
         re.escape(f"{f.name}: ") + "(?:" + "|".join(re.escape(t) for t in sorted(texts, key=lambda t: (-len(t), t))) + ")"
         for f, texts in zip(domain.features, value_texts(domain))
     )
+
+
+def option_description_pattern(domain: Domain) -> str:
+    """A regex matching exactly the option lines of ``domain``: a header "Hotel k: " and a description."""
+    header = "(?:" + "|".join(re.escape(f"{noun_title(domain)} {k + 1}: ") for k in range(domain.n_options)) + ")"
+    return header + description_pattern(domain)
 
 
 def domain_phrases(domain: Domain, max_rounds: int = MAX_ROUND_PHRASES, merge_values: bool = True) -> list[str]:
@@ -231,7 +242,7 @@ def build_tokenizer(domain: Domain, merge_values: bool = True, option_tokens: bo
     restate = bool(descriptions) and restate_choices
     chosen = chosen_descriptions(domain) if restate else []
     line_pattern = option_description_pattern(domain)
-    first = (line_pattern, re.escape(CHOSEN_PREFIX) + line_pattern.split(")", 1)[1]) if restate else (line_pattern,)
+    first = (line_pattern, re.escape(CHOSEN_PREFIX) + description_pattern(domain)) if restate else (line_pattern,)
     pattern = split_pattern(phrases, first=first if descriptions else ())
     # Vocabulary: the phrases plus every fallback piece of the fixed texts, single digits, letters-words of
     # the noun, and ASCII punctuation, so nothing the dialogue module writes for this domain is unknown.
@@ -308,7 +319,7 @@ def option_token_init(model, tokenizer, domain: Domain, planes: list[torch.Tenso
         if len(chosen_ids) and bool((chosen_ids != tokenizer.unk_token_id).all()):
             # the same description directions plus one shared "chosen" marker (an ordinary random embedding)
             marker = embeddings[tokenizer.convert_tokens_to_ids("<|user|>")].clone()
-            embeddings[chosen_ids] = 0.5 * embeddings[chosen_ids] + total[: len(chosen_ids)] + marker
+            embeddings[chosen_ids] = 0.5 * embeddings[chosen_ids] + total[: len(chosen_ids)] + marker  # option 1 lines: same combination order
 
 
 def build_student(domain: Domain, config: StudentConfig = StudentConfig(), seed: int = 0):
