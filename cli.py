@@ -333,7 +333,7 @@ def train(data_path, model, domain, method, epochs, max_steps, learning_rate, ba
                              learning_rate=learning_rate, batch_size=batch_size, kl_weight=kl_weight,
                              budget_minutes=budget_minutes, merge_adapter=merge, seed=seed)
         result = run_training(config, data_path, out_dir, resume=resume)
-    click.echo(f"trained: {result}")
+    click.echo(f"trained: {result.summary()}")
 
 
 @main.command()

@@ -106,7 +106,7 @@ def run_distill(settings: DistillSettings, log=print) -> dict:
             after_lm = load_causal_lm(str(train_dir / "model"))
         else:
             after_lm = load_causal_lm(settings.model, adapter=str(train_dir / "adapter"), load_in_4bit=settings.method == "qlora")
-    log(f"trained: {result}")
+    log(f"trained: {result.summary()}")
 
     # ---- 4. the student after training, and the references -----------------------------------------
     after = LMAssistant(after_lm, name="student (after)")

@@ -16,19 +16,23 @@ Design (measured on hotel, 2 shared CPU cores, Nov 2026; numbers in the docstrin
   feature names and values), which is what makes CPU training feasible.
 * **Option tokens** (``option_tokens``, default on): where a domain has few enough value combinations
   (hotel 3 x 5,445 lines, flight 3 x 3,993), each whole option line "Hotel 2: distance to downtown: 3 miles,
-  price: $460, ..." is one token, its embedding started as the header's plus the sum of its values' ordinal
-  directions: 73 tokens a hotel dialogue.  The trainer computes logits only where the loss reads them, so the
-  large vocabulary costs little.  ``restate_choices`` (default off) also restates the chosen option at the
-  start of each feedback turn ("Chosen: <description>") through the chat template; it did not help (below).
-* **Measured, Nov 2026: the student does not learn the task yet.**  On the study-size set (5,240 hotel
-  dialogues) it memorises: 64.5% of the teacher's picks on its training dialogues, 31% on new ones, chance on
-  held-out users.  With 100 dialogues per user (52,400, each seen about once) the loss stays at chance
-  (ln 3 on the answer digit) for 1,000-1,800 steps in every variant tried (128 or 96 wide, 3-4 layers, lr
-  2e-3 or 3e-3, value or option tokens, with or without restated choices): answering needs a chain of
-  attention hops (feedback digit -> that option in the earlier round -> preference -> current options) that
-  gives no partial credit until it is all there.
-* **Chat template**: ``<|role|>content<|end|>`` per message, ``<|assistant|>`` as the generation prompt:
-  append-only, so ``eval.chat_format.tokenize_chat`` segments it exactly.
+  price: $460, ..." is one token, its embedding fixed at the header's plus the sum of its values' ordinal
+  directions (``freeze_option_embeddings``).  The trainer computes logits only where the loss reads them, so
+  the large vocabulary costs little.
+* **What made it learn** (Nov 2026; before these changes it stayed at chance for 1,800 steps in every
+  variant of width, depth, learning rate and token granularity tried):
+  1. ``restate_choices``: each feedback turn starts with the chosen option's description ("Chosen: ..."),
+     so the evidence is where attention can pool it, not one hop away behind an option number;
+  2. ``answer_after_options``: the answer's option number is predicted at the last option line's position,
+     not at a constant "assistant" token (``student_chat_template``);
+  3. ``freeze_option_embeddings`` and Adam's beta2 = 0.95: ~21,800 rarely seen option rows no longer take
+     noisy Adam steps as large as their structure;
+  4. the answer is the option number alone: with a period and an end marker after it as targets too, the
+     same student stayed at chance for 600 steps (31-35%) where the number alone reached 69-82%.
+  Numbers per change are in the ``StudentConfig`` comments; the run's own are in its report.
+* **Chat template** (``student_chat_template``): ``<|role|>content`` per message, without the closing
+  question; an answer is its option number alone.  Append-only, so ``eval.chat_format.tokenize_chat``
+  segments it exactly.
 * **Value embeddings start ordinal**: each value token's embedding starts as a point on a per-feature
   quarter circle at angle (normalised value) * pi/2 (plus the usual noise, halved), so ", price: $370" starts
   between $280 and $460 and the model need not discover the order of 11 atoms from data.  (A direction, not a
@@ -57,23 +61,18 @@ from eval.dialogue_text import answer_text, feedback_text, noun_title, task_inst
 from ppl_models import Domain
 
 SPECIAL_TOKENS = ["<pad>", "<unk>", "<|end|>", "<|system|>", "<|user|>", "<|assistant|>"]
-CHAT_TEMPLATE = (
-    "{% for message in messages %}{{ '<|' + message['role'] + '|>' + message['content'] + '<|end|>' }}{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}"
-)
 # After the phrases: words, single digits (any number is representable), single non-space symbols.
 FALLBACK_PATTERN = r"[A-Za-z]+(?:'[a-z]+)?|\d|[^\sA-Za-z\d]"
 MAX_ROUND_PHRASES = 20  # "Round 1." ... "Round 20." are single tokens (later rounds fall back to pieces)
 MAX_OPTION_TOKENS = 30_000  # whole option lines become single tokens when a domain has at most this many
-CHOSEN_PREFIX = "Chosen: "  # the restated chosen option (see restating_chat_template)
+CHOSEN_PREFIX = "Chosen: "  # the restated chosen option (see student_chat_template)
 
 
 @dataclass(frozen=True)
 class StudentConfig:
-    # Width of the residual stream.  At 128 (4 layers, ~0.92M parameters) a 32-dialogue step takes ~0.35-0.5 s
-    # on one busy core, so 10 minutes see the 5,000 hotel dialogues ~8 times; the task has few concepts
-    # (4 features x <= 11 values).  NOTE: not tuned - at this size and budget the student did not learn (see
-    # the report / README of the run): it stayed at chance.
+    # Width of the residual stream.  At 128 (4 layers, ~0.92M parameters besides the embedding tables) a
+    # 32-dialogue step takes ~0.27 s on 2 cores, so 10 minutes see ~50,000 whole dialogues about once; the task
+    # has few concepts (4 features x <= 11 values).  Not tuned beyond that.
     hidden_size: int = 128
     # Transformer blocks.  Comparing options within a round and accumulating feedback across rounds needs
     # a few hops of attention (option values -> option, choice -> chosen option, preference -> new options).
@@ -95,6 +94,18 @@ class StudentConfig:
     min_lr_ratio: float = 0.05
     # Mild decoupled weight decay for the from-scratch weights.
     weight_decay: float = 0.01
+    # Adam's second-moment decay.  0.95 rather than the usual 0.999: with 0.999 a token seen once in a while
+    # gets a step of ~3x the learning rate per coordinate each time it appears (its second moment has decayed
+    # towards zero since its last appearance); 0.95 keeps such steps near the learning rate.  Measured with
+    # frozen option rows, 600 steps, same data: 73-75% agreement with 0.95, 64-69% with 0.999.
+    adam_beta2: float = 0.95
+    # Option-line and restated-choice embeddings stay as initialised (header + ordinal value directions, see
+    # option_token_init): ~21,800 rows each seen ~30 times in a run would otherwise each take ~30 Adam steps
+    # of noise as large as their structure.  Measured (hotel, the 20,000 dialogues of teaching users 0-199,
+    # 800 steps of 32, the previous option_token_init): frozen, the student agreed with the teacher on
+    # 79/76/74/76/75% of picks in rounds 1-5; trained, it stayed at chance (33-37%).  Everything else, the
+    # digit and header rows included, trains.
+    freeze_option_embeddings: bool = True
     # Soft-target KL weight (used only if the data has soft targets).  0 by default: the trainer scores every
     # candidate as an extra row holding the whole prefix (15 extra rows per 5-round dialogue), ~10x the
     # compute per example, which costs more steps than the signal gains within a CPU budget.
@@ -110,9 +121,22 @@ class StudentConfig:
     # The chat template restates, at the start of each feedback turn, the option the user says they prefer, as
     # one "Chosen: <description>" token (with option tokens).  No information is added (the option is in the
     # previous turn), but finding it there takes an attention hop keyed on the option number that a model
-    # trained from scratch does not find within a CPU budget (measured: chance after 1,800 steps on new
-    # dialogues without it).
-    restate_choices: bool = False
+    # trained from scratch does not find within a CPU budget.  Measured on a minimal rendering of the task
+    # (1,000 steps): with the chosen option restated, 81/80/77/77/77% agreement with the teacher in rounds
+    # 1-5; with only the option number, 81% in round 1 (no feedback needed) and ~40% after.
+    restate_choices: bool = True
+    # The answer's option number comes right after the last option line, with no question, end marker or
+    # "The best option is Hotel" in between (student_chat_template).  Measured on a minimal rendering of
+    # the same task: predicted at a separate "assistant" token, a 4-layer student agreed with the teacher on
+    # ~50% of picks after 2,000 steps; predicted at the last option's position, on ~77-82% after 1,000.  A
+    # constant token has nothing of its own to compute with in its first layer; the last option line has
+    # its features and number there to compare with the other options from layer one.
+    answer_after_options: bool = True
+    # Keep the "Round k." lines (with answer_after_options; see student_chat_template).  The teaching dialogues
+    # have 5 rounds, but evaluation after round 5 asks about a 6th, whose "Round 6." token no training
+    # example contains.  Measured (main job, hotel): with the lines, 66.8% accuracy and 71.6% agreement after
+    # round 5 (71.9 / 82.0 after round 4); without, 69.6% and 75.2% (71.4 / 82.7).
+    round_markers: bool = False
     # Start value embeddings on an ordinal quarter circle (see the module docstring).
     ordinal_value_init: bool = True
     # Digit k starts as the embedding of "Hotel k:" (input and output); see tie_option_numbers.
@@ -169,25 +193,54 @@ def chosen_descriptions(domain: Domain, limit: int = MAX_OPTION_TOKENS):
     return [(CHOSEN_PREFIX + domain.option_text(index), index) for index in combinations]
 
 
-def restating_chat_template(domain: Domain) -> str:
-    """``CHAT_TEMPLATE``, plus: a user turn whose feedback says "I prefer <Noun> k." starts with "Chosen: "
-    and option k's description, copied from the options of the user turn before it.  Each turn depends only
-    on the turns before it, so the template stays append-only."""
+def student_chat_template(domain: Domain, restate: bool = False, answer_after_options: bool = True,
+                          round_markers: bool = True) -> str:
+    """The student's chat template: ``<|role|>content<|end|>`` per message and ``<|assistant|>`` as the
+    generation prompt, with optional changes.  Each turn's text depends only on the turns before it, so the
+    template stays append-only whatever the options.
+
+    ``restate``: a user turn whose feedback says "I prefer <Noun> k." starts with "Chosen: " and option k's
+    description, copied from the options of the user turn before it.
+
+    ``answer_after_options``: the answer's option number follows the last option line directly: the user
+    turn drops its closing question and end marker, the generation prompt is empty, and an answer "The best
+    option is Hotel 2." reads "\\n2": the option number is the whole answer, with no period or end marker to
+    predict after it (the tokenizer drops whitespace).  The prediction is then made at the last option's
+    position (see ``StudentConfig.answer_after_options``).  Any other answer text is kept as it is.
+
+    ``round_markers=False`` (with ``answer_after_options``): the "Round k." lines are dropped too, so that a
+    round after the last one trained on reads like the others.
+    """
     noun = noun_title(domain)
-    return (
-        "{% set ns = namespace(previous='') %}"
-        "{% for message in messages %}{{ '<|' + message['role'] + '|>' }}"
-        "{% if message['role'] == 'user' %}"
+    question = "\n" + f"Which {domain.noun} is best for me?"
+    answer_prefix = answer_text(domain, 0).rsplit(" ", 1)[0] + " "  # "The best option is Hotel "
+    restated = (
         f"{{% for k in range(1, {domain.n_options + 1}) %}}"
         f"{{% if ('I prefer {noun} ' ~ k ~ '.') in message['content'] %}}"
         "{% for line in ns.previous.split('\n') %}"
         f"{{% set header = '{noun} ' ~ k ~ ': ' %}}"
         f"{{% if line.startswith(header) %}}{{{{ '{CHOSEN_PREFIX}' + line[header|length:] + ' ' }}}}{{% endif %}}"
         "{% endfor %}{% endif %}{% endfor %}"
-        "{% set ns.previous = message['content'] %}"
-        "{% endif %}"
-        "{{ message['content'] + '<|end|>' }}{% endfor %}"
-        "{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}"
+    ) if restate else ""
+    if answer_after_options:
+        answer = f"{{{{ '\\n' + message['content'] | replace({answer_prefix!r}, '') | replace('.', '') }}}}"
+        user = f"{{{{ message['content'] | replace({question!r}, '') }}}}"
+        if not round_markers:
+            user = (f"{{% for line in (message['content'] | replace({question!r}, '')).split('\\n') %}}"
+                    "{% if not (line.startswith('Round ') and line.endswith('.') and line[6:-1].isdigit()) %}"
+                    "{{ ('\\n' if not loop.first else '') + line }}{% endif %}{% endfor %}")
+        content = "{% if message['role'] == 'assistant' %}" + answer + "{% else %}" + user + "{% endif %}"
+        opening = "{% if message['role'] != 'assistant' %}{{ '<|' + message['role'] + '|>' }}{% endif %}"
+        prompt = ""
+    else:
+        content = "{{ message['content'] + '<|end|>' }}"
+        opening = "{{ '<|' + message['role'] + '|>' }}"
+        prompt = "{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}"
+    return (
+        "{% set ns = namespace(previous='') %}"
+        "{% for message in messages %}" + opening +
+        "{% if message['role'] == 'user' %}" + restated + "{% set ns.previous = message['content'] %}{% endif %}"
+        + content + "{% endfor %}" + prompt
     )
 
 
@@ -230,10 +283,12 @@ def split_pattern(phrases: list[str], first: tuple[str, ...] = ()) -> str:
 
 
 def build_tokenizer(domain: Domain, merge_values: bool = True, option_tokens: bool = False,
-                    restate_choices: bool = False):
+                    restate_choices: bool = False, answer_after_options: bool = False, round_markers: bool = True):
     """A word/phrase-level PreTrainedTokenizerFast for ``domain`` with an append-only chat template; with
     ``option_tokens`` every whole option line is one token too (when there are few enough), and with
-    ``restate_choices`` too, the template restates each chosen option (``restating_chat_template``)."""
+    ``restate_choices`` too, the template restates each chosen option; ``answer_after_options``: the answer's
+option number follows the last option line; ``round_markers=False``: no "Round k." lines (all three:
+``student_chat_template``)."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
@@ -257,7 +312,7 @@ def build_tokenizer(domain: Domain, merge_values: bool = True, option_tokens: bo
     backend.decoder = decoders.WordPiece(prefix="##", cleanup=True)  # joins tokens with spaces
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", pad_token="<pad>",
                                         eos_token="<|end|>", additional_special_tokens=SPECIAL_TOKENS[3:])
-    tokenizer.chat_template = restating_chat_template(domain) if restate else CHAT_TEMPLATE
+    tokenizer.chat_template = student_chat_template(domain, restate, answer_after_options, round_markers)
     tokenizer.model_max_length = 10**6
     return tokenizer
 
@@ -292,10 +347,13 @@ def ordinal_value_init(model, tokenizer, domain: Domain, seed: int) -> list[torc
 
 def option_token_init(model, tokenizer, domain: Domain, planes: list[torch.Tensor]) -> None:
     """A whole-option-line token ("Hotel 2: distance ...") starts as its header's embedding ("Hotel 2:") plus
-    the sum of its values' ordinal directions (each feature in its own plane, as ``ordinal_value_init``)
-    scaled to an ordinary embedding's norm, plus half the usual noise: lines that share values start close,
-    a linear read-out of the embedding is already a weighted sum of the features, and the option number is
-    there to copy (``tie_option_numbers`` ties the answer digits to the headers)."""
+    its values' ordinal directions (each feature in its own plane, as ``ordinal_value_init``), each feature
+    at an ordinary embedding's norm, without noise: lines that share values are close, a linear read-out of
+    the embedding is already a weighted sum of the features, and the option number is there to copy
+    (``tie_option_numbers`` ties the answer digits to the headers).  A restated choice ("Chosen: ...") is
+    the same directions plus one shared marker.  Measured with these rows frozen (20,000 dialogues of all
+    users, 600 steps): 69/82/78/77/77% agreement with the teacher in rounds 1-5 with features at full norm;
+    67/40/38/38/37% with the features summed to one norm and half the usual noise added."""
     descriptions = option_descriptions(domain)
     if not descriptions:
         return
@@ -307,19 +365,18 @@ def option_token_init(model, tokenizer, domain: Domain, planes: list[torch.Tenso
         [f"{noun_title(domain)} {k + 1}:" for _, k, _ in descriptions]))
     index = torch.tensor([index for _, _, index in descriptions])  # [N, F]
     with torch.no_grad():
-        scale = float(embeddings.std()) * math.sqrt(hidden)
+        scale = float(embeddings.std()) * math.sqrt(hidden)  # the norm of an ordinary embedding row
         total = torch.zeros(len(descriptions), hidden)
         for f, basis in enumerate(planes):
             angle = normalised[f][index[:, f]] * math.pi / 2  # [N]
             total += torch.cos(angle)[:, None] * basis[:, 0] + torch.sin(angle)[:, None] * basis[:, 1]
-        total *= scale / math.sqrt(len(planes))
-        embeddings[ids] = 0.5 * embeddings[ids] + total + embeddings[headers]
+        total *= scale
+        embeddings[ids] = total + embeddings[headers]
         chosen = chosen_descriptions(domain)
         chosen_ids = torch.tensor(tokenizer.convert_tokens_to_ids([text for text, _ in chosen or []]), dtype=torch.long)
         if len(chosen_ids) and bool((chosen_ids != tokenizer.unk_token_id).all()):
-            # the same description directions plus one shared "chosen" marker (an ordinary random embedding)
             marker = embeddings[tokenizer.convert_tokens_to_ids("<|user|>")].clone()
-            embeddings[chosen_ids] = 0.5 * embeddings[chosen_ids] + total[: len(chosen_ids)] + marker  # option 1 lines: same combination order
+            embeddings[chosen_ids] = total[: len(chosen_ids)] + marker  # option 1 lines: same combination order
 
 
 def build_student(domain: Domain, config: StudentConfig = StudentConfig(), seed: int = 0):
@@ -327,7 +384,8 @@ def build_student(domain: Domain, config: StudentConfig = StudentConfig(), seed:
     tokenizer (see the module docstring)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    tokenizer = build_tokenizer(domain, config.merge_feature_values, config.option_tokens, config.restate_choices)
+    tokenizer = build_tokenizer(domain, config.merge_feature_values, config.option_tokens, config.restate_choices,
+                                config.answer_after_options, config.round_markers)
     model_config = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=config.hidden_size, intermediate_size=config.intermediate_size,
         num_hidden_layers=config.num_layers, num_attention_heads=config.num_heads,
@@ -343,7 +401,36 @@ def build_student(domain: Domain, config: StudentConfig = StudentConfig(), seed:
             option_token_init(model, tokenizer, domain, planes)
     if config.tie_option_numbers:
         tie_option_numbers(model, tokenizer, domain)
+    if config.freeze_option_embeddings:
+        freeze_option_embeddings(model, tokenizer, domain)
     return model, tokenizer
+
+
+class _FrozenRows:
+    """A gradient hook for an embedding weight: zero for the frozen rows, unchanged elsewhere."""
+
+    def __init__(self, n_rows: int, frozen: torch.Tensor):
+        self.keep = torch.ones(n_rows, 1)
+        self.keep[frozen] = 0.0
+        self.frozen = frozen
+
+    def __call__(self, grad: torch.Tensor) -> torch.Tensor:
+        return grad * self.keep.to(grad.device, grad.dtype)
+
+
+def freeze_option_embeddings(model, tokenizer, domain: Domain) -> torch.Tensor | None:
+    """Keep the input embeddings of every option-line and restated-choice token as initialised: a hook
+    zeroes their gradient rows (AdamW's weight decay still shrinks them by lr x decay a step, ~4% over a
+    run).  Returns the frozen token ids (None when the tokenizer has no option tokens)."""
+    texts = [text for text, _, _ in option_descriptions(domain) or []]
+    texts += [text for text, _ in chosen_descriptions(domain) or []]
+    ids = torch.tensor(tokenizer.convert_tokens_to_ids(texts), dtype=torch.long)
+    ids = ids[ids != tokenizer.unk_token_id]
+    if not len(ids):
+        return None
+    weight = model.get_input_embeddings().weight
+    weight.register_hook(_FrozenRows(weight.shape[0], ids))
+    return ids
 
 
 def tie_option_numbers(model, tokenizer, domain: Domain) -> None:
@@ -412,7 +499,8 @@ def train_config_for(config: StudentConfig, max_steps: int, seed: int, budget_mi
 
     return TrainConfig(
         model_name_or_path="embedded-student", method="full", dtype="float32",
-        learning_rate=config.learning_rate, weight_decay=config.weight_decay, warmup_steps=config.warmup_steps,
+        learning_rate=config.learning_rate, weight_decay=config.weight_decay, adam_beta2=config.adam_beta2,
+        warmup_steps=config.warmup_steps,
         min_lr_ratio=config.min_lr_ratio, batch_size=config.batch_size, max_length=config.max_length,
         max_steps=max_steps, budget_minutes=budget_minutes, kl_weight=config.kl_weight, seed=seed,
         save_every_steps=max(50, max_steps // 4), keep_last_checkpoints=1, log_every_steps=10,

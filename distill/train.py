@@ -72,6 +72,14 @@ class TrainResult:
     model: Any = field(default=None, repr=False)  # the trained model (PeftModel or full), in memory
     tokenizer: Any = field(default=None, repr=False)
 
+    def summary(self) -> str:
+        """One line for logs: steps, why it stopped, first and last loss, speed, memory, where it went."""
+        first = f"{self.losses[0]:.4f}" if self.losses else "-"
+        last = f"{sum(self.losses[-20:]) / len(self.losses[-20:]):.4f}" if self.losses else "-"
+        where = self.adapter_dir or self.model_dir or self.out_dir
+        return (f"{self.steps} steps ({self.stop_reason}), loss {first} -> {last} (mean of the last 20), "
+                f"{self.tokens_per_s:,.0f} tokens/s, peak RSS {self.peak_rss_mb:,.0f} MB -> {where}")
+
 
 # --------------------------------------------------------------------------------------------------
 # The loss of one micro-batch

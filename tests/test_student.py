@@ -63,8 +63,12 @@ def test_chat_template_is_append_only_and_masks_answers():
     full, mask = tokenize_chat(tokenizer, messages)
     for n in range(1, len(messages)):
         assert full[: len(tokenize_chat(tokenizer, messages[:n])[0])] == tokenize_chat(tokenizer, messages[:n])[0]
-    answers = [t for t, m in zip(tokenizer.convert_ids_to_tokens(full), mask) if m]
-    assert answers[:4] == ["The best option is Hotel", str(picks[0] + 1), ".", "<|end|>"]
+    tokens = tokenizer.convert_ids_to_tokens(full)
+    answers = [t for t, m in zip(tokens, mask) if m]
+    # answer_after_options: "The best option is Hotel 2." reads "2", right after the last option line
+    assert answers == [str(picks[r] + 1) for r in range(domain.n_rounds)]
+    first_answer = mask.index(True)
+    assert tokens[first_answer - 1] == f"Hotel 3: {domain.option_text(options[0, 2].tolist())}"
     assert model.config.vocab_size == len(tokenizer)
     assert len(full) < 300  # compact: a 5-round hotel dialogue
 
@@ -119,9 +123,11 @@ def test_domains_with_too_many_option_lines_keep_value_tokens():
     assert len(tokenizer) < 1000 and tokenizer.unk_token_id not in ids
 
 
-def test_the_template_restates_each_chosen_option_and_stays_append_only():
+@pytest.mark.parametrize("answer_after_options", [False, True])
+def test_the_template_restates_each_chosen_option_and_stays_append_only(answer_after_options):
     domain = get_domain("hotel")
-    tokenizer = build_tokenizer(domain, option_tokens=True, restate_choices=True)
+    tokenizer = build_tokenizer(domain, option_tokens=True, restate_choices=True,
+                                answer_after_options=answer_after_options)
     options, picks, choices = _dialogue(domain, seed=3)
     messages = dialogue_messages(domain, options, picks, choices)
     chat_segments(tokenizer, messages)  # raises ChatTemplateError unless append-only
@@ -132,3 +138,61 @@ def test_the_template_restates_each_chosen_option_and_stays_append_only():
     prompt = heldout_prompt_messages(domain, options[:2], picks[:2], choices[:2], options[4])
     prompt_tokens = tokenizer.convert_ids_to_tokens(tokenize_chat(tokenizer, prompt)[0])
     assert [t for t in prompt_tokens if t.startswith("Chosen: ")] == restated[:2]
+
+
+@pytest.mark.parametrize("answer_after_options", [False, True])
+def test_without_option_tokens_the_template_keeps_every_message_text(answer_after_options):
+    """The template drops only the closing question and the answer's fixed opening; with the plain template
+    every message's text is there in full."""
+    domain = get_domain("hotel")
+    tokenizer = build_tokenizer(domain, option_tokens=False, answer_after_options=answer_after_options)
+    options, picks, choices = _dialogue(domain, seed=5)
+    messages = dialogue_messages(domain, options, picks, choices)
+    text = tokenizer.apply_chat_template(messages, tokenize=False)
+    question = f"Which {domain.noun} is best for me?"
+    assert (question in text) != answer_after_options
+    # the task explanation quotes the answer format once; the answers themselves drop their opening
+    assert text.count("The best option is Hotel") == 1 + (0 if answer_after_options else domain.n_rounds)
+    for message in messages:
+        kept = message["content"].replace("\n" + question, "") if answer_after_options else message["content"]
+        if message["role"] == "assistant" and answer_after_options:
+            kept = kept.replace("The best option is Hotel ", "")
+        assert kept in text
+
+
+def test_option_line_embeddings_stay_fixed_while_the_rest_trains():
+    from distill.student import chosen_descriptions, option_descriptions
+
+    domain = get_domain("hotel")
+    model, tokenizer = build_student(domain, TINY)  # restated choices and frozen option rows by default
+    options, picks, choices = _dialogue(domain)
+    ids = torch.tensor([tokenize_chat(tokenizer, dialogue_messages(domain, options, picks, choices))[0]])
+    before = model.get_input_embeddings().weight.detach().clone()
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)  # no weight decay: frozen rows must not move at all
+    model(input_ids=ids, labels=ids).loss.backward()
+    optimizer.step()
+    after = model.get_input_embeddings().weight.detach()
+    frozen = torch.tensor(tokenizer.convert_tokens_to_ids(
+        [t for t, _, _ in option_descriptions(domain)] + [t for t, _ in chosen_descriptions(domain)]))
+    used = ids[0].unique()
+    used_frozen, used_others = used[torch.isin(used, frozen)], used[~torch.isin(used, frozen)]
+    assert len(used_frozen) >= 3 * domain.n_rounds  # option lines and restated choices
+    assert torch.equal(after[used_frozen], before[used_frozen])
+    assert (after[used_others] - before[used_others]).abs().amax(1).gt(0).all()
+
+
+def test_without_round_markers_a_sixth_round_reads_like_the_others():
+    domain = get_domain("hotel")
+    tokenizer = build_tokenizer(domain, option_tokens=True, restate_choices=True, answer_after_options=True,
+                                round_markers=False)
+    options, picks, choices = _dialogue(domain, seed=4)
+    messages = dialogue_messages(domain, options, picks, choices)
+    chat_segments(tokenizer, messages)  # append-only
+    tokens = tokenizer.convert_ids_to_tokens(tokenize_chat(tokenizer, messages)[0])
+    assert not [t for t in tokens if t.startswith("Round")]
+    # the held-out question after 5 rounds: its prompt ends like every round's, with the three option lines
+    prompt = heldout_prompt_messages(domain, options, picks, choices, options[0])
+    prompt_tokens = tokenizer.convert_ids_to_tokens(tokenize_chat(tokenizer, prompt)[0])
+    assert not [t for t in prompt_tokens if t.startswith("Round")]
+    assert prompt_tokens[-3:] == [f"Hotel {k + 1}: {domain.option_text(options[0, k].tolist())}" for k in range(3)]
+    assert prompt_tokens[:len(tokens)] == tokens
