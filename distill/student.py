@@ -295,6 +295,7 @@ def calibrate(model, tokenizer, examples_lines: list[str], config: StudentConfig
     """(seconds per optimizer step, seconds to tokenise one example, torch threads used), timed on a copy of
     the model; sets torch's thread count to the fastest one."""
     from distill.chat_dataset import collate, parse_example, tokenize_dataset
+    from distill.train import micro_batch_loss
 
     sample = [parse_example(json.loads(line), "calibration") for line in examples_lines[: config.batch_size]]
     start = time.perf_counter()
@@ -311,8 +312,10 @@ def calibrate(model, tokenizer, examples_lines: list[str], config: StudentConfig
         times = []
         for _ in range(n_steps + 1):
             t0 = time.perf_counter()
-            logits = probe(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-            logits.float().logsumexp(-1).mean().backward()
+            # the trainer's own loss (logits only where the loss reads them), so the timing is the trainer's
+            targets = max(1, int(batch.target_mask[:, 1:].sum()))
+            loss, _, _ = micro_batch_loss(probe, batch, targets, 1, config.kl_weight)
+            loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             times.append(time.perf_counter() - t0)
