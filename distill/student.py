@@ -6,14 +6,15 @@ one domain's dialogue text, trained fully on the teaching data within a wall-clo
 
 Design (measured on hotel, 2 shared CPU cores, Nov 2026; numbers in the docstrings below):
 
-* **Tokenizer: one token per phrase** (``distill/student_tokenizer.py``, with the chat template).  Word-level over a vocabulary derived from the domain declaration and
-  ``eval.dialogue_text``'s fixed phrases, never from a sample: the whole task explanation, each
-  "feature: value" pair with its leading separator (", price: $370"), each bare value text ("$370",
-  "4.5 stars", "10:48 AM"), "Hotel 2:", "Round 3." and the recurring answer / feedback phrases ("Not quite: I
-  prefer Hotel") are single tokens.  A regex pre-tokeniser tries these phrases longest first, then falls back
-  to words, single digits and single punctuation marks (all in the vocabulary), so any number is
-  representable.  Whitespace is dropped.  A 5-round hotel dialogue is 133 tokens (238 with word-level
-  feature names and values), which is what makes CPU training feasible.
+* **Tokenizer: one token per phrase** (``distill/student_tokenizer.py``, with the chat template).  Word-level
+  over a vocabulary derived from the domain declaration and ``eval.dialogue_text``'s fixed phrases, never
+  from a sample: the whole task explanation, each "feature: value" pair with its leading separator
+  (", price: $370"), each bare value text ("$370", "4.5 stars", "10:48 AM"), "Hotel 2:", "Round 3." and the
+  recurring answer / feedback phrases ("Not quite: I prefer Hotel") are single tokens.  A regex pre-tokeniser
+  tries these phrases longest first, then falls back to words, single digits and single punctuation marks (all
+  in the vocabulary), so any number is representable.  Whitespace is dropped.  With the default template a
+  5-round hotel dialogue is 98 tokens (203 with word-level feature names and values; 42 with option tokens,
+  the default), which is what makes CPU training feasible.
 * **Option tokens** (``option_tokens``, default on): where a domain has few enough value combinations
   (hotel 3 x 5,445 lines, flight 3 x 3,993), each whole option line "Hotel 2: distance to downtown: 3 miles,
   price: $460, ..." is one token, its embedding fixed at the header's plus the sum of its values' ordinal
@@ -149,9 +150,12 @@ class StudentConfig:
 # --------------------------------------------------------------------------------------------------
 # Model
 # --------------------------------------------------------------------------------------------------
-def ordinal_direction(basis: torch.Tensor, normalised: float) -> torch.Tensor:
-    angle = float(normalised) * math.pi / 2
-    return basis[:, 0] * math.cos(angle) + basis[:, 1] * math.sin(angle)
+def ordinal_direction(basis: torch.Tensor, normalised) -> torch.Tensor:
+    """The point at angle ``normalised`` * pi/2 in the plane ``basis`` [H, 2]: [H] for one value, [N, H] for a
+    tensor of N values."""
+    angle = torch.as_tensor(normalised, dtype=torch.float64) * (math.pi / 2)
+    cos, sin = torch.cos(angle).to(basis.dtype), torch.sin(angle).to(basis.dtype)
+    return cos[..., None] * basis[:, 0] + sin[..., None] * basis[:, 1]
 
 
 def ordinal_value_init(model, tokenizer, domain: Domain, seed: int) -> list[torch.Tensor]:
@@ -188,7 +192,7 @@ def option_token_init(model, tokenizer, domain: Domain, planes: list[torch.Tenso
         return
     embeddings = model.get_input_embeddings().weight
     hidden = embeddings.shape[1]
-    normalised = [torch.as_tensor(f.normalised, dtype=torch.float32) for f in domain.features]
+    normalised = [torch.as_tensor(f.normalised, dtype=torch.float64) for f in domain.features]
     ids = torch.tensor(tokenizer.convert_tokens_to_ids([text for text, _, _ in descriptions]))
     headers = torch.tensor(tokenizer.convert_tokens_to_ids(
         [f"{noun_title(domain)} {k + 1}:" for _, k, _ in descriptions]))
@@ -197,8 +201,7 @@ def option_token_init(model, tokenizer, domain: Domain, planes: list[torch.Tenso
         scale = float(embeddings.std()) * math.sqrt(hidden)  # the norm of an ordinary embedding row
         total = torch.zeros(len(descriptions), hidden)
         for f, basis in enumerate(planes):
-            angle = normalised[f][index[:, f]] * math.pi / 2  # [N]
-            total += torch.cos(angle)[:, None] * basis[:, 0] + torch.sin(angle)[:, None] * basis[:, 1]
+            total += ordinal_direction(basis, normalised[f][index[:, f]])  # [N, H]
         total *= scale
         embeddings[ids] = total + embeddings[headers]
         chosen = chosen_descriptions(domain)
@@ -241,7 +244,6 @@ class _FrozenRows:
     def __init__(self, n_rows: int, frozen: torch.Tensor):
         self.keep = torch.ones(n_rows, 1)
         self.keep[frozen] = 0.0
-        self.frozen = frozen
 
     def __call__(self, grad: torch.Tensor) -> torch.Tensor:
         return grad * self.keep.to(grad.device, grad.dtype)
@@ -304,6 +306,7 @@ def calibrate(model, tokenizer, examples_lines: list[str], config: StudentConfig
     probe = copy.deepcopy(model).train()
     optimizer = torch.optim.AdamW(probe.parameters(), lr=1e-4)
     batch = collate(data, tokenizer.pad_token_id)
+    targets = max(1, int(batch.target_mask[:, 1:].sum()))
     # On a shared CPU, intra-op threads that wait for each other can be far slower than one thread (measured:
     # 5.4 s vs 0.7 s per step on 2 busy cores), so time every thread count up to the default and keep the best.
     best = (math.inf, torch.get_num_threads())
@@ -313,7 +316,6 @@ def calibrate(model, tokenizer, examples_lines: list[str], config: StudentConfig
         for _ in range(n_steps + 1):
             t0 = time.perf_counter()
             # the trainer's own loss (logits only where the loss reads them), so the timing is the trainer's
-            targets = max(1, int(batch.target_mask[:, 1:].sum()))
             loss, _, _ = micro_batch_loss(probe, batch, targets, 1, config.kl_weight)
             loss.backward()
             optimizer.step()

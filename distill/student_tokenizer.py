@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import re
 
-from eval.dialogue_text import answer_text, feedback_text, noun_title, task_instructions
+from eval.dialogue_text import answer_text, feedback_text, noun_title, question_text, task_instructions
 from ppl_models import Domain
 
 SPECIAL_TOKENS = ["<pad>", "<unk>", "<|end|>", "<|system|>", "<|user|>", "<|assistant|>"]
@@ -81,7 +81,7 @@ def student_chat_template(domain: Domain, restate: bool = False, answer_after_op
     round after the last one trained on reads like the others.
     """
     noun = noun_title(domain)
-    question = "\n" + f"Which {domain.noun} is best for me?"
+    question = "\n" + question_text(domain)
     answer_prefix = answer_text(domain, 0).rsplit(" ", 1)[0] + " "  # "The best option is Hotel "
     restated = (
         f"{{% for k in range(1, {domain.n_options + 1}) %}}"
@@ -130,7 +130,7 @@ def option_description_pattern(domain: Domain) -> str:
 def domain_phrases(domain: Domain, max_rounds: int = MAX_ROUND_PHRASES, merge_values: bool = True) -> list[str]:
     """The phrases that become single tokens: fixed dialogue text, feature names and values."""
     noun = noun_title(domain)
-    phrases = [task_instructions(domain), f"Which {domain.noun} is best for me?"]
+    phrases = [task_instructions(domain), question_text(domain)]
     # answers and feedback, cut before the option number: "The best option is Hotel", "Not quite: I prefer Hotel"
     for text in (answer_text(domain, 0), feedback_text(domain, 0, 0), feedback_text(domain, 0, 1),
                  feedback_text(domain, -1, 0)):
@@ -156,8 +156,8 @@ def build_tokenizer(domain: Domain, merge_values: bool = True, option_tokens: bo
     """A word/phrase-level PreTrainedTokenizerFast for ``domain`` with an append-only chat template; with
     ``option_tokens`` every whole option line is one token too (when there are few enough), and with
     ``restate_choices`` too, the template restates each chosen option; ``answer_after_options``: the answer's
-option number follows the last option line; ``round_markers=False``: no "Round k." lines (all three:
-``student_chat_template``)."""
+    option number follows the last option line; ``round_markers=False``: no "Round k." lines (all three:
+    ``student_chat_template``)."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 

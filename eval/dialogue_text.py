@@ -40,11 +40,13 @@ def options_text(domain: Domain, option_index_round) -> str:
     )
 
 
+def question_text(domain: Domain) -> str:
+    """The question that closes every round: "Which hotel is best for me?"."""
+    return f"Which {domain.noun} is best for me?"
+
+
 def round_text(domain: Domain, round_number: int, option_index_round) -> str:
-    return (
-        f"Round {round_number + 1}.\n{options_text(domain, option_index_round)}\n"
-        f"Which {domain.noun} is best for me?"
-    )
+    return f"Round {round_number + 1}.\n{options_text(domain, option_index_round)}\n{question_text(domain)}"
 
 
 def answer_text(domain: Domain, pick: int) -> str:

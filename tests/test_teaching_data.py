@@ -3,6 +3,7 @@ import hashlib
 import json
 import re
 
+import pytest
 import torch
 
 import brute_force
@@ -67,7 +68,5 @@ def test_longest_prefixes_are_the_whole_dialogues_of_the_full_set():
     every = build_examples(hotel, "soft", users, 2, seed=3)
     longest = build_examples(hotel, "soft", users, 2, seed=3, prefixes="longest")
     assert longest == every[4::5]
-    import pytest
-
     with pytest.raises(ValueError, match="prefixes"):
         build_examples(hotel, "soft", users, 2, seed=3, prefixes="some")
