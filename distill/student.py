@@ -102,9 +102,10 @@ class StudentConfig:
     # Option-line and restated-choice embeddings stay as initialised (header + ordinal value directions, see
     # option_token_init): ~21,800 rows each seen ~30 times in a run would otherwise each take ~30 Adam steps
     # of noise as large as their structure.  Measured (hotel, the 20,000 dialogues of teaching users 0-199,
-    # 800 steps of 32, the previous option_token_init): frozen, the student agreed with the teacher on
-    # 79/76/74/76/75% of picks in rounds 1-5; trained, it stayed at chance (33-37%).  Everything else, the
-    # digit and header rows included, trains.
+    # steps of 32, beta2 0.95, the previous option_token_init): frozen, the student agreed with the teacher
+    # on 73-75% of picks in rounds 1-5 after 600 steps (79/76/74/76/75% after 800); trained, on 42/46/51/54/52%
+    # after 600.  With beta2 0.999 and trained rows (all 52,400 dialogues, steps of 64) it stayed at chance
+    # (31-37%) for 800 steps.  Everything else, the digit and header rows included, trains.
     freeze_option_embeddings: bool = True
     # Soft-target KL weight (used only if the data has soft targets).  0 by default: the trainer scores every
     # candidate as an extra row holding the whole prefix (15 extra rows per 5-round dialogue), ~10x the

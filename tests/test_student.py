@@ -142,8 +142,8 @@ def test_the_template_restates_each_chosen_option_and_stays_append_only(answer_a
 
 @pytest.mark.parametrize("answer_after_options", [False, True])
 def test_without_option_tokens_the_template_keeps_every_message_text(answer_after_options):
-    """The template drops only the closing question and the answer's fixed opening; with the plain template
-    every message's text is there in full."""
+    """The template drops only the closing question and the answer's fixed opening and period; with the plain
+    template every message's text is there in full.  Checked per message, on its own segment."""
     domain = get_domain("hotel")
     tokenizer = build_tokenizer(domain, option_tokens=False, answer_after_options=answer_after_options)
     options, picks, choices = _dialogue(domain, seed=5)
@@ -153,11 +153,16 @@ def test_without_option_tokens_the_template_keeps_every_message_text(answer_afte
     assert (question in text) != answer_after_options
     # the task explanation quotes the answer format once; the answers themselves drop their opening
     assert text.count("The best option is Hotel") == 1 + (0 if answer_after_options else domain.n_rounds)
-    for message in messages:
-        kept = message["content"].replace("\n" + question, "") if answer_after_options else message["content"]
+    segments = chat_segments(tokenizer, messages)
+    assert "".join(segment.text for segment in segments) == text
+    answers = iter(picks)
+    for message, segment in zip(messages, segments):
         if message["role"] == "assistant" and answer_after_options:
-            kept = kept.replace("The best option is Hotel ", "")
-        assert kept in text
+            assert segment.text == f"\n{next(answers) + 1}"  # the option number alone
+        elif answer_after_options:
+            assert segment.text == "<|user|>" + message["content"].replace("\n" + question, "")
+        else:
+            assert message["content"] in segment.text
 
 
 def test_option_line_embeddings_stay_fixed_while_the_rest_trains():
