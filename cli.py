@@ -285,15 +285,17 @@ TEACHER_HELP = "bayesian: the Bayesian assistant's picks; oracle: the user's cho
 @click.option("--prefixes", type=click.Choice(["all", "longest"]), default="all", show_default=True,
               help="all: every prefix of a dialogue is an example (the study); longest: one example per whole dialogue "
                    "(the same assistant turns for a trainer that learns every turn, a fifth of the text).")
+@click.option("--rounds", type=click.IntRange(min=1), default=None,
+              help="Rounds per teaching dialogue (default: the domain's, 5, as in the study).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed; the same seed gives byte-identical files.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Directory for the JSONL file and manifest.json.")
-def make_data(domain, catalog, user_temperature, user_lapse, teacher, dialogues, eval_users, prefixes, seed, out_dir):
+def make_data(domain, catalog, user_temperature, user_lapse, teacher, dialogues, eval_users, prefixes, rounds, seed, out_dir):
     """Write a teaching set: every prefix of every simulated dialogue as a chat example (JSONL)."""
     from distill.teaching_data import write_teaching_set
 
     loaded = load_domain(domain, catalog, user_temperature, user_lapse)
     manifest = write_teaching_set(loaded, teacher, out_dir, n_dialogues=dialogues, n_eval_users=eval_users, seed=seed,
-                                  prefixes=prefixes)
+                                  prefixes=prefixes, n_rounds=rounds)
     click.echo(f"{manifest['counts']['examples']} examples ({teacher}) from {manifest['counts']['train_users']} users -> {out_dir}")
 
 
@@ -347,10 +349,13 @@ def train(data_path, model, domain, method, epochs, max_steps, learning_rate, ba
 @click.option("--dialogues", type=click.IntRange(min=1), default=None,
               help="Simulated dialogues per teaching user (default: 10, every prefix an example, as in the study, for "
                    "--model; 100 whole dialogues for the embedded student, which memorises fewer).")
+@click.option("--teach-rounds", type=click.IntRange(min=1), default=None,
+              help="Rounds per teaching dialogue (default: 5, as in the study, for --model; 6 for the embedded student, "
+                   "so that the question after round 5, which evaluation asks, is taught too).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for data, training and evaluation.")
 @click.option("--resume", is_flag=True, help="Resume an interrupted training run in --out.")
 @click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False), help="Output directory (default: runs/<domain>-<teacher>).")
-def distill(domain, teacher, model, method, budget_minutes, eval_users, heldout, dialogues, seed, resume, out_dir):
+def distill(domain, teacher, model, method, budget_minutes, eval_users, heldout, dialogues, teach_rounds, seed, resume, out_dir):
     """Teach a student the Bayesian strategy: data, training, and evaluation before and after.
 
     Prints a per-round table (student before, student after, Bayesian assistant, random) and writes
@@ -360,7 +365,7 @@ def distill(domain, teacher, model, method, budget_minutes, eval_users, heldout,
 
     settings = DistillSettings(domain=domain, teacher=teacher, model=model, method=method, budget_minutes=budget_minutes,
                                out_dir=out_dir or f"runs/{domain}-{teacher}", seed=seed, n_eval_users=eval_users,
-                               n_heldout=heldout, n_dialogues=dialogues, resume=resume)
+                               n_heldout=heldout, n_dialogues=dialogues, teach_rounds=teach_rounds, resume=resume)
     run_distill(settings, log=click.echo)
 
 

@@ -15,6 +15,7 @@ with a manifest; the same seed gives byte-identical files.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -53,10 +54,18 @@ def teacher_picks(domain: Domain, dialogues, seed: int):
 
 
 def build_examples(domain: Domain, teacher: str, users: torch.Tensor, n_dialogues: int, seed: int,
-                   prefixes: str = "all") -> list[dict]:
+                   prefixes: str = "all", n_rounds: int | None = None) -> list[dict]:
     """Every prefix of every simulated dialogue as one chat example (see the module docstring); with
     ``prefixes="longest"`` only the whole dialogue (its assistant turns are those of all its prefixes, so a
-    trainer that learns every assistant turn gets the same targets from a fifth of the text)."""
+    trainer that learns every assistant turn gets the same targets from a fifth of the text).
+
+    ``n_rounds``: rounds per teaching dialogue (default: the domain's, as in the study).  The evaluation
+    protocol asks for a recommendation after 0..n_rounds observed rounds, i.e. in round n_rounds + 1 too;
+    teaching dialogues of n_rounds + 1 rounds contain that question."""
+    if n_rounds is not None and n_rounds != domain.n_rounds:
+        if n_rounds < 1:
+            raise ValueError(f"n_rounds must be at least 1, got {n_rounds}")
+        domain = dataclasses.replace(domain, n_rounds=n_rounds)
     if teacher not in TEACHERS:
         raise ValueError(f"unknown teacher {teacher!r}; choose from {', '.join(TEACHERS)}")
     if prefixes not in PREFIXES:
@@ -69,13 +78,13 @@ def build_examples(domain: Domain, teacher: str, users: torch.Tensor, n_dialogue
     examples = []
     for d in range(len(dialogues)):
         options, choices, picks_d = dialogues.option_index[d], dialogues.choices[d].tolist(), picks[d].tolist()
-        for n_rounds in range(first_length, domain.n_rounds + 1):
-            example = {"messages": dialogue_messages(domain, options, picks_d, choices, n_rounds)}
+        for length in range(first_length, domain.n_rounds + 1):
+            example = {"messages": dialogue_messages(domain, options, picks_d, choices, length)}
             if teacher == "soft":
                 example["soft_targets"] = [
                     {"message_index": 2 * r + 1, "candidates": candidates,
                      "probs": [round(float(p), 6) for p in predictive[d, r]]}
-                    for r in range(n_rounds)
+                    for r in range(length)
                 ]
             examples.append(example)
     return examples
@@ -95,20 +104,22 @@ def _write_atomic(path: Path, text: str) -> str:
 
 def write_teaching_set(
     domain: Domain, teacher: str, out_dir, *, n_dialogues: int = 10, n_eval_users: int = 0, seed: int = 0,
-    max_train_users: int | None = None, prefixes: str = "all",
+    max_train_users: int | None = None, prefixes: str = "all", n_rounds: int | None = None,
 ) -> dict:
     """Write ``train-<teacher>.jsonl`` and ``manifest.json`` into ``out_dir``; return the manifest.
 
     ``n_eval_users`` users are held out (their ids go in the manifest, for evaluation); ``max_train_users``
     caps the teaching users (a seeded subset), for quick runs.  ``prefixes``: "all" (every prefix of a
-    dialogue is an example, as in the study) or "longest" (one example per dialogue)."""
+    dialogue is an example, as in the study) or "longest" (one example per dialogue); ``n_rounds``: rounds
+    per dialogue (default: the domain's)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     train_users, eval_users = split_users(domain, n_eval_users, seed)
     if max_train_users is not None and max_train_users < len(train_users):
         order = torch.randperm(len(train_users), generator=generator(seed, "train-users"))
         train_users = train_users[order[:max_train_users]].sort().values
-    examples = build_examples(domain, teacher, train_users, n_dialogues, seed, prefixes)
+    n_rounds = domain.n_rounds if n_rounds is None else n_rounds
+    examples = build_examples(domain, teacher, train_users, n_dialogues, seed, prefixes, n_rounds)
     data_file = f"train-{teacher}.jsonl"
     text = "".join(json.dumps(example, ensure_ascii=False, sort_keys=True) + "\n" for example in examples)
     manifest = {
@@ -117,6 +128,7 @@ def write_teaching_set(
         "seed": seed,
         "n_dialogues_per_user": n_dialogues,
         "prefixes": prefixes,
+        "n_rounds": n_rounds,
         "counts": {"train_users": int(len(train_users)), "eval_users": int(len(eval_users)),
                    "dialogues": int(len(train_users)) * n_dialogues, "examples": len(examples)},
         "eval_users": eval_users.tolist(),

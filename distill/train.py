@@ -48,7 +48,7 @@ from tqdm.auto import tqdm
 from distill import io_utils
 from distill.chat_dataset import (
     ChatBatch, EmptyLossMaskError, collate, load_chat_jsonl, micro_batch_indices, step_example_indices,
-    steps_per_epoch, tokenize_dataset,
+    steps_per_epoch, tokenize_dataset, tokenize_workers,
 )
 from distill.model_setup import TrainableModel, build_trainable_model, merge_adapter
 from distill.train_config import TrainConfig
@@ -224,10 +224,11 @@ def train(config: TrainConfig, dataset_path, out_dir, *, model=None, resume: boo
     pad_id = next(i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0) if i is not None)
 
     # ---- 3. data: tokenise (assistant-only targets, candidates of soft targets), report truncation --
-    data, truncation = tokenize_dataset(tokenizer, examples, config.max_length, with_soft_targets=config.kl_weight > 0)
+    processes = accelerator.num_processes
+    data, truncation = tokenize_dataset(tokenizer, examples, config.max_length, with_soft_targets=config.kl_weight > 0,
+                                        workers=tokenize_workers(processes))
     if truncation.truncated_examples and is_main:
         logger.warning(truncation.describe())
-    processes = accelerator.num_processes
     global_batch = config.batch_size * config.grad_accum_steps * processes  # conversations per step
     total_steps = plan_total_steps(config, len(data), global_batch)
     per_epoch = steps_per_epoch(len(data), global_batch)

@@ -130,3 +130,14 @@ def test_webshop_catalog_errors_name_the_problem(runner, tmp_path):
     catalog.write_text("category,colour\nshirt,red\n")
     result = runner.invoke(main, ["simulate", "--domain", "webshop", "--catalog", str(catalog)])
     assert result.exit_code == 2 and "price" in result.output and "Traceback" not in result.output
+
+
+def test_make_data_writes_every_prefix_of_dialogues_of_the_rounds_asked_for(runner, tmp_path):
+    result = runner.invoke(main, ["make-data", "--domain", "hotel", "--teacher", "oracle", "--dialogues", "1",
+                                  "--eval-users", "620", "--rounds", "6", "--out", str(tmp_path / "data")])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((tmp_path / "data" / "manifest.json").read_text())
+    assert manifest["n_rounds"] == 6 and manifest["counts"]["examples"] == 4 * 6  # 624 - 620 users, 6 prefixes
+    lengths = [len(json.loads(line)["messages"]) for line in (tmp_path / "data" / "train-oracle.jsonl").read_text().splitlines()]
+    assert lengths == [2, 4, 6, 8, 10, 12] * 4
+    assert "24 examples (oracle) from 4 users" in result.output

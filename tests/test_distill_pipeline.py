@@ -20,6 +20,8 @@ def _check_outputs(tmp_path, report, teacher, embedded=True):
     # the embedded student gets whole dialogues only (one example each); a --model gets every prefix
     assert manifest["counts"]["examples"] == (6 if embedded else 6 * 5)
     assert manifest["prefixes"] == ("longest" if embedded else "all")
+    # the embedded student is also taught the round that evaluation asks about after round 5
+    assert manifest["n_rounds"] == (6 if embedded else 5) == report["extra"]["manifest"]["n_rounds"]
     assert manifest["teacher"] == teacher
     assert len(manifest["eval_users"]) == 3
     assert report == json.loads((out / "report.json").read_text())

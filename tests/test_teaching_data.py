@@ -1,4 +1,5 @@
 """Teaching sets: every prefix an example, the right teacher turns, held-out users absent, reproducible bytes."""
+import dataclasses
 import hashlib
 import json
 import re
@@ -70,3 +71,29 @@ def test_longest_prefixes_are_the_whole_dialogues_of_the_full_set():
     assert longest == every[4::5]
     with pytest.raises(ValueError, match="prefixes"):
         build_examples(hotel, "soft", users, 2, seed=3, prefixes="some")
+
+
+def test_teaching_dialogues_can_have_one_round_more_than_the_protocol():
+    hotel = get_domain("hotel")
+    users = torch.tensor([12, 501])
+    examples = build_examples(hotel, "bayesian", users, 2, seed=5, prefixes="longest", n_rounds=6)
+    assert len(examples) == 4 and all(len(e["messages"]) == 12 for e in examples)
+    six_rounds = simulate_dialogues(dataclasses.replace(hotel, n_rounds=6), users, 2, 5, stream="teaching")
+    for d, example in enumerate(examples):
+        picks = [int(PICK.match(m["content"]).group(1)) - 1 for m in example["messages"] if m["role"] == "assistant"]
+        user_text = " ".join(m["content"] for m in example["messages"] if m["role"] == "user")
+        assert "Round 6." in user_text and [int(c) - 1 for c in PREFERS.findall(user_text)] == six_rounds.choices[d, :5].tolist()
+        # the sixth pick, after five observed rounds, is an argmax of the brute-force posterior predictive
+        post = brute_force.posterior(hotel, six_rounds.option_index[d, :5], six_rounds.choices[d, :5])
+        predictive = brute_force.predictive(hotel, post, six_rounds.option_index[d, 5].tolist())
+        assert predictive[picks[5]] >= max(predictive) - 1e-9
+    with pytest.raises(ValueError, match="n_rounds"):
+        build_examples(hotel, "bayesian", users, 1, seed=5, n_rounds=0)
+
+
+def test_the_manifest_records_the_rounds_per_dialogue(tmp_path):
+    manifest = write_teaching_set(get_domain("hotel"), "oracle", tmp_path, n_dialogues=1, n_eval_users=10, seed=0,
+                                  max_train_users=3, n_rounds=6)
+    assert manifest["n_rounds"] == 6 and manifest["counts"]["examples"] == 3 * 6
+    lines = (tmp_path / "train-oracle.jsonl").read_text().splitlines()
+    assert max(len(json.loads(line)["messages"]) for line in lines) == 12

@@ -73,6 +73,7 @@ def test_targets_are_exactly_the_assistant_tokens_and_padding_changes_nothing():
         targets = [i for i, is_target in zip(tokenized.input_ids, tokenized.target_mask) if is_target]
         assert tokenizer.decode(targets) == "".join(f"{a}</s>\n\n" for a in answers)
 
+
     # The cross-entropy equals HF's loss with labels -100 everywhere but the assistant tokens, and a padded
     # batch of two conversations gives the token-weighted mean of the two alone.
     model = build_tiny_llama(len(tokenizer))
@@ -91,6 +92,14 @@ def test_targets_are_exactly_the_assistant_tokens_and_padding_changes_nothing():
     with torch.no_grad():
         _, sft, _ = micro_batch_loss(model, batch, total, 1, 0.0)
     assert sft.item() == pytest.approx(sum(loss * n for loss, n in per_example) / total, abs=1e-5)
+
+def test_tokenising_in_forked_workers_gives_the_serial_result():
+    tokenizer = build_tiny_tokenizer(chat_template=True)
+    examples = [parse_example(hotel_conversation(s, rounds=1 + s % 3), f"mem:{s}") for s in range(240)]
+    serial, serial_report = tokenize_dataset(tokenizer, examples, max_length=64, with_soft_targets=True)
+    forked, forked_report = tokenize_dataset(tokenizer, examples, max_length=64, with_soft_targets=True, workers=2)
+    assert serial_report.truncated_examples and forked_report == serial_report  # some are cut: the report too
+    assert forked == serial and [t.index for t in forked] == list(range(240))
 
 
 def test_truncation_is_reported_and_an_empty_loss_mask_raises_naming_the_examples(student_dir, tmp_path):
