@@ -300,26 +300,43 @@ class ChatBatch:
     target_probs: torch.Tensor  # [G, K] target probabilities (0 where padded)
     example_indices: list[int]  # dataset index of each conversation row
     num_conversations: int
+    # Soft targets whose candidates are all one token need no rows of their own: candidate k's log-prob is
+    # the conversation row's next-token log-prob of token k at the position before the answer.
+    inline_row: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))  # [H] conversation row
+    inline_position: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))  # [H] predicting position
+    inline_tokens: torch.Tensor = field(default_factory=lambda: torch.zeros((0, 0), dtype=torch.long))  # [H, K] (-1 = pad)
+    inline_probs: torch.Tensor = field(default_factory=lambda: torch.zeros((0, 0)))  # [H, K] target probabilities
 
     @property
     def num_tokens(self) -> int:
         return int(self.attention_mask.sum())
+
+    @property
+    def num_soft_targets(self) -> int:
+        return len(self.candidate_row) + len(self.inline_row)
 
     def to(self, device) -> "ChatBatch":
         move = lambda t: t.to(device)  # noqa: E731
         return ChatBatch(
             move(self.input_ids), move(self.attention_mask), move(self.target_mask), move(self.candidate_mask),
             move(self.candidate_row), move(self.target_probs), self.example_indices, self.num_conversations,
+            move(self.inline_row), move(self.inline_position), move(self.inline_tokens), move(self.inline_probs),
         )
 
 
-def collate(examples: list[TokenizedExample], pad_id: int) -> ChatBatch:
+def collate(examples: list[TokenizedExample], pad_id: int, inline_single_tokens: bool = True) -> ChatBatch:
+    """One padded batch: the conversations, then one row per candidate of each soft target (or, with
+    ``inline_single_tokens``, no rows for a soft target whose candidates are single tokens)."""
     rows: list[tuple[list[int], list[bool], list[bool]]] = []  # (ids, target mask, candidate mask)
     for example in examples:
         rows.append((example.input_ids, example.target_mask, [False] * len(example.input_ids)))
     groups: list[tuple[list[int], list[float]]] = []  # (candidate rows, probs) per soft target
-    for example in examples:
+    inline: list[tuple[int, int, list[int], list[float]]] = []  # (row, position, tokens, probs)
+    for conversation_row, example in enumerate(examples):
         for target in example.soft_targets:
+            if inline_single_tokens and target.prefix_length > 0 and all(len(c) == 1 for c in target.candidate_ids):
+                inline.append((conversation_row, target.prefix_length - 1, [c[0] for c in target.candidate_ids], target.probs))
+                continue
             prefix = example.input_ids[: target.prefix_length]
             first_row = len(rows)
             for candidate in target.candidate_ids:
@@ -344,5 +361,14 @@ def collate(examples: list[TokenizedExample], pad_id: int) -> ChatBatch:
     for g, (group_rows, probs) in enumerate(groups):
         candidate_row[g, : len(group_rows)] = torch.tensor(group_rows)
         target_probs[g, : len(probs)] = torch.tensor(probs, dtype=torch.float32)
+    inline_width = max((len(tokens) for _, _, tokens, _ in inline), default=0)
+    inline_tokens = torch.full((len(inline), inline_width), -1, dtype=torch.long)
+    inline_probs = torch.zeros((len(inline), inline_width), dtype=torch.float32)
+    for h, (_, _, tokens, probs) in enumerate(inline):
+        inline_tokens[h, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
+        inline_probs[h, : len(probs)] = torch.tensor(probs, dtype=torch.float32)
     return ChatBatch(input_ids, attention_mask, target_mask, candidate_mask, candidate_row, target_probs,
-                     [e.index for e in examples], len(examples))
+                     [e.index for e in examples], len(examples),
+                     torch.tensor([row for row, _, _, _ in inline], dtype=torch.long),
+                     torch.tensor([position for _, position, _, _ in inline], dtype=torch.long),
+                     inline_tokens, inline_probs)

@@ -110,6 +110,7 @@ def loss_logits(model, batch: ChatBatch):
     the output projection of a large vocabulary is then computed at a few positions instead of all); else
     every position's logits and None."""
     needed = (batch.target_mask[:, 1:] | batch.candidate_mask[:, 1:]).any(0)  # [T-1]
+    needed[batch.inline_position] = True
     positions = needed.nonzero()[:, 0]
     kind = type(model)
     if _KEEPS_LOGITS.get(kind, True) and 0 < len(positions) < needed.numel():
@@ -132,8 +133,22 @@ def candidate_kl(log_probs, rows, num_rows: int, candidate_row, target_probs) ->
     candidate_row/target_probs [G, K] (row -1 = padding)."""
     scores = torch.zeros(num_rows, dtype=log_probs.dtype, device=log_probs.device).index_add(0, rows, log_probs)
     valid = candidate_row >= 0  # [G, K]
-    grouped = torch.where(valid, scores[candidate_row.clamp(min=0)], float("-inf"))  # [G, K]
-    model_log_probs = grouped.log_softmax(-1)
+    return _kl_sum(scores[candidate_row.clamp(min=0)], valid, target_probs)
+
+
+def inline_kl(logits, positions, batch: ChatBatch) -> torch.Tensor:
+    """candidate_kl for the soft targets whose candidates are single tokens (``batch.inline_*``): candidate
+    k's score is the next-token log-prob of its token at the position before the answer, on the
+    conversation's own row."""
+    columns = batch.inline_position if positions is None else torch.searchsorted(positions, batch.inline_position)
+    next_log_probs = logits[batch.inline_row, columns].float().log_softmax(-1)  # [H, V]
+    valid = batch.inline_tokens >= 0  # [H, K]
+    return _kl_sum(next_log_probs.gather(-1, batch.inline_tokens.clamp(min=0)), valid, batch.inline_probs)
+
+
+def _kl_sum(scores, valid, target_probs) -> torch.Tensor:
+    """Sum over groups of KL(target || softmax over a group's valid candidate scores); all [G, K]."""
+    model_log_probs = torch.where(valid, scores, float("-inf")).log_softmax(-1)
     terms = torch.xlogy(target_probs, target_probs) - target_probs * model_log_probs.masked_fill(~valid, 0.0)
     return terms.sum()
 
@@ -147,8 +162,10 @@ def micro_batch_loss(model, batch: ChatBatch, step_targets: int, step_soft_targe
     kl = logits.new_zeros((), dtype=torch.float32)
     if kl_weight > 0 and batch.candidate_row.numel():
         cand_log_probs, rows = next_token_log_probs(logits, batch.input_ids, batch.candidate_mask, positions)
-        kl = candidate_kl(cand_log_probs, rows, len(batch.input_ids), batch.candidate_row, batch.target_probs)
-        kl = kl / step_soft_targets
+        kl = kl + candidate_kl(cand_log_probs, rows, len(batch.input_ids), batch.candidate_row, batch.target_probs)
+    if kl_weight > 0 and batch.inline_row.numel():
+        kl = kl + inline_kl(logits, positions, batch)
+    kl = kl / step_soft_targets
     return sft + kl_weight * kl, sft.detach(), kl.detach()
 
 
@@ -279,7 +296,7 @@ def train(config: TrainConfig, dataset_path, out_dir, *, model=None, resume: boo
                 raise EmptyLossMaskError(f"step {step}: no assistant tokens to train on in the batch of dataset "
                                          f"indices {batch.example_indices}")
         step_targets = sum(int(b.target_mask[:, 1:].sum()) for b in batches)
-        step_soft = max(1, sum(len(b.candidate_row) for b in batches))
+        step_soft = max(1, sum(b.num_soft_targets for b in batches))
         wrapped.train()
         sft_total = kl_total = 0.0
         for m, batch in enumerate(batches):  # gradients are all-reduced only on the last micro-batch

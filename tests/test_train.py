@@ -188,7 +188,7 @@ def test_kl_term_matches_an_independent_computation(chat_template):
     data, _ = tokenize_dataset(tokenizer, examples, max_length=1024, with_soft_targets=True)
     batch = collate(data, tokenizer.pad_token_id)
     with torch.no_grad():
-        _, _, kl = micro_batch_loss(model, batch, 1, len(batch.candidate_row), kl_weight=1.0)
+        _, _, kl = micro_batch_loss(model, batch, 1, batch.num_soft_targets, kl_weight=1.0)
 
     expected = []
     for conversation in conversations:
@@ -200,6 +200,38 @@ def test_kl_term_matches_an_independent_computation(chat_template):
     assert len(expected) == 3 and kl.item() > 0.01
     assert kl.item() == pytest.approx(sum(expected) / len(expected), abs=1e-5)
 
+
+
+def test_one_token_candidates_are_scored_on_the_conversation_row_without_rows_of_their_own():
+    from distill.student import StudentConfig, build_student
+    from distill.teaching_data import build_examples
+    from ppl_models import get_domain
+
+    hotel = get_domain("hotel")
+    model, tokenizer = build_student(hotel, StudentConfig(hidden_size=32, num_layers=1, intermediate_size=64), seed=2)
+    conversations = build_examples(hotel, "soft", torch.tensor([8, 420]), 1, seed=6, prefixes="longest")
+    data, _ = tokenize_dataset(tokenizer, [parse_example(c, f"mem:{i}") for i, c in enumerate(conversations)],
+                               max_length=512, with_soft_targets=True)
+    inline = collate(data, tokenizer.pad_token_id)
+    rows = collate(data, tokenizer.pad_token_id, inline_single_tokens=False)
+    # the student's answers are one token: 2 dialogues x 5 soft targets, none needing a row
+    assert inline.inline_row.tolist() == [0] * 5 + [1] * 5 and inline.candidate_row.numel() == 0
+    assert len(inline.input_ids) == 2 and len(rows.input_ids) == 2 + 10 * 3 and rows.num_soft_targets == 10
+    expected = []
+    for conversation in conversations:
+        for target in conversation["soft_targets"]:
+            scores = [candidate_score_independently(model, tokenizer, conversation["messages"],
+                                                    target["message_index"], c) for c in target["candidates"]]
+            log_norm = math.log(sum(math.exp(s - max(scores)) for s in scores)) + max(scores)
+            expected.append(sum(p * (math.log(p) - (s - log_norm)) for p, s in zip(target["probs"], scores) if p > 0))
+    grads = []
+    for batch in (inline, rows):
+        model.zero_grad()
+        loss, _, kl = micro_batch_loss(model, batch, 10, batch.num_soft_targets, kl_weight=1.0)
+        loss.backward()
+        assert kl.item() == pytest.approx(sum(expected) / 10, abs=1e-5) and kl.item() > 0.01
+        grads.append([p.grad.clone() for p in model.parameters() if p.grad is not None])
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(*grads))
 
 # ---------------------------------------------------------------------------------------------------
 # Determinism, resume, outputs
@@ -384,7 +416,7 @@ def test_logits_only_at_loss_positions_give_the_same_loss_and_gradients():
     for keep in (True, False):
         trainer._KEEPS_LOGITS[type(model)] = keep
         model.zero_grad()
-        loss, _, _ = micro_batch_loss(model, batch, 10, len(batch.candidate_row), kl_weight=0.5)
+        loss, _, _ = micro_batch_loss(model, batch, 10, batch.num_soft_targets, kl_weight=0.5)
         loss.backward()
         results.append((loss.item(), [p.grad.clone() for p in model.parameters()]))
     trainer._KEEPS_LOGITS.pop(type(model))
