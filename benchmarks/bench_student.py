@@ -1,10 +1,12 @@
 """Throughput and peak memory of training the embedded default student (distill/student.py) on CPU.
 
-    python benchmarks/bench_student.py [--domain hotel] [--steps 30] [--users 60]
+    python benchmarks/bench_student.py [--domain hotel] [--steps 30] [--users 60] [--out results/student.json]
 
-Writes a small teaching set (bayesian teacher) to a temporary directory, trains the default StudentConfig for
-``--steps`` optimizer steps with distill.student.train_student, and prints one JSON line: steps, tokens/s,
-seconds per step, peak RSS memory, torch threads chosen by the calibration, and the first/last losses.
+Writes a small teaching set (bayesian teacher, whole dialogues of one round more than the domain's, as the
+distill pipeline gives the embedded student) to a temporary directory, trains the default StudentConfig for
+``--steps`` optimizer steps with distill.student.train_student, prints one JSON line and writes it to
+``--out``: steps, tokens/s, seconds per step, peak RSS memory, torch threads chosen by the calibration,
+tokenising time per dialogue, and the first/last losses.
 """
 from __future__ import annotations
 
@@ -29,12 +31,13 @@ def main(argv=None) -> dict:
     parser.add_argument("--domain", default="hotel")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--users", type=int, default=60, help="teaching users (10 dialogues each)")
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "student.json"))
     args = parser.parse_args(argv)
     domain = get_domain(args.domain)
     config = StudentConfig()
     with tempfile.TemporaryDirectory(prefix="bench-student-") as tmp:
         write_teaching_set(domain, "bayesian", Path(tmp) / "data", n_dialogues=10, n_eval_users=10,
-                           max_train_users=args.users)
+                           max_train_users=args.users, prefixes="longest", n_rounds=domain.n_rounds + 1)
         start = time.perf_counter()
         result = train_student(domain, Path(tmp) / "data" / "train-bayesian.jsonl", Path(tmp) / "run",
                                budget_minutes=30, config=config, max_steps=args.steps)
@@ -46,11 +49,14 @@ def main(argv=None) -> dict:
         "tokens_per_s": round(result.tokens_per_s, 1),
         "seconds_per_step": round(summary["train_seconds"] / max(1, result.steps_this_run), 3),
         "calibrated_seconds_per_step": round(plan["seconds_per_step"], 3), "threads": plan["threads"],
+        "tokenize_ms_per_dialogue": round(1000 * plan["tokenize_seconds_per_example"], 2),
         "peak_rss_mb": round(result.peak_rss_mb, 1), "wall_s": round(wall, 1),
         "first_loss": round(result.losses[0], 4), "last_loss": round(result.losses[-1], 4),
         "parameters": sum(p.numel() for p in result.model.parameters()), "torch": torch.__version__,
     }
     print(json.dumps(record))
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(record, indent=2) + "\n")
     return record
 
 

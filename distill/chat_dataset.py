@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from eval.chat_format import chat_segments, encode_segment, tokenize_chat
+from eval.chat_format import chat_segments, encode_segment, render_chat, tokenize_chat
 
 ROLES = ("system", "user", "assistant")
 IGNORE_INDEX = -100  # label value the loss skips (the PyTorch / HF convention)
@@ -168,8 +168,11 @@ class TruncationReport:
 def message_start_positions(tokenizer, messages) -> list[int]:
     """Token position where each message's segment starts in ``tokenize_chat(tokenizer, messages)``."""
     segments = chat_segments(tokenizer, messages)
-    lengths = [len(encode_segment(tokenizer, s.text)) for s in segments]
-    lead = len(segments) - len(messages)  # 1 when a "prompt" segment precedes a leading assistant message
+    return _segment_starts([len(encode_segment(tokenizer, s.text)) for s in segments], len(messages))
+
+
+def _segment_starts(lengths: list[int], n_messages: int) -> list[int]:
+    lead = len(lengths) - n_messages  # 1 when a "prompt" segment precedes a leading assistant message
     starts, position = [], sum(lengths[:lead])
     for length in lengths[lead:]:
         starts.append(position)
@@ -186,22 +189,33 @@ def candidate_token_ids(tokenizer, messages, message_index: int, candidate: str,
 
 
 def tokenize_example(tokenizer, example: ChatExample, index: int, max_length: int, with_soft_targets: bool) -> TokenizedExample:
-    input_ids, target_mask = tokenize_chat(tokenizer, example.messages)
+    messages = example.messages
+    segments = chat_segments(tokenizer, messages)
+    segment_ids = [encode_segment(tokenizer, segment.text) for segment in segments]
+    input_ids = [i for ids in segment_ids for i in ids]
+    target_mask = [segment.role == "assistant" for segment, ids in zip(segments, segment_ids) for _ in ids]
     full_length = len(input_ids)
     tokenized = TokenizedExample(index, example.where, input_ids[:max_length], target_mask[:max_length])
     tokenized.truncated_tokens = max(0, full_length - max_length)
     if with_soft_targets and example.soft_targets:
-        starts = message_start_positions(tokenizer, example.messages)
+        # candidate_token_ids' definition, computed from this conversation's own segments: the text before
+        # message i (generation prompt included) is shared by all its candidates, so each candidate costs one
+        # rendering, and the conversation's own answer none (chat_segments checked its prefix already).
+        starts = _segment_starts([len(ids) for ids in segment_ids], len(messages))
+        lead = len(segments) - len(messages)
         for target in example.soft_targets:
-            prefix_length = starts[target.message_index]
-            prefix_ids = input_ids[:prefix_length]
-            try:
-                candidates = [
-                    candidate_token_ids(tokenizer, example.messages, target.message_index, c, prefix_ids)
-                    for c in target.candidates
-                ]
-            except ValueError as error:
-                raise DatasetFormatError(f"{example.where}: soft target of message {target.message_index}: {error}") from None
+            i = target.message_index
+            prefix_length, prefix_text = starts[i], "".join(s.text for s in segments[: lead + i])
+            candidates = []
+            for candidate in target.candidates:
+                if candidate == messages[i]["content"]:
+                    candidates.append(segment_ids[lead + i])
+                    continue
+                rendered = render_chat(tokenizer, messages[:i] + [{"role": "assistant", "content": candidate}])
+                if not rendered.startswith(prefix_text):
+                    raise DatasetFormatError(f"{example.where}: soft target of message {i}: candidate {candidate!r} "
+                                             "changes the tokens of its prefix; cannot score it exactly")
+                candidates.append(encode_segment(tokenizer, rendered[len(prefix_text):]))
             if prefix_length + max(len(c) for c in candidates) > max_length:
                 tokenized.dropped_soft_targets += 1
                 continue

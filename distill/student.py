@@ -71,8 +71,9 @@ from .student_tokenizer import (  # noqa: F401
 @dataclass(frozen=True)
 class StudentConfig:
     # Width of the residual stream.  At 128 (4 layers, ~0.92M parameters besides the embedding tables) a
-    # 32-dialogue step takes ~0.27 s on 2 cores, so 10 minutes see ~50,000 whole dialogues about once; the task
-    # has few concepts (4 features x <= 11 values).  Not tuned beyond that.
+    # step of 32 six-round hotel dialogues takes ~0.13 s on 2 idle cores (0.19 s on one), so the main job
+    # fits ~4,100 steps, ~2.5 passes over its 52,400 dialogues; the task has few concepts (4 features x <= 11
+    # values).  Not tuned beyond that.
     hidden_size: int = 128
     # Transformer blocks.  Comparing options within a round and accumulating feedback across rounds needs
     # a few hops of attention (option values -> option, choice -> chosen option, preference -> new options).
@@ -81,12 +82,13 @@ class StudentConfig:
     num_heads: int = 4
     # MLP width (3x hidden, LLaMA's SwiGLU usually uses ~2.7x).
     intermediate_size: int = 384
-    # Longest sequence; a 5-round hotel dialogue is 133 tokens with this tokenizer, 512 leaves headroom for
-    # longer dialogues and 8-feature flight domains.  Also max_position_embeddings.
+    # Longest sequence; a 6-round hotel dialogue is at most ~51 tokens with option tokens (one per option
+    # line), 512 leaves headroom for renderings without them and longer dialogues.  Also
+    # max_position_embeddings.
     max_length: int = 512
     # Peak AdamW learning rate: tiny from-scratch models tolerate (and, with few steps, need) ~1e-3.
     learning_rate: float = 2e-3
-    # Conversations per optimizer step: 32 x 133 tokens; averages over enough users for a stable gradient.
+    # Conversations per optimizer step: averages over enough users for a stable gradient.
     batch_size: int = 32
     # Linear warm-up before the cosine decay (a cold Adam with a high lr diverges otherwise).
     warmup_steps: int = 30
@@ -133,10 +135,11 @@ class StudentConfig:
     # constant token has nothing of its own to compute with in its first layer; the last option line has
     # its features and number there to compare with the other options from layer one.
     answer_after_options: bool = True
-    # Keep the "Round k." lines (with answer_after_options; see student_chat_template).  The teaching dialogues
-    # have 5 rounds, but evaluation after round 5 asks about a 6th, whose "Round 6." token no training
-    # example contains.  Measured (main job, hotel): with the lines, 66.8% accuracy and 71.6% agreement after
-    # round 5 (71.9 / 82.0 after round 4); without, 69.6% and 75.2% (71.4 / 82.7).
+    # Keep the "Round k." lines (with answer_after_options; see student_chat_template).  Measured when the
+    # teaching dialogues had 5 rounds (evaluation after round 5 then asked about a 6th, whose "Round 6."
+    # token no training example contained; the pipeline now teaches 6-round dialogues): with the lines,
+    # 66.8% accuracy and 71.6% agreement after round 5 (71.9 / 82.0 after round 4); without, 69.6% and 75.2%
+    # (71.4 / 82.7).
     round_markers: bool = False
     # Start value embeddings on an ordinal quarter circle (see the module docstring).
     ordinal_value_init: bool = True

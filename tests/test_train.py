@@ -19,8 +19,8 @@ if str(ROOT) not in sys.path:  # let `pytest` (not only `python -m pytest`) impo
 
 from distill import io_utils  # noqa: E402
 from distill.chat_dataset import (  # noqa: E402
-    DatasetFormatError, EmptyLossMaskError, collate, load_chat_jsonl, message_start_positions, parse_example,
-    tokenize_dataset,
+    DatasetFormatError, EmptyLossMaskError, candidate_token_ids, collate, load_chat_jsonl, message_start_positions,
+    parse_example, tokenize_dataset,
 )
 from distill.train import micro_batch_loss, train  # noqa: E402
 from distill.train_config import TrainConfig  # noqa: E402
@@ -201,6 +201,31 @@ def test_kl_term_matches_an_independent_computation(chat_template):
     assert kl.item() == pytest.approx(sum(expected) / len(expected), abs=1e-5)
 
 
+
+@pytest.mark.parametrize("student", [False, True])
+def test_soft_target_tokens_follow_the_scoring_definition(student):
+    if student:
+        from distill.student import build_student
+        from distill.teaching_data import build_examples
+        from ppl_models import get_domain
+
+        hotel = get_domain("hotel")
+        _, tokenizer = build_student(hotel, seed=0)
+        conversations = build_examples(hotel, "soft", torch.tensor([30, 310]), 2, seed=2, prefixes="longest")
+    else:
+        tokenizer = build_tiny_tokenizer(chat_template=True)
+        conversations = [hotel_conversation(s, rounds=3) for s in range(4)]
+    data, _ = tokenize_dataset(tokenizer, [parse_example(c, f"mem:{i}") for i, c in enumerate(conversations)],
+                               max_length=1024, with_soft_targets=True)
+    for tokenized, conversation in zip(data, conversations):
+        messages = conversation["messages"]
+        starts = message_start_positions(tokenizer, messages)
+        assert len(tokenized.soft_targets) == len(conversation["soft_targets"])
+        for target, raw in zip(tokenized.soft_targets, conversation["soft_targets"]):
+            i = raw["message_index"]
+            assert target.prefix_length == starts[i]
+            assert target.candidate_ids == [candidate_token_ids(tokenizer, messages, i, c, tokenized.input_ids[: starts[i]])
+                                            for c in raw["candidates"]]
 
 def test_one_token_candidates_are_scored_on_the_conversation_row_without_rows_of_their_own():
     from distill.student import StudentConfig, build_student
