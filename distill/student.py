@@ -109,9 +109,11 @@ class StudentConfig:
     # after 600.  With beta2 0.999 and trained rows (all 52,400 dialogues, steps of 64) it stayed at chance
     # (31-37%) for 800 steps.  Everything else, the digit and header rows included, trains.
     freeze_option_embeddings: bool = True
-    # Soft-target KL weight (used only if the data has soft targets).  0 by default: the trainer scores every
-    # candidate as an extra row holding the whole prefix (15 extra rows per 5-round dialogue), ~10x the
-    # compute per example, which costs more steps than the signal gains within a CPU budget.
+    # Soft-target KL weight (used only if the data has soft targets; the pipeline sets 1.0 for the soft
+    # teacher).  The answers are one token, so the trainer scores the candidates on the conversation's own
+    # row (no extra rows).  Measured (main job, hotel, 10 minutes): soft teaching fitted 3,331 steps (its
+    # candidates take ~2 minutes to tokenise) and reached 71.7% after round 5 (77.7% agreement); hard
+    # Bayesian picks fitted 4,150 steps and reached 74.3% (80.2%).
     kl_weight: float = 0.0
     # One token per "feature: value" (", price: $370"): ~5 tokens an option instead of ~12, so ~half the
     # sequence length, and the answer needs to attend to fewer, more informative tokens.
