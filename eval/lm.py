@@ -117,13 +117,15 @@ def _stop_token_ids(tokenizer) -> list[int]:
 def parse_option_answer(text: str, noun: str, n_options: int) -> int | None:
     """The 0-based option an answer names, or None if it names none or one out of range.
 
-    Accepts "The best option is Flight 2.", "Flight 2", "option 2" (any case).  The canonical phrase
-    "best option is ..." wins; otherwise the first "<noun> N" or "option N" mention counts.
+    Accepts "The best option is Flight 2.", "Flight 2", "option 2" (any case), or a reply that starts with
+    the bare number ("2", the embedded student's answer format).  The canonical phrase "best option is ..."
+    wins; otherwise the first "<noun> N" or "option N" mention counts; then a leading number.
     """
     noun_pattern = r"\s+".join(re.escape(word) for word in noun.split())
     mention = rf"(?:{noun_pattern}|option)\s*#?\s*(\d+)"
     found = re.search(rf"best\s+option\s+is\s*:?\s*(?:{noun_pattern}\s*#?\s*)?(\d+)", text, re.IGNORECASE)
     found = found or re.search(rf"\b{mention}\b", text, re.IGNORECASE)
+    found = found or re.match(r"\s*(\d+)(?![\d,:/]|\.\d)", text)  # not "2.5 stars", "10:00", "3/5"
     if found is None:
         return None
     number = int(found.group(1))

@@ -196,6 +196,13 @@ def test_greedy_generation_picks_the_argmax_token(loaded):
         ("I cannot decide.", None),
         ("", None),
         ("Hotel 2", None),
+        ("2", 1),  # the embedded student's answers: the option number alone
+        ("\n3.", 2),
+        ("1 Chosen: price: $100", 0),
+        ("4", None),
+        ("2.5 stars", None),
+        ("10:00 PM", None),
+        ("3/5", None),
     ],
 )
 def test_parse_option_answer(text, expected):
