@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from eval.chat_format import chat_segments, encode_segment, render_chat, tokenize_chat
+from eval.chat_format import encode_segment, join_segments, render_chat, tokenize_chat, tokenize_segments
 
 ROLES = ("system", "user", "assistant")
 IGNORE_INDEX = -100  # label value the loss skips (the PyTorch / HF convention)
@@ -167,8 +167,7 @@ class TruncationReport:
 
 def message_start_positions(tokenizer, messages) -> list[int]:
     """Token position where each message's segment starts in ``tokenize_chat(tokenizer, messages)``."""
-    segments = chat_segments(tokenizer, messages)
-    return _segment_starts([len(encode_segment(tokenizer, s.text)) for s in segments], len(messages))
+    return _segment_starts([len(ids) for _, ids in tokenize_segments(tokenizer, messages)], len(messages))
 
 
 def _segment_starts(lengths: list[int], n_messages: int) -> list[int]:
@@ -190,10 +189,8 @@ def candidate_token_ids(tokenizer, messages, message_index: int, candidate: str,
 
 def tokenize_example(tokenizer, example: ChatExample, index: int, max_length: int, with_soft_targets: bool) -> TokenizedExample:
     messages = example.messages
-    segments = chat_segments(tokenizer, messages)
-    segment_ids = [encode_segment(tokenizer, segment.text) for segment in segments]
-    input_ids = [i for ids in segment_ids for i in ids]
-    target_mask = [segment.role == "assistant" for segment, ids in zip(segments, segment_ids) for _ in ids]
+    segments = tokenize_segments(tokenizer, messages)  # [(segment, ids)]
+    input_ids, target_mask = join_segments(segments)
     full_length = len(input_ids)
     tokenized = TokenizedExample(index, example.where, input_ids[:max_length], target_mask[:max_length])
     tokenized.truncated_tokens = max(0, full_length - max_length)
@@ -201,15 +198,15 @@ def tokenize_example(tokenizer, example: ChatExample, index: int, max_length: in
         # candidate_token_ids' definition, computed from this conversation's own segments: the text before
         # message i (generation prompt included) is shared by all its candidates, so each candidate costs one
         # rendering, and the conversation's own answer none (chat_segments checked its prefix already).
-        starts = _segment_starts([len(ids) for ids in segment_ids], len(messages))
+        starts = _segment_starts([len(ids) for _, ids in segments], len(messages))
         lead = len(segments) - len(messages)
         for target in example.soft_targets:
             i = target.message_index
-            prefix_length, prefix_text = starts[i], "".join(s.text for s in segments[: lead + i])
+            prefix_length, prefix_text = starts[i], "".join(segment.text for segment, _ in segments[: lead + i])
             candidates = []
             for candidate in target.candidates:
                 if candidate == messages[i]["content"]:
-                    candidates.append(segment_ids[lead + i])
+                    candidates.append(segments[lead + i][1])
                     continue
                 rendered = render_chat(tokenizer, messages[:i] + [{"role": "assistant", "content": candidate}])
                 if not rendered.startswith(prefix_text):
@@ -369,20 +366,21 @@ def collate(examples: list[TokenizedExample], pad_id: int, inline_single_tokens:
         target_mask[r, : len(ids)] = torch.tensor(targets, dtype=torch.bool)
         candidate_mask[r, : len(ids)] = torch.tensor(candidates, dtype=torch.bool)
 
-    width = max((len(g[0]) for g in groups), default=0)
-    candidate_row = torch.full((len(groups), width), -1, dtype=torch.long)
-    target_probs = torch.zeros((len(groups), width), dtype=torch.float32)
-    for g, (group_rows, probs) in enumerate(groups):
-        candidate_row[g, : len(group_rows)] = torch.tensor(group_rows)
-        target_probs[g, : len(probs)] = torch.tensor(probs, dtype=torch.float32)
-    inline_width = max((len(tokens) for _, _, tokens, _ in inline), default=0)
-    inline_tokens = torch.full((len(inline), inline_width), -1, dtype=torch.long)
-    inline_probs = torch.zeros((len(inline), inline_width), dtype=torch.float32)
-    for h, (_, _, tokens, probs) in enumerate(inline):
-        inline_tokens[h, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
-        inline_probs[h, : len(probs)] = torch.tensor(probs, dtype=torch.float32)
+    candidate_row, target_probs = _padded_groups(groups)
+    inline_tokens, inline_probs = _padded_groups([(tokens, probs) for _, _, tokens, probs in inline])
     return ChatBatch(input_ids, attention_mask, target_mask, candidate_mask, candidate_row, target_probs,
                      [e.index for e in examples], len(examples),
                      torch.tensor([row for row, _, _, _ in inline], dtype=torch.long),
                      torch.tensor([position for _, position, _, _ in inline], dtype=torch.long),
                      inline_tokens, inline_probs)
+
+
+def _padded_groups(groups: list[tuple[list[int], list[float]]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(long [G, K] padded with -1, float [G, K] padded with 0) from G groups of (indices, probabilities)."""
+    width = max((len(indices) for indices, _ in groups), default=0)
+    indices_out = torch.full((len(groups), width), -1, dtype=torch.long)
+    probs_out = torch.zeros((len(groups), width), dtype=torch.float32)
+    for g, (indices, probs) in enumerate(groups):
+        indices_out[g, : len(indices)] = torch.tensor(indices, dtype=torch.long)
+        probs_out[g, : len(probs)] = torch.tensor(probs, dtype=torch.float32)
+    return indices_out, probs_out

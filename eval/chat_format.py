@@ -114,16 +114,25 @@ def encode_segment(tokenizer, text: str) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
+def tokenize_segments(tokenizer, messages) -> list[tuple[ChatSegment, list[int]]]:
+    """Each segment of the conversation (``chat_segments``) with its token ids."""
+    return [(segment, encode_segment(tokenizer, segment.text)) for segment in chat_segments(tokenizer, messages)]
+
+
+def join_segments(segments: list[tuple[ChatSegment, list[int]]]) -> tuple[list[int], list[bool]]:
+    """(input_ids, assistant_mask) of tokenised segments laid end to end."""
+    input_ids: list[int] = []
+    assistant_mask: list[bool] = []
+    for segment, ids in segments:
+        input_ids.extend(ids)
+        assistant_mask.extend([segment.role == "assistant"] * len(ids))
+    return input_ids, assistant_mask
+
+
 def tokenize_chat(tokenizer, messages) -> tuple[list[int], list[bool]]:
     """(input_ids, assistant_mask) for a conversation, tokenised segment by segment.
 
     ``assistant_mask[i]`` is True where token i belongs to an assistant message (its words and end-of-turn
     marker), i.e. where a supervised fine-tuning loss applies.
     """
-    input_ids: list[int] = []
-    assistant_mask: list[bool] = []
-    for segment in chat_segments(tokenizer, messages):
-        ids = encode_segment(tokenizer, segment.text)
-        input_ids.extend(ids)
-        assistant_mask.extend([segment.role == "assistant"] * len(ids))
-    return input_ids, assistant_mask
+    return join_segments(tokenize_segments(tokenizer, messages))

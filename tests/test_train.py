@@ -178,6 +178,18 @@ def candidate_score_independently(model, tokenizer, messages, index: int, candid
     return sum(log_probs[t - 1, ids[t]].item() for t in range(first, len(ids)))
 
 
+def kl_per_soft_target_independently(model, tokenizer, conversations) -> list[float]:
+    """KL(target || softmax of the candidates' independent scores), one value per soft target, in order."""
+    expected = []
+    for conversation in conversations:
+        for target in conversation["soft_targets"]:
+            scores = [candidate_score_independently(model, tokenizer, conversation["messages"],
+                                                    target["message_index"], c) for c in target["candidates"]]
+            log_norm = math.log(sum(math.exp(s - max(scores)) for s in scores)) + max(scores)
+            expected.append(sum(p * (math.log(p) - (s - log_norm)) for p, s in zip(target["probs"], scores) if p > 0))
+    return expected
+
+
 @pytest.mark.parametrize("chat_template", [False, True])
 def test_kl_term_matches_an_independent_computation(chat_template):
     tokenizer = build_tiny_tokenizer(chat_template)
@@ -190,13 +202,7 @@ def test_kl_term_matches_an_independent_computation(chat_template):
     with torch.no_grad():
         _, _, kl = micro_batch_loss(model, batch, 1, batch.num_soft_targets, kl_weight=1.0)
 
-    expected = []
-    for conversation in conversations:
-        for target in conversation["soft_targets"]:
-            scores = [candidate_score_independently(model, tokenizer, conversation["messages"],
-                                                    target["message_index"], c) for c in target["candidates"]]
-            log_norm = math.log(sum(math.exp(s - max(scores)) for s in scores)) + max(scores)
-            expected.append(sum(p * (math.log(p) - (s - log_norm)) for p, s in zip(target["probs"], scores) if p > 0))
+    expected = kl_per_soft_target_independently(model, tokenizer, conversations)
     assert len(expected) == 3 and kl.item() > 0.01
     assert kl.item() == pytest.approx(sum(expected) / len(expected), abs=1e-5)
 
@@ -242,13 +248,7 @@ def test_one_token_candidates_are_scored_on_the_conversation_row_without_rows_of
     # the student's answers are one token: 2 dialogues x 5 soft targets, none needing a row
     assert inline.inline_row.tolist() == [0] * 5 + [1] * 5 and inline.candidate_row.numel() == 0
     assert len(inline.input_ids) == 2 and len(rows.input_ids) == 2 + 10 * 3 and rows.num_soft_targets == 10
-    expected = []
-    for conversation in conversations:
-        for target in conversation["soft_targets"]:
-            scores = [candidate_score_independently(model, tokenizer, conversation["messages"],
-                                                    target["message_index"], c) for c in target["candidates"]]
-            log_norm = math.log(sum(math.exp(s - max(scores)) for s in scores)) + max(scores)
-            expected.append(sum(p * (math.log(p) - (s - log_norm)) for p, s in zip(target["probs"], scores) if p > 0))
+    expected = kl_per_soft_target_independently(model, tokenizer, conversations)
     grads = []
     for batch in (inline, rows):
         model.zero_grad()
