@@ -394,6 +394,25 @@ def memory_section(args) -> dict:
     }
 
 
+def output_ceiling(through: dict, mem: dict) -> dict:
+    """The most user-rounds per second any method could reach while writing the throughput section's output
+    (the float64 posterior after every round) to fresh memory: its user-rounds over the time the memory
+    section took just to write a tensor of that size the first time (no inference at all), and over the
+    time of a second write (memory already mapped: the bandwidth alone)."""
+    user_rounds = through["user_rounds"]
+    times = mem["min_s"]
+    return {
+        "what": "throughput.user_rounds / memory.min_s: the rate at which writing the [N, 6, 625] float64 output "
+                "alone, with no inference, would already take all the time (first write: fresh memory, as "
+                "infer allocates it; second write: memory bandwidth only)",
+        "first_write_huge_pages_user_rounds_per_s": user_rounds / times["first_write_huge_pages"],
+        "first_write_4k_pages_user_rounds_per_s": user_rounds / times["first_write_4k_pages"],
+        "second_write_user_rounds_per_s": user_rounds / times["second_write"],
+        "pyro_share_of_first_write_ceiling": through["timings"]["pyro"]["user_rounds_per_s"]
+        / (user_rounds / times["first_write_huge_pages"]),
+    }
+
+
 def peak_rss_bytes() -> int:
     """This process's peak resident memory: VmHWM of /proc/self/status where there is one (Linux), else
     ``getrusage``'s ru_maxrss.  On Linux ru_maxrss also counts the parent's resident memory at the fork that
@@ -552,6 +571,14 @@ def summary(report: dict) -> str:
             f"pages, {m['first_write_huge_pages']:.3f} s on huge pages; second write {m['second_write']:.3f} s "
             f"({mem['second_write_gb_per_s']:.0f} GB/s)"
         )
+    ceiling = report.get("output_ceiling")
+    if ceiling:
+        lines.append(
+            f"    so writing the output alone caps any method at {ceiling['first_write_huge_pages_user_rounds_per_s']:,.0f} "
+            f"user-rounds/s in fresh memory ({ceiling['first_write_4k_pages_user_rounds_per_s']:,.0f} on 4 KiB pages; "
+            f"{ceiling['second_write_user_rounds_per_s']:,.0f} rewriting mapped memory); pyro reaches "
+            f"{100 * ceiling['pyro_share_of_first_write_ceiling']:.0f}% of the fresh-memory cap"
+        )
     scaling = report.get("scaling")
     if scaling:
         lines.append(f"(d) scaling, {scaling['rows'][0]['dialogues']} dialogues x 5 rounds per feature count "
@@ -589,6 +616,8 @@ def main(argv=None) -> None:
         print(f"running {name} ...", flush=True)
         report[name] = section(args)
         report[name]["load_average_after"] = os.getloadavg()
+    if "throughput" in report and "memory" in report:
+        report["output_ceiling"] = output_ceiling(report["throughput"], report["memory"])
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(report, indent=2) + "\n")
     print(summary(report))
