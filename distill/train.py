@@ -277,7 +277,10 @@ def train(config: TrainConfig, dataset_path, out_dir, *, model=None, resume: boo
     losses, tokens_run, step_seconds = [], 0, 0.0
     stop_reason = "max_steps" if config.max_steps == total_steps else "epochs"
     budget_s = config.budget_minutes * 60 if config.budget_minutes is not None else math.inf
-    progress = tqdm(total=total_steps, initial=step, desc="train", disable=not is_main, dynamic_ncols=True)
+    # With a time budget the step count is only a cap, so the bar shows the budget left, not a percentage
+    # and an ETA of the cap.
+    progress = tqdm(total=None if math.isfinite(budget_s) else total_steps, initial=step, desc="train",
+                    unit="step", disable=not is_main, dynamic_ncols=True)
     while step < total_steps:
         # stop before a step would overrun the budget (all processes take the same decision)
         mean_step = step_seconds / len(losses) if losses else 0.0
@@ -330,7 +333,11 @@ def train(config: TrainConfig, dataset_path, out_dir, *, model=None, resume: boo
         if is_main and (step % config.log_every_steps == 0 or step == total_steps):
             with log_path.open("a") as log:
                 log.write(json.dumps(record) + "\n")
-            progress.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}")
+            postfix = {"loss": f"{loss_value:.4f}", "lr": f"{lr:.2e}"}
+            if math.isfinite(budget_s):
+                left = max(0, int(budget_s - (time.perf_counter() - run_start)))
+                postfix["budget left"] = f"{left // 60}:{left % 60:02d}"
+            progress.set_postfix(postfix)
         progress.update(1)
         if config.save_every_steps and step % config.save_every_steps == 0:
             save_checkpoint()
