@@ -401,15 +401,15 @@ def output_ceiling(through: dict, mem: dict) -> dict:
     time of a second write (memory already mapped: the bandwidth alone)."""
     user_rounds = through["user_rounds"]
     times = mem["min_s"]
+    fresh_memory_cap = user_rounds / times["first_write_huge_pages"]
     return {
         "what": "throughput.user_rounds / memory.min_s: the rate at which writing the [N, 6, 625] float64 output "
                 "alone, with no inference, would already take all the time (first write: fresh memory, as "
                 "infer allocates it; second write: memory bandwidth only)",
-        "first_write_huge_pages_user_rounds_per_s": user_rounds / times["first_write_huge_pages"],
+        "first_write_huge_pages_user_rounds_per_s": fresh_memory_cap,
         "first_write_4k_pages_user_rounds_per_s": user_rounds / times["first_write_4k_pages"],
         "second_write_user_rounds_per_s": user_rounds / times["second_write"],
-        "pyro_share_of_first_write_ceiling": through["timings"]["pyro"]["user_rounds_per_s"]
-        / (user_rounds / times["first_write_huge_pages"]),
+        "pyro_share_of_first_write_ceiling": through["timings"]["pyro"]["user_rounds_per_s"] / fresh_memory_cap,
     }
 
 
