@@ -266,3 +266,29 @@ def test_evaluate_records_the_template_and_train_checks_it(custom_path, tmp_path
     result = runner.invoke(main, ["train", "--data", str(data / "train-bayesian.jsonl"), "--domain",
                                   "test_prompt_template:CABIN", "--prompt-template", str(custom_path), "--out", str(tmp_path / "t")])
     assert result.exit_code == 2 and "written with prompt template 'default'" in result.output, result.output
+
+
+def test_distill_the_embedded_student_with_a_custom_template(custom_path, tmp_path, monkeypatch):
+    from transformers import AutoTokenizer
+
+    import distill.student
+    from distill.pipeline import DistillSettings, run_distill
+
+    monkeypatch.setattr(distill.student, "StudentConfig", lambda: TINY)  # a tiny student: this checks text, not skill
+
+    settings = DistillSettings(domain="test_prompt_template:CABIN", out_dir=str(tmp_path / "run"), n_dialogues=1,
+                               n_eval_users=3, n_heldout=2, max_train_users=6, budget_minutes=0.05,
+                               eval_before=False, prompt_template=str(custom_path))
+    report = run_distill(settings, log=lambda line: None)
+    template = load_template(custom_path)
+    assert report["prompt_template"]["sha256"] == template.sha256
+    assert json.loads((tmp_path / "run" / "report.json").read_text())["prompt_template"]["name"] == "terse-test"
+    # the trained student's saved tokenizer reads the custom teaching text without unknown tokens
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "run" / "train" / "model")
+    lines = (tmp_path / "run" / "data" / "train-bayesian.jsonl").read_text().splitlines()
+    assert len(lines) == 6
+    for line in lines:
+        messages = json.loads(line)["messages"]
+        assert messages[-1]["content"].startswith("Pick: Cabin #")
+        ids, mask = tokenize_chat(tokenizer, messages)
+        assert tokenizer.unk_token_id not in ids and sum(mask) == 6  # one answer-digit token per round
