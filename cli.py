@@ -259,6 +259,9 @@ def evaluate(domain, catalog, user_temperature, user_lapse, assistant, model, ad
     out = Path(out_dir)
     if template is not None:
         report["prompt_template"] = template.summary()
+        if "beliefs" in report:  # the scale's words as the LM read them
+            words = template.fields["belief_scale"]
+            report["beliefs"]["scale"] = {str(point): text for point, text in enumerate(words, start=1)}
     save_report(report, out / "report.json")
     plot_reports([report], out / "accuracy.png", references=reference_reports(loaded, n_users, seed, heldout),
                  title=f"{loaded.name}: accuracy on held-out option sets")

@@ -16,6 +16,7 @@ from click.testing import CliRunner
 
 from cli import main
 from distill.student import StudentConfig, build_student
+from distill.teaching_data import teaching_set_template
 from eval.assistants import RecommendRequest
 from eval.chat_format import chat_segments, tokenize_chat
 from eval.dialogue_text import (
@@ -164,6 +165,9 @@ def test_custom_template_round_trips_from_teaching_text_to_evaluation_prompts(cu
     assert manifest["prompt_template"]["content"] == CUSTOM
     assert manifest["prompt_template"]["sha256"] == template.sha256 and manifest["prompt_template"]["name"] == "terse-test"
     examples = [json.loads(line) for line in (out / "train-bayesian.jsonl").read_text().splitlines()]
+    # training the embedded student on this set takes its template from the manifest, or checks the one given
+    assert teaching_set_template(out / "train-bayesian.jsonl").sha256 == template.sha256
+    assert teaching_set_template(out / "train-bayesian.jsonl", custom_path).sha256 == template.sha256
     text = json.dumps(examples)
     for default_words in ("best option", "Round", "I prefer", "Which cabin", "Help me", "view and price"):
         assert default_words not in text
@@ -252,10 +256,13 @@ def test_evaluate_records_the_template_and_train_checks_it(custom_path, tmp_path
     model_dir = tiny_lm.save_tiny_lm(tmp_path / "tiny")
     out = tmp_path / "eval"
     result = runner.invoke(main, ["evaluate", "--domain", "test_prompt_template:CABIN", "--model", str(model_dir),
-                                  "--users", "2", "--heldout", "1", "--prompt-template", str(custom_path), "--out", str(out)])
+                                  "--users", "2", "--heldout", "1", "--elicit-beliefs", "--prompt-template",
+                                  str(custom_path), "--out", str(out)])
     assert result.exit_code == 0, result.output
-    recorded = json.loads((out / "report.json").read_text())["prompt_template"]
-    assert recorded == {"name": "terse-test", "sha256": load_template(custom_path).sha256, "source": str(custom_path)}
+    report = json.loads((out / "report.json").read_text())
+    assert report["prompt_template"] == {"name": "terse-test", "sha256": load_template(custom_path).sha256,
+                                         "source": str(custom_path)}
+    assert report["beliefs"]["scale"] == {"1": "hate", "2": "dislike", "3": "neutral", "4": "like", "5": "love"}
     # a built-in assistant reads no prompts
     result = runner.invoke(main, ["evaluate", "--assistant", "random", "--prompt-template", str(custom_path), "--out", str(out)])
     assert result.exit_code == 2 and "--prompt-template needs --model" in result.output
