@@ -21,7 +21,7 @@ from eval.assistants import RecommendRequest
 from eval.chat_format import chat_segments, tokenize_chat
 from eval.dialogue_text import (
     belief_candidate_answers, belief_prompt_messages, candidate_answers, dialogue_messages, load_template, match_answer,
-    match_belief_answer,
+    match_belief_answer, task_instructions,
 )
 from eval.lm import prepare_loaded_lm
 from eval.lm_assistant import LMAssistant
@@ -121,6 +121,11 @@ def test_custom_template_changes_every_field(custom_path):
     assert belief_prompt_messages(CABIN, OPTIONS, PICKS, CHOICES, 1, template)[-1]["content"] == BELIEF_CUSTOM
     assert candidate_answers(CABIN, template) == [f"Pick: Cabin #{k}" for k in (1, 2, 3)]
     assert belief_candidate_answers(template) == [f"Score={k}" for k in range(1, 6)]
+    # three features use both separators
+    features = CABIN_FEATURES + (Feature("beds", (1, 2), str),)
+    three = Domain(name="cabin3", noun="cabin", features=features, **linear_domain_parts(features))
+    assert "I weigh view / price & beds." in task_instructions(three, template)
+    assert "preferences about view, price and beds, and" in task_instructions(three)
     # generate mode reads the template's own answers first (then the lenient parsers)
     assert match_answer(CABIN, "Hmm. Pick: Cabin #3, I think", template) == 2
     assert match_answer(CABIN, "Pick: Cabin #7", template) is None
