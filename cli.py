@@ -220,7 +220,9 @@ def lm_assistant(model, adapter, mode, load_in_4bit, label=None, template=None):
                    "stated beliefs: error against the Bayesian posterior, implied picks, consistency. Default: on "
                    "for built-in assistants on domains with per-feature weights (free), off for --model (it costs "
                    "one prompt per feature, user and round).")
-@prompt_template_option
+@click.option("--prompt-template", type=click.Path(dir_okay=False), default=None,
+              help="A prompt template JSON file with the wording of every prompt (see eval/templates/default.json); "
+                   "default: the one saved in --model's directory (the embedded student saves its own), else the default.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Directory for report.json and accuracy.png.")
 def evaluate(domain, catalog, user_temperature, user_lapse, assistant, model, adapter, mode, load_in_4bit, n_users, seed,
              heldout, elicit_beliefs, prompt_template, out_dir):
@@ -233,7 +235,7 @@ def evaluate(domain, catalog, user_temperature, user_lapse, assistant, model, ad
     from eval.assistants import make_assistant
     from eval.belief_scale import belief_levels, is_elicitable
     from eval.beliefs import plot_beliefs
-    from eval.dialogue_text import load_template
+    from eval.prompt_template import template_for_model
     from eval.report import plot_reports, run_table, save_report
 
     if (assistant is None) == (model is None):
@@ -243,7 +245,9 @@ def evaluate(domain, catalog, user_temperature, user_lapse, assistant, model, ad
     if prompt_template and not model:
         raise click.UsageError("--prompt-template needs --model (built-in assistants read no prompts)")
     loaded = load_domain(domain, catalog, user_temperature, user_lapse)
-    template = load_template(prompt_template) if model else None
+    template, warning = template_for_model(model, prompt_template) if model else (None, None)
+    if warning:
+        click.echo(f"warning: {warning}", err=True)
     if model:
         n_users, heldout = n_users or 50, heldout or 20
         chosen = lm_assistant(model, adapter, mode, load_in_4bit, template=template)

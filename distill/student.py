@@ -57,7 +57,8 @@ from pathlib import Path
 
 import torch
 
-from eval.dialogue_text import PromptTemplate
+from eval.dialogue_text import PromptTemplate, default_template
+from eval.prompt_template import save_template
 from ppl_models import Domain
 
 # The text side lives in student_tokenizer; its names are re-exported here for callers of this module.
@@ -392,7 +393,10 @@ def train_student(domain: Domain, dataset_path, out_dir, budget_minutes: float =
     # reaches its floor when the budget ends, whatever number of steps that turns out to be.
     end = time.perf_counter() + remaining * 60 * (1 - config.budget_margin / 2)
     with clock_schedule(end if max_steps is None else None):
-        return train(train_config, data_path, out_dir, model=(model, tokenizer), resume=resume)
+        result = train(train_config, data_path, out_dir, model=(model, tokenizer), resume=resume)
+    if (out_dir / "model").is_dir():  # its tokenizer is made for this text: evaluate prompts it with the same
+        save_template(template or default_template(), out_dir / "model")
+    return result
 
 
 @contextmanager

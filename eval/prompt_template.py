@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 DEFAULT_TEMPLATE_PATH = Path(__file__).parent / "templates" / "default.json"
+SAVED_TEMPLATE_NAME = "prompt_template.json"  # the template a model directory was trained with, saved beside it
 N_BELIEF_SCALE_POINTS = 5  # the belief scale's length is fixed: its points map to weight levels (belief_scale.py)
 
 NOUNS = frozenset({"noun", "Noun"})
@@ -153,6 +154,28 @@ def load_template(path=None) -> PromptTemplate:
         raise PromptTemplateError(f"prompt template {path}: not valid JSON (line {error.lineno}, column {error.colno}: "
                                   f"{error.msg})") from None
     return check_template(data, str(path))
+
+
+def save_template(template: PromptTemplate, directory) -> Path:
+    """Write ``template``'s content to ``directory/prompt_template.json`` (beside a model trained on its text)."""
+    path = Path(directory) / SAVED_TEMPLATE_NAME
+    path.write_text(json.dumps(template.content(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return path
+
+
+def template_for_model(model: str, template_path=None) -> tuple[PromptTemplate, str | None]:
+    """(the template to prompt ``model`` with, a warning or None): ``template_path`` if given, else the one
+    saved in the model's directory (``save_template``), else the default.  The warning says when the given
+    template differs from the saved one."""
+    saved_path = Path(model) / SAVED_TEMPLATE_NAME
+    saved = load_template(saved_path) if saved_path.is_file() else None
+    if template_path is None:
+        return saved or default_template(), None
+    template = load_template(template_path)
+    if saved is not None and saved.sha256 != template.sha256:
+        return template, (f"{model} was trained with prompt template {saved.name!r} ({saved_path}), not "
+                          f"{template.name!r} from {template_path}")
+    return template, None
 
 
 @functools.lru_cache(maxsize=1)

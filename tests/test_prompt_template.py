@@ -25,7 +25,7 @@ from eval.dialogue_text import (
 )
 from eval.lm import prepare_loaded_lm
 from eval.lm_assistant import LMAssistant
-from eval.prompt_template import PromptTemplateError
+from eval.prompt_template import PromptTemplateError, default_template, template_for_model
 from ppl_models.domain import Domain, Feature
 from ppl_models.linear import linear_domain_parts
 
@@ -304,3 +304,11 @@ def test_distill_the_embedded_student_with_a_custom_template(custom_path, tmp_pa
         assert messages[-1]["content"].startswith("Pick: Cabin #")
         ids, mask = tokenize_chat(tokenizer, messages)
         assert tokenizer.unk_token_id not in ids and sum(mask) == 6  # one answer-digit token per round
+    # the student's directory keeps its template: evaluate prompts it with that one unless told otherwise
+    model_dir = str(tmp_path / "run" / "train" / "model")
+    saved, warning = template_for_model(model_dir)
+    assert saved.sha256 == template.sha256 and warning is None
+    default_path = tmp_path / "default.json"
+    default_path.write_text(json.dumps(default_template().content()))
+    other, warning = template_for_model(model_dir, default_path)
+    assert other.sha256 == default_template().sha256 and "was trained with prompt template 'terse-test'" in warning
