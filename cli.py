@@ -54,6 +54,14 @@ def domain_options(function):
     )(function)
 
 
+def prompt_template_option(function):
+    return click.option(
+        "--prompt-template", type=click.Path(dir_okay=False), default=None,
+        help="A prompt template JSON file with the wording of every prompt (see eval/templates/default.json, the "
+             "default); to match the text a model was trained on.",
+    )(function)
+
+
 def load_domain(domain, catalog=None, user_temperature=None, user_lapse=None):
     from ppl_models import get_domain
 
@@ -183,14 +191,14 @@ def reference_reports(domain, n_users, seed, n_heldout, users=None):
     return reports
 
 
-def lm_assistant(model, adapter, mode, load_in_4bit, label=None):
+def lm_assistant(model, adapter, mode, load_in_4bit, label=None, template=None):
     from eval.lm import load_causal_lm
     from eval.lm_assistant import LMAssistant
 
     lm = load_causal_lm(model, adapter=adapter, load_in_4bit=load_in_4bit)
     for warning in lm.warnings:
         click.echo(f"warning: {warning}", err=True)
-    return LMAssistant(lm, mode=mode, name=label)
+    return LMAssistant(lm, mode=mode, name=label, template=template)
 
 
 @main.command()
@@ -212,9 +220,12 @@ def lm_assistant(model, adapter, mode, load_in_4bit, label=None):
                    "stated beliefs: error against the Bayesian posterior, implied picks, consistency. Default: on "
                    "for built-in assistants on domains with per-feature weights (free), off for --model (it costs "
                    "one prompt per feature, user and round).")
+@click.option("--prompt-template", type=click.Path(dir_okay=False), default=None,
+              help="A prompt template JSON file with the wording of every prompt (see eval/templates/default.json); "
+                   "default: the one saved in --model's directory (the embedded student saves its own), else the default.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Directory for report.json and accuracy.png.")
 def evaluate(domain, catalog, user_temperature, user_lapse, assistant, model, adapter, mode, load_in_4bit, n_users, seed,
-             heldout, elicit_beliefs, out_dir):
+             heldout, elicit_beliefs, prompt_template, out_dir):
     """Evaluate an assistant or a language model with the study's protocol.
 
     Writes DIR/report.json (per-round accuracy, agreement with the Bayesian assistant, log-loss, KL and Brier
@@ -224,16 +235,22 @@ def evaluate(domain, catalog, user_temperature, user_lapse, assistant, model, ad
     from eval.assistants import make_assistant
     from eval.belief_scale import belief_levels, is_elicitable
     from eval.beliefs import plot_beliefs
+    from eval.prompt_template import template_for_model
     from eval.report import plot_reports, run_table, save_report
 
     if (assistant is None) == (model is None):
         raise click.UsageError("give exactly one of --assistant or --model")
     if adapter and not model:
         raise click.UsageError("--adapter needs --model")
+    if prompt_template and not model:
+        raise click.UsageError("--prompt-template needs --model (built-in assistants read no prompts)")
     loaded = load_domain(domain, catalog, user_temperature, user_lapse)
+    template, warning = template_for_model(model, prompt_template) if model else (None, None)
+    if warning:
+        click.echo(f"warning: {warning}", err=True)
     if model:
         n_users, heldout = n_users or 50, heldout or 20
-        chosen = lm_assistant(model, adapter, mode, load_in_4bit)
+        chosen = lm_assistant(model, adapter, mode, load_in_4bit, template=template)
     else:
         heldout = heldout or 100
         chosen = make_assistant(assistant)
@@ -244,6 +261,11 @@ def evaluate(domain, catalog, user_temperature, user_lapse, assistant, model, ad
     run, report = run_and_report(loaded, chosen, n_users, seed, heldout, elicit_beliefs,
                                  model=model, adapter=adapter, mode=mode if model else None)
     out = Path(out_dir)
+    if template is not None:
+        report["prompt_template"] = template.summary()
+        if "beliefs" in report:  # the scale's words as the LM read them
+            words = template.fields["belief_scale"]
+            report["beliefs"]["scale"] = {str(point): text for point, text in enumerate(words, start=1)}
     save_report(report, out / "report.json")
     plot_reports([report], out / "accuracy.png", references=reference_reports(loaded, n_users, seed, heldout),
                  title=f"{loaded.name}: accuracy on held-out option sets")
@@ -288,14 +310,18 @@ TEACHER_HELP = "bayesian: the Bayesian assistant's picks; oracle: the user's cho
 @click.option("--rounds", type=click.IntRange(min=1), default=None,
               help="Rounds per teaching dialogue (default: the domain's, 5, as in the study).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed; the same seed gives byte-identical files.")
+@prompt_template_option
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Directory for the JSONL file and manifest.json.")
-def make_data(domain, catalog, user_temperature, user_lapse, teacher, dialogues, eval_users, prefixes, rounds, seed, out_dir):
+def make_data(domain, catalog, user_temperature, user_lapse, teacher, dialogues, eval_users, prefixes, rounds, seed,
+              prompt_template, out_dir):
     """Write a teaching set: every prefix of every simulated dialogue as a chat example (JSONL)."""
     from distill.teaching_data import write_teaching_set
+    from eval.dialogue_text import load_template
 
+    template = load_template(prompt_template)
     loaded = load_domain(domain, catalog, user_temperature, user_lapse)
     manifest = write_teaching_set(loaded, teacher, out_dir, n_dialogues=dialogues, n_eval_users=eval_users, seed=seed,
-                                  prefixes=prefixes, n_rounds=rounds)
+                                  prefixes=prefixes, n_rounds=rounds, template=template)
     click.echo(f"{manifest['counts']['examples']} examples ({teacher}) from {manifest['counts']['train_users']} users -> {out_dir}")
 
 
@@ -314,8 +340,12 @@ def make_data(domain, catalog, user_temperature, user_lapse, teacher, dialogues,
 @click.option("--merge", is_flag=True, help="Also save the base model with the adapter merged in.")
 @click.option("--resume", is_flag=True, help="Continue from the last complete checkpoint in --out.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for initialisation and data order.")
+@click.option("--prompt-template", type=click.Path(dir_okay=False), default=None,
+              help="With no --model: the prompt template the teaching set was written with (the embedded student's "
+                   "tokenizer is made for its text); default: the one its manifest.json records, else the default.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Directory for checkpoints, logs and the adapter or model.")
-def train(data_path, model, domain, method, epochs, max_steps, learning_rate, batch_size, kl_weight, budget_minutes, merge, resume, seed, out_dir):
+def train(data_path, model, domain, method, epochs, max_steps, learning_rate, batch_size, kl_weight, budget_minutes, merge, resume, seed,
+          prompt_template, out_dir):
     """Fine-tune a model on a teaching set (QLoRA by default; works under `accelerate launch`)."""
     if model is None:
         if domain is None:
@@ -323,11 +353,15 @@ def train(data_path, model, domain, method, epochs, max_steps, learning_rate, ba
         import dataclasses
 
         from distill.student import StudentConfig, train_student
+        from distill.teaching_data import teaching_set_template
 
+        template = teaching_set_template(data_path, prompt_template)
         config = dataclasses.replace(StudentConfig(), kl_weight=kl_weight)
         result = train_student(load_domain(domain), data_path, out_dir, budget_minutes=budget_minutes or 10.0,
-                               config=config, seed=seed, resume=resume)
+                               config=config, seed=seed, resume=resume, template=template)
     else:
+        if prompt_template:
+            raise click.UsageError("--prompt-template is for the embedded student; a --model reads the teaching set's text as it is")
         from distill.train import train as run_training
         from distill.train_config import TrainConfig
 
@@ -354,8 +388,10 @@ def train(data_path, model, domain, method, epochs, max_steps, learning_rate, ba
                    "so that the question after round 5, which evaluation asks, is taught too).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for data, training and evaluation.")
 @click.option("--resume", is_flag=True, help="Resume an interrupted training run in --out.")
+@prompt_template_option
 @click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False), help="Output directory (default: runs/<domain>-<teacher>).")
-def distill(domain, teacher, model, method, budget_minutes, eval_users, heldout, dialogues, teach_rounds, seed, resume, out_dir):
+def distill(domain, teacher, model, method, budget_minutes, eval_users, heldout, dialogues, teach_rounds, seed, resume,
+            prompt_template, out_dir):
     """Teach a student the Bayesian strategy: data, training, and evaluation before and after.
 
     Prints a per-round table (student before, student after, Bayesian assistant, random) and writes
@@ -365,7 +401,8 @@ def distill(domain, teacher, model, method, budget_minutes, eval_users, heldout,
 
     settings = DistillSettings(domain=domain, teacher=teacher, model=model, method=method, budget_minutes=budget_minutes,
                                out_dir=out_dir or f"runs/{domain}-{teacher}", seed=seed, n_eval_users=eval_users,
-                               n_heldout=heldout, n_dialogues=dialogues, teach_rounds=teach_rounds, resume=resume)
+                               n_heldout=heldout, n_dialogues=dialogues, teach_rounds=teach_rounds, resume=resume,
+                               prompt_template=prompt_template)
     run_distill(settings, log=click.echo)
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from eval.assistants import BayesianAssistant, RandomAssistant
+from eval.dialogue_text import load_template
 from eval.lm import load_causal_lm, prepare_loaded_lm
 from eval.lm_assistant import LMAssistant
 from eval.protocol import run_protocol
@@ -54,6 +55,7 @@ class DistillSettings:
     resume: bool = False
     kl_weight: float | None = None  # default: 1.0 with the soft teacher, 0 otherwise
     eval_before: bool = True
+    prompt_template: str | None = None  # a prompt template JSON file (eval/prompt_template.py); None: the default
 
 
 def _evaluate(domain, assistant, users, settings: DistillSettings, label: str, log):
@@ -67,6 +69,7 @@ def _evaluate(domain, assistant, users, settings: DistillSettings, label: str, l
 def run_distill(settings: DistillSettings, log=print) -> dict:
     """Run the loop; returns the final report (also written to ``out_dir/report.json``)."""
     domain = get_domain(settings.domain)
+    template = load_template(settings.prompt_template)  # checked before any work
     out = Path(settings.out_dir)
     kl_weight = settings.kl_weight if settings.kl_weight is not None else (1.0 if settings.teacher == "soft" else 0.0)
 
@@ -77,7 +80,7 @@ def run_distill(settings: DistillSettings, log=print) -> dict:
     manifest = write_teaching_set(
         domain, settings.teacher, out / "data", n_dialogues=n_dialogues,
         n_eval_users=settings.n_eval_users, seed=settings.seed, max_train_users=settings.max_train_users,
-        prefixes="longest" if embedded else "all", n_rounds=teach_rounds,
+        prefixes="longest" if embedded else "all", n_rounds=teach_rounds, template=template,
     )
     data_path = out / "data" / f"train-{settings.teacher}.jsonl"
     eval_users = torch.tensor(manifest["eval_users"], dtype=torch.long)
@@ -92,18 +95,20 @@ def run_distill(settings: DistillSettings, log=print) -> dict:
         student_config = dataclasses.replace(StudentConfig(), kl_weight=kl_weight)
 
         if settings.eval_before:
-            model, tokenizer = build_student(domain, student_config, seed=settings.seed)
-            before = LMAssistant(prepare_loaded_lm(model, tokenizer, "embedded-student"), name="student (before)")
+            model, tokenizer = build_student(domain, student_config, seed=settings.seed, template=template)
+            before = LMAssistant(prepare_loaded_lm(model, tokenizer, "embedded-student"), name="student (before)",
+                                 template=template)
             reports["before"] = _evaluate(domain, before, eval_users, settings, "student before", log)
     elif settings.eval_before:
-        before = LMAssistant(load_causal_lm(settings.model, load_in_4bit=settings.method == "qlora"), name="student (before)")
+        before = LMAssistant(load_causal_lm(settings.model, load_in_4bit=settings.method == "qlora"), name="student (before)",
+                             template=template)
         reports["before"] = _evaluate(domain, before, eval_users, settings, "student before", log)
 
     # ---- 3. training --------------------------------------------------------------------------------
     train_dir = out / "train"
     if settings.model is None:
         result = train_student(domain, data_path, train_dir, budget_minutes=settings.budget_minutes,
-                               config=student_config, seed=settings.seed, resume=settings.resume)
+                               config=student_config, seed=settings.seed, resume=settings.resume, template=template)
         after_lm = load_causal_lm(str(train_dir / "model"))
     else:
         config = TrainConfig(model_name_or_path=settings.model, method=settings.method, epochs=1.0,
@@ -116,7 +121,7 @@ def run_distill(settings: DistillSettings, log=print) -> dict:
     log(f"trained: {result.summary()}")
 
     # ---- 4. the student after training, and the references -----------------------------------------
-    after = LMAssistant(after_lm, name="student (after)")
+    after = LMAssistant(after_lm, name="student (after)", template=template)
     after_run = run_protocol(domain, after, users=eval_users, seed=settings.seed, n_heldout=settings.n_heldout)
     reports["bayesian"] = _evaluate(domain, BayesianAssistant(), eval_users, settings, "bayesian assistant", log)
     reports["random"] = _evaluate(domain, RandomAssistant(), eval_users, settings, "random", log)
@@ -130,6 +135,7 @@ def run_distill(settings: DistillSettings, log=print) -> dict:
     )
 
     # ---- 5. save and show ---------------------------------------------------------------------------
+    final["prompt_template"] = template.summary()
     save_report(final, out / "report.json")
     references = [reports[k] for k in ("before", "bayesian", "random") if k in reports]
     plot_reports([final], out / "accuracy.png", references=references, title=f"{domain.name}: {settings.teacher}-taught student")

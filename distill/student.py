@@ -57,14 +57,15 @@ from pathlib import Path
 
 import torch
 
-from eval.dialogue_text import noun_title
+from eval.dialogue_text import PromptTemplate, default_template
+from eval.prompt_template import save_template
 from ppl_models import Domain
 
 # The text side lives in student_tokenizer; its names are re-exported here for callers of this module.
 from .student_tokenizer import (  # noqa: F401
     CHOSEN_PREFIX, FALLBACK_PATTERN, MAX_OPTION_TOKENS, MAX_ROUND_PHRASES, SPECIAL_TOKENS, build_tokenizer,
     chosen_descriptions, description_pattern, domain_phrases, feature_value_phrases, option_description_pattern,
-    option_descriptions, split_pattern, student_chat_template, value_combinations, value_texts,
+    option_descriptions, option_header, split_pattern, student_chat_template, value_combinations, value_texts,
 )
 
 
@@ -184,7 +185,8 @@ def ordinal_value_init(model, tokenizer, domain: Domain, seed: int) -> list[torc
     return planes
 
 
-def option_token_init(model, tokenizer, domain: Domain, planes: list[torch.Tensor]) -> None:
+def option_token_init(model, tokenizer, domain: Domain, planes: list[torch.Tensor],
+                      template: PromptTemplate | None = None) -> None:
     """A whole-option-line token ("Hotel 2: distance ...") starts as its header's embedding ("Hotel 2:") plus
     its values' ordinal directions (each feature in its own plane, as ``ordinal_value_init``), each feature
     at an ordinary embedding's norm, without noise: lines that share values are close, a linear read-out of
@@ -193,15 +195,15 @@ def option_token_init(model, tokenizer, domain: Domain, planes: list[torch.Tenso
     the same directions plus one shared marker.  Measured with these rows frozen (20,000 dialogues of all
     users, 600 steps): 69/82/78/77/77% agreement with the teacher in rounds 1-5 with features at full norm;
     67/40/38/38/37% with the features summed to one norm and half the usual noise added."""
-    descriptions = option_descriptions(domain)
+    descriptions = option_descriptions(domain, template=template)
     if not descriptions:
         return
     embeddings = model.get_input_embeddings().weight
     hidden = embeddings.shape[1]
     normalised = [torch.as_tensor(f.normalised, dtype=torch.float64) for f in domain.features]
     ids = torch.tensor(tokenizer.convert_tokens_to_ids([text for text, _, _ in descriptions]))
-    headers = torch.tensor(tokenizer.convert_tokens_to_ids(
-        [f"{noun_title(domain)} {k + 1}:" for _, k, _ in descriptions]))
+    header_texts = [option_header(domain, k + 1, template) for k in range(domain.n_options)]
+    headers = torch.tensor(tokenizer.convert_tokens_to_ids([header_texts[k] for _, k, _ in descriptions]))
     index = torch.tensor([index for _, _, index in descriptions])  # [N, F]
     with torch.no_grad():
         scale = float(embeddings.std()) * math.sqrt(hidden)  # the norm of an ordinary embedding row
@@ -217,13 +219,14 @@ def option_token_init(model, tokenizer, domain: Domain, planes: list[torch.Tenso
             embeddings[chosen_ids] = total[: len(chosen_ids)] + marker  # option 1 lines: same combination order
 
 
-def build_student(domain: Domain, config: StudentConfig = StudentConfig(), seed: int = 0):
+def build_student(domain: Domain, config: StudentConfig = StudentConfig(), seed: int = 0,
+                  template: PromptTemplate | None = None):
     """(model, tokenizer): a randomly initialised LlamaForCausalLM sized by ``config`` and the domain's
-    tokenizer (see the module docstring)."""
+    tokenizer (see the module docstring) for the text of prompt ``template`` (default: the shipped one)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     tokenizer = build_tokenizer(domain, config.merge_feature_values, config.option_tokens, config.restate_choices,
-                                config.answer_after_options, config.round_markers)
+                                config.answer_after_options, config.round_markers, template)
     model_config = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=config.hidden_size, intermediate_size=config.intermediate_size,
         num_hidden_layers=config.num_layers, num_attention_heads=config.num_heads,
@@ -236,11 +239,11 @@ def build_student(domain: Domain, config: StudentConfig = StudentConfig(), seed:
     if config.ordinal_value_init:
         planes = ordinal_value_init(model, tokenizer, domain, seed)
         if config.option_tokens:
-            option_token_init(model, tokenizer, domain, planes)
+            option_token_init(model, tokenizer, domain, planes, template)
     if config.tie_option_numbers:
-        tie_option_numbers(model, tokenizer, domain)
+        tie_option_numbers(model, tokenizer, domain, template)
     if config.freeze_option_embeddings:
-        freeze_option_embeddings(model, tokenizer, domain)
+        freeze_option_embeddings(model, tokenizer, domain, template)
     return model, tokenizer
 
 
@@ -255,11 +258,11 @@ class _FrozenRows:
         return grad * self.keep.to(grad.device, grad.dtype)
 
 
-def freeze_option_embeddings(model, tokenizer, domain: Domain) -> torch.Tensor | None:
+def freeze_option_embeddings(model, tokenizer, domain: Domain, template: PromptTemplate | None = None) -> torch.Tensor | None:
     """Keep the input embeddings of every option-line and restated-choice token as initialised: a hook
     zeroes their gradient rows (AdamW's weight decay still shrinks them by lr x decay a step, ~4% over a
     run).  Returns the frozen token ids (None when the tokenizer has no option tokens)."""
-    texts = [text for text, _, _ in option_descriptions(domain) or []]
+    texts = [text for text, _, _ in option_descriptions(domain, template=template) or []]
     texts += [text for text, _ in chosen_descriptions(domain) or []]
     ids = torch.tensor(tokenizer.convert_tokens_to_ids(texts), dtype=torch.long)
     ids = ids[ids != tokenizer.unk_token_id]
@@ -270,14 +273,14 @@ def freeze_option_embeddings(model, tokenizer, domain: Domain) -> torch.Tensor |
     return ids
 
 
-def tie_option_numbers(model, tokenizer, domain: Domain) -> None:
+def tie_option_numbers(model, tokenizer, domain: Domain, template: PromptTemplate | None = None) -> None:
     """The digit naming option k (in answers and feedback) starts with the input embedding of the option's
     header "Hotel k:", and its output row starts as that embedding too: finding "which option" then is a
     copy of the header, in both directions (read a choice, name a pick)."""
     inputs, outputs = model.get_input_embeddings().weight, model.get_output_embeddings().weight
     with torch.no_grad():
         for k in range(1, min(domain.n_options, 9) + 1):
-            header = tokenizer.convert_tokens_to_ids(f"{noun_title(domain)} {k}:")
+            header = tokenizer.convert_tokens_to_ids(option_header(domain, k, template))
             digit = tokenizer.convert_tokens_to_ids(str(k))
             inputs[digit] = inputs[header]
             outputs[digit] = inputs[header] * (outputs.std() / inputs.std())
@@ -350,12 +353,13 @@ def train_config_for(config: StudentConfig, max_steps: int, seed: int, budget_mi
 
 def train_student(domain: Domain, dataset_path, out_dir, budget_minutes: float = 10.0,
                   config: StudentConfig = StudentConfig(), seed: int = 0, resume: bool = False,
-                  max_steps: int | None = None):
+                  max_steps: int | None = None, template: PromptTemplate | None = None):
     """Build the student and train it on ``dataset_path`` (a teaching-set JSONL) with distill.train.train
     (method "full") so that everything, tokenisation and saving included, fits ``budget_minutes``.
 
     ``max_steps`` overrides the budget-fitted number of steps.  ``resume=True`` continues a run in
-    ``out_dir`` (same config and seed; the schedule of the first run is kept).  Returns the TrainResult."""
+    ``out_dir`` (same config and seed; the schedule of the first run is kept).  ``template``: the prompt template
+    the teaching set was written with (the student's tokenizer is made for its text).  Returns the TrainResult."""
     from distill.chat_dataset import tokenize_workers
     from distill.train import train
 
@@ -368,7 +372,7 @@ def train_student(domain: Domain, dataset_path, out_dir, budget_minutes: float =
     data_path = out_dir / "student-train.jsonl"
     if not (resume and data_path.exists()):
         data_path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
-    model, tokenizer = build_student(domain, config, seed)
+    model, tokenizer = build_student(domain, config, seed, template)
 
     plan_path = out_dir / "student_plan.json"
     if resume and plan_path.exists():
@@ -389,7 +393,10 @@ def train_student(domain: Domain, dataset_path, out_dir, budget_minutes: float =
     # reaches its floor when the budget ends, whatever number of steps that turns out to be.
     end = time.perf_counter() + remaining * 60 * (1 - config.budget_margin / 2)
     with clock_schedule(end if max_steps is None else None):
-        return train(train_config, data_path, out_dir, model=(model, tokenizer), resume=resume)
+        result = train(train_config, data_path, out_dir, model=(model, tokenizer), resume=resume)
+    if (out_dir / "model").is_dir():  # its tokenizer is made for this text: evaluate prompts it with the same
+        save_template(template or default_template(), out_dir / "model")
+    return result
 
 
 @contextmanager

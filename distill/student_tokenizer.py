@@ -1,14 +1,20 @@
 """The embedded student's text side: a phrase-level tokenizer made for one domain and its chat template.
 
 See ``distill.student`` for why the text is rendered this way (restated choices, the answer right after the
-last option line, no round markers) and what each choice measured.
+last option line, no round markers) and what each choice measured.  All fixed wording (instructions, headers,
+answers, feedback) comes from the prompt template (``eval.dialogue_text``), so a student built with a custom
+template reads exactly the text its teaching data holds; its chat template's edits are derived from the same
+template (``template_parts``).
 """
 from __future__ import annotations
 
 import math
 import re
 
-from eval.dialogue_text import answer_text, feedback_text, noun_title, question_text, task_instructions
+from eval.dialogue_text import (
+    PromptTemplate, answer_text, default_template, noun_title, option_line, question_text, round_header,
+    task_instructions,
+)
 from ppl_models import Domain
 
 SPECIAL_TOKENS = ["<pad>", "<unk>", "<|end|>", "<|system|>", "<|user|>", "<|assistant|>"]
@@ -17,6 +23,45 @@ FALLBACK_PATTERN = r"[A-Za-z]+(?:'[a-z]+)?|\d|[^\sA-Za-z\d]"
 MAX_ROUND_PHRASES = 20  # "Round 1." ... "Round 20." are single tokens (later rounds fall back to pieces)
 MAX_OPTION_TOKENS = 30_000  # whole option lines become single tokens when a domain has at most this many
 CHOSEN_PREFIX = "Chosen: "  # the restated chosen option (see student_chat_template)
+
+
+def split_at(text: str, placeholder: str) -> tuple[str, str]:
+    """(the text before, the text after) the first ``placeholder`` in ``text``."""
+    before, _, after = text.partition(placeholder)
+    return before, after
+
+
+def template_parts(domain: Domain, template: PromptTemplate | None = None) -> dict:
+    """The template's texts around each number, for the student's phrases and chat template: each value is
+    (before, after) the number, e.g. "answer": ("The best option is Hotel ", ".") and "header": ("Hotel ", ": ")
+    for the option line "Hotel 2: <description>"; "feedback_core" is the longest common ending of the three
+    feedback texts when it holds the number ("I prefer Hotel ", "."), else None.  Raises ValueError when the
+    option line's number does not come before its description (the student's option tokens need a header)."""
+    template = template or default_template()
+    line = option_line(domain, "{number}", "{description}", template)
+    head, _ = split_at(line, "{description}")
+    if "{number}" not in head:
+        raise ValueError(f"prompt template {template.source}: the embedded student needs the option line's {{number}} "
+                         "before its {description}")
+    nouns = {"noun": domain.noun, "Noun": noun_title(domain)}
+    feedbacks = [template.fill(field, **nouns, number="{number}")
+                 for field in ("feedback_right", "feedback_wrong", "feedback_after_no_answer")]
+    common = ""
+    while len(common) < min(map(len, feedbacks)) and len({f[-len(common) - 1:] for f in feedbacks}) == 1:
+        common = feedbacks[0][-len(common) - 1:]
+    return {
+        "answer": split_at(answer_text(domain, "{number}", template), "{number}"),
+        "header": split_at(head, "{number}"),
+        "round": split_at(template.fill("round_header", round="{round}"), "{round}"),
+        "feedback": [split_at(text, "{number}") for text in feedbacks],
+        "feedback_core": split_at(common, "{number}") if "{number}" in common else None,
+    }
+
+
+def option_header(domain: Domain, number: int, template: PromptTemplate | None = None) -> str:
+    """The phrase that starts option ``number``'s line (1-based), without trailing spaces: "Hotel 2:"."""
+    before, after = template_parts(domain, template)["header"]
+    return f"{before}{number}{after}".rstrip()
 
 
 def value_texts(domain: Domain) -> list[list[str]]:
@@ -41,15 +86,14 @@ def value_combinations(domain: Domain, limit: int = MAX_OPTION_TOKENS):
     return list(itertools.product(*[range(len(f.values)) for f in domain.features]))
 
 
-def option_descriptions(domain: Domain, limit: int = MAX_OPTION_TOKENS):
+def option_descriptions(domain: Domain, limit: int = MAX_OPTION_TOKENS, template: PromptTemplate | None = None):
     """Every option line ``eval.dialogue_text.options_text`` can write ("Hotel 2: distance to downtown: 3
     miles, price: $460, ..."), with its option number (0-based) and value indices: a list of
     (text, number, index tuple); None when there are more than ``limit`` of them."""
     combinations = value_combinations(domain, limit)
     if combinations is None:
         return None
-    noun = noun_title(domain)
-    return [(f"{noun} {k + 1}: {domain.option_text(index)}", k, index)
+    return [(option_line(domain, k + 1, domain.option_text(index), template), k, index)
             for k in range(domain.n_options) for index in combinations]
 
 
@@ -63,7 +107,7 @@ def chosen_descriptions(domain: Domain, limit: int = MAX_OPTION_TOKENS):
 
 
 def student_chat_template(domain: Domain, restate: bool = False, answer_after_options: bool = True,
-                          round_markers: bool = True) -> str:
+                          round_markers: bool = True, template: PromptTemplate | None = None) -> str:
     """The student's chat template: ``<|role|>content<|end|>`` per message and ``<|assistant|>`` as the
     generation prompt, with optional changes.  Each turn's text depends only on the turns before it, so the
     template stays append-only whatever the options.
@@ -79,28 +123,44 @@ def student_chat_template(domain: Domain, restate: bool = False, answer_after_op
 
     ``round_markers=False`` (with ``answer_after_options``): the "Round k." lines are dropped too, so that a
     round after the last one trained on reads like the others.
+
+    The texts these edits look for (the feedback, option headers, answer, question, round header) are the
+    prompt template's (``template_parts``; the default's are quoted above).
     """
-    noun = noun_title(domain)
-    question = "\n" + question_text(domain)
-    answer_prefix = answer_text(domain, 0).rsplit(" ", 1)[0] + " "  # "The best option is Hotel "
+    parts = template_parts(domain, template)
+    question = "\n" + question_text(domain, template)
+    answer_prefix, answer_suffix = parts["answer"]  # "The best option is Hotel ", "."
+    header_before, header_after = parts["header"]  # "Hotel ", ": "
+    round_before, round_after = parts["round"]  # "Round ", "."
+    if parts["feedback_core"] is not None:  # one test for the three feedbacks: "I prefer Hotel k." in the turn
+        feedback_before, feedback_after = parts["feedback_core"]
+        says_prefer = f"({feedback_before!r} ~ k ~ {feedback_after!r}) in message['content']"
+    else:
+        says_prefer = " or ".join(f"message['content'].startswith({before!r} ~ k ~ {after!r})"
+                                  for before, after in parts["feedback"])
     # Both edits cut strings with split() rather than looping over lines: the sandboxed Jinja renderer
     # charges for every call, and line loops made tokenising 4x slower (3.5 vs 0.9 ms a 5-round dialogue).
     restated = (
         f"{{% for k in range(1, {domain.n_options + 1}) %}}"
-        f"{{% if ('I prefer {noun} ' ~ k ~ '.') in message['content'] %}}"
-        f"{{% set after = ns.previous.split('\\n{noun} ' ~ k ~ ': ', 1) %}}"
+        f"{{% if {says_prefer} %}}"
+        f"{{% set after = ns.previous.split({chr(10) + header_before!r} ~ k ~ {header_after!r}, 1) %}}"
         f"{{% if after|length == 2 %}}{{{{ '{CHOSEN_PREFIX}' + after[1].split('\\n', 1)[0] + ' ' }}}}{{% endif %}}"
         "{% endif %}{% endfor %}"
     ) if restate else ""
     if answer_after_options:
-        answer = f"{{{{ '\\n' + message['content'] | replace({answer_prefix!r}, '') | replace('.', '') }}}}"
+        suffix_cut = f" | replace({answer_suffix!r}, '')" if answer_suffix else ""
+        answer = f"{{{{ '\\n' + message['content'] | replace({answer_prefix!r}, ''){suffix_cut} }}}}"
         user = f"{{{{ message['content'] | replace({question!r}, '') }}}}"
         if not round_markers:
             # drop the line "Round k." (the text before it ends in a newline, the text after starts a line)
+            if not round_before:
+                raise ValueError("the embedded student without round markers needs text before {round} in the "
+                                 "prompt template's round_header")
+            number = f"rest[0][:-{len(round_after)}]" if round_after else "rest[0]"
             user = (f"{{% set text = message['content'] | replace({question!r}, '') %}}"
-                    "{% set cut = text.split('\\nRound ', 1) %}"
+                    f"{{% set cut = text.split({chr(10) + round_before!r}, 1) %}}"
                     "{% set rest = cut[1].split('\\n', 1) if cut|length == 2 else [] %}"
-                    "{% if rest|length == 2 and rest[0].endswith('.') and rest[0][:-1].isdigit() %}"
+                    f"{{% if rest|length == 2 and rest[0].endswith({round_after!r}) and {number}.isdigit() %}}"
                     "{{ cut[0] + '\\n' + rest[1] }}{% else %}{{ text }}{% endif %}")
         content = "{% if message['role'] == 'assistant' %}" + answer + "{% else %}" + user + "{% endif %}"
         opening = "{% if message['role'] != 'assistant' %}{{ '<|' + message['role'] + '|>' }}{% endif %}"
@@ -125,27 +185,31 @@ def description_pattern(domain: Domain) -> str:
     )
 
 
-def option_description_pattern(domain: Domain) -> str:
+def option_description_pattern(domain: Domain, template: PromptTemplate | None = None) -> str:
     """A regex matching exactly the option lines of ``domain``: a header "Hotel k: " and a description."""
-    header = "(?:" + "|".join(re.escape(f"{noun_title(domain)} {k + 1}: ") for k in range(domain.n_options)) + ")"
+    before, after = template_parts(domain, template)["header"]
+    header = "(?:" + "|".join(re.escape(f"{before}{k + 1}{after}") for k in range(domain.n_options)) + ")"
     return header + description_pattern(domain)
 
 
-def domain_phrases(domain: Domain, max_rounds: int = MAX_ROUND_PHRASES, merge_values: bool = True) -> list[str]:
+def domain_phrases(domain: Domain, max_rounds: int = MAX_ROUND_PHRASES, merge_values: bool = True,
+                   template: PromptTemplate | None = None) -> list[str]:
     """The phrases that become single tokens: fixed dialogue text, feature names and values."""
-    noun = noun_title(domain)
-    phrases = [task_instructions(domain), question_text(domain)]
+    parts = template_parts(domain, template)
+    phrases = [task_instructions(domain, template), question_text(domain, template)]
     # answers and feedback, cut before the option number: "The best option is Hotel", "Not quite: I prefer Hotel"
-    for text in (answer_text(domain, 0), feedback_text(domain, 0, 0), feedback_text(domain, 0, 1),
-                 feedback_text(domain, -1, 0)):
-        phrases.append(text.rsplit(" ", 1)[0])
-    phrases.append(answer_text(domain, -1))
-    phrases += [f"{noun} {i + 1}:" for i in range(max(domain.n_options, 9))]
-    phrases += [f"Round {r}." for r in range(1, max_rounds + 1)]
+    for before, _ in [parts["answer"]] + parts["feedback"]:
+        phrases.append(before.rstrip())
+    phrases.append(answer_text(domain, -1, template))
+    phrases += [option_header(domain, i + 1, template) for i in range(max(domain.n_options, 9))]
+    phrases += [round_header(r - 1, template) for r in range(1, max_rounds + 1)]
     phrases += [f"{name}:" for name in domain.feature_names]
     phrases += [t for texts in value_texts(domain) for t in texts]
     if merge_values:
         phrases += [p for texts in feature_value_phrases(domain) for p in texts]
+    # what follows a number ("." after "Hotel 2"), when it is more than one fallback piece
+    phrases += [after.strip() for _, after in [parts["answer"]] + parts["feedback"]
+                if len(re.findall(FALLBACK_PATTERN, after)) > 1]
     return list(dict.fromkeys(p for p in phrases if p))
 
 
@@ -156,27 +220,30 @@ def split_pattern(phrases: list[str], first: tuple[str, ...] = ()) -> str:
 
 
 def build_tokenizer(domain: Domain, merge_values: bool = True, option_tokens: bool = False,
-                    restate_choices: bool = False, answer_after_options: bool = False, round_markers: bool = True):
+                    restate_choices: bool = False, answer_after_options: bool = False, round_markers: bool = True,
+                    template: PromptTemplate | None = None):
     """A word/phrase-level PreTrainedTokenizerFast for ``domain`` with an append-only chat template; with
     ``option_tokens`` every whole option line is one token too (when there are few enough), and with
     ``restate_choices`` too, the template restates each chosen option; ``answer_after_options``: the answer's
     option number follows the last option line; ``round_markers=False``: no "Round k." lines (all three:
-    ``student_chat_template``)."""
+    ``student_chat_template``); ``template``: the prompt template whose text it reads (default: the shipped one)."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    phrases = domain_phrases(domain, merge_values=merge_values)
-    descriptions = option_descriptions(domain) if option_tokens else None
+    phrases = domain_phrases(domain, merge_values=merge_values, template=template)
+    descriptions = option_descriptions(domain, template=template) if option_tokens else None
     restate = bool(descriptions) and restate_choices
     chosen = chosen_descriptions(domain) if restate else []
-    line_pattern = option_description_pattern(domain)
+    line_pattern = option_description_pattern(domain, template)
     first = (line_pattern, re.escape(CHOSEN_PREFIX) + description_pattern(domain)) if restate else (line_pattern,)
     pattern = split_pattern(phrases, first=first if descriptions else ())
     # Vocabulary: the phrases plus every fallback piece of the fixed texts, single digits, letters-words of
     # the noun, and ASCII punctuation, so nothing the dialogue module writes for this domain is unknown.
     fallback = re.compile(FALLBACK_PATTERN)
     pieces = [str(d) for d in range(10)] + list("!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~")
-    for phrase in phrases + [domain.noun, noun_title(domain), "Round", "option"]:
+    parts = template_parts(domain, template)
+    around_numbers = [text for pair in [parts["answer"], parts["header"], parts["round"]] + parts["feedback"] for text in pair]
+    for phrase in phrases + [domain.noun, noun_title(domain), "Round", "option"] + around_numbers:
         pieces += fallback.findall(phrase)
     vocab_list = list(dict.fromkeys(SPECIAL_TOKENS + phrases + pieces + [text for text, _, _ in descriptions or []]
                                     + [text for text, _ in chosen]))
@@ -185,6 +252,6 @@ def build_tokenizer(domain: Domain, merge_values: bool = True, option_tokens: bo
     backend.decoder = decoders.WordPiece(prefix="##", cleanup=True)  # joins tokens with spaces
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", pad_token="<pad>",
                                         eos_token="<|end|>", additional_special_tokens=SPECIAL_TOKENS[3:])
-    tokenizer.chat_template = student_chat_template(domain, restate, answer_after_options, round_markers)
+    tokenizer.chat_template = student_chat_template(domain, restate, answer_after_options, round_markers, template)
     tokenizer.model_max_length = 10**6
     return tokenizer

@@ -24,7 +24,8 @@ from pathlib import Path
 import torch
 
 from eval.assistants import pick_argmax
-from eval.dialogue_text import candidate_answers, dialogue_messages
+from eval.dialogue_text import PromptTemplate, candidate_answers, default_template, dialogue_messages, load_template
+from eval.prompt_template import check_template
 from eval.report import package_versions
 from ppl_models import Domain, all_users, infer, simulate_dialogues
 from ppl_models.rng import generator
@@ -54,14 +55,15 @@ def teacher_picks(domain: Domain, dialogues, seed: int):
 
 
 def build_examples(domain: Domain, teacher: str, users: torch.Tensor, n_dialogues: int, seed: int,
-                   prefixes: str = "all", n_rounds: int | None = None) -> list[dict]:
+                   prefixes: str = "all", n_rounds: int | None = None, template: PromptTemplate | None = None) -> list[dict]:
     """Every prefix of every simulated dialogue as one chat example (see the module docstring); with
     ``prefixes="longest"`` only the whole dialogue (its assistant turns are those of all its prefixes, so a
     trainer that learns every assistant turn gets the same targets from a fifth of the text).
 
     ``n_rounds``: rounds per teaching dialogue (default: the domain's, as in the study).  The evaluation
     protocol asks for a recommendation after 0..n_rounds observed rounds, i.e. in round n_rounds + 1 too;
-    teaching dialogues of n_rounds + 1 rounds contain that question."""
+    teaching dialogues of n_rounds + 1 rounds contain that question.  ``template``: the prompt template of the
+    text (default: the shipped one)."""
     if n_rounds is not None and n_rounds != domain.n_rounds:
         if n_rounds < 1:
             raise ValueError(f"n_rounds must be at least 1, got {n_rounds}")
@@ -74,12 +76,12 @@ def build_examples(domain: Domain, teacher: str, users: torch.Tensor, n_dialogue
     dialogues = simulate_dialogues(domain, users, n_dialogues, seed, stream="teaching")
     bayes_picks, predictive = teacher_picks(domain, dialogues, seed)
     picks = dialogues.choices if teacher == "oracle" else bayes_picks
-    candidates = candidate_answers(domain)
+    candidates = candidate_answers(domain, template)
     examples = []
     for d in range(len(dialogues)):
         options, choices, picks_d = dialogues.option_index[d], dialogues.choices[d].tolist(), picks[d].tolist()
         for length in range(first_length, domain.n_rounds + 1):
-            example = {"messages": dialogue_messages(domain, options, picks_d, choices, length)}
+            example = {"messages": dialogue_messages(domain, options, picks_d, choices, length, template)}
             if teacher == "soft":
                 example["soft_targets"] = [
                     {"message_index": 2 * r + 1, "candidates": candidates,
@@ -105,13 +107,15 @@ def _write_atomic(path: Path, text: str) -> str:
 def write_teaching_set(
     domain: Domain, teacher: str, out_dir, *, n_dialogues: int = 10, n_eval_users: int = 0, seed: int = 0,
     max_train_users: int | None = None, prefixes: str = "all", n_rounds: int | None = None,
+    template: PromptTemplate | None = None,
 ) -> dict:
     """Write ``train-<teacher>.jsonl`` and ``manifest.json`` into ``out_dir``; return the manifest.
 
     ``n_eval_users`` users are held out (their ids go in the manifest, for evaluation); ``max_train_users``
     caps the teaching users (a seeded subset), for quick runs.  ``prefixes``: "all" (every prefix of a
     dialogue is an example, as in the study) or "longest" (one example per dialogue); ``n_rounds``: rounds
-    per dialogue (default: the domain's)."""
+    per dialogue (default: the domain's); ``template``: the prompt template (default: the shipped one), recorded
+    in the manifest with its sha256 and whole content."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     train_users, eval_users = split_users(domain, n_eval_users, seed)
@@ -119,7 +123,8 @@ def write_teaching_set(
         order = torch.randperm(len(train_users), generator=generator(seed, "train-users"))
         train_users = train_users[order[:max_train_users]].sort().values
     n_rounds = domain.n_rounds if n_rounds is None else n_rounds
-    examples = build_examples(domain, teacher, train_users, n_dialogues, seed, prefixes, n_rounds)
+    template = template or default_template()
+    examples = build_examples(domain, teacher, train_users, n_dialogues, seed, prefixes, n_rounds, template)
     data_file = f"train-{teacher}.jsonl"
     text = "".join(json.dumps(example, ensure_ascii=False, sort_keys=True) + "\n" for example in examples)
     manifest = {
@@ -133,6 +138,7 @@ def write_teaching_set(
                    "dialogues": int(len(train_users)) * n_dialogues, "examples": len(examples)},
         "eval_users": eval_users.tolist(),
         "files": {data_file: _write_atomic(out_dir / data_file, text)},
+        "prompt_template": template.summary(with_content=True),
         "versions": {k: v for k, v in package_versions().items() if k == "bayes-teach"},
     }
     _write_atomic(out_dir / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
@@ -144,3 +150,20 @@ def read_manifest(out_dir) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"no teaching-set manifest at {path}; run make-data first")
     return json.loads(path.read_text())
+
+
+def teaching_set_template(data_path, template_path=None) -> PromptTemplate:
+    """The prompt template a teaching set's text was written with: ``template_path`` (checked against the one
+    the set's manifest records, when it records one: a mismatch is a ValueError), else the manifest's, else
+    the default (a set without a manifest, e.g. one of the user's own)."""
+    manifest_path = Path(data_path).parent / MANIFEST
+    recorded = json.loads(manifest_path.read_text()).get("prompt_template") if manifest_path.is_file() else None
+    if template_path is not None:
+        template = load_template(template_path)
+        if recorded and recorded["sha256"] != template.sha256:
+            raise ValueError(f"teaching set {data_path} was written with prompt template {recorded['name']!r} (sha256 "
+                             f"{recorded['sha256'][:12]}), not {template.name!r} (sha256 {template.sha256[:12]}) from {template_path}")
+        return template
+    if recorded and "content" in recorded:
+        return check_template(recorded["content"], str(manifest_path))
+    return default_template()

@@ -2,76 +2,121 @@
 
 Teaching data (distill/) and evaluation prompts (eval/) are both built here, so they cannot drift apart.
 Nouns, feature names and value formats all come from the domain declaration, so a new domain needs no new
-prompt code.  A dialogue reads::
+prompt code.  The wording comes from a prompt template (``eval/prompt_template.py``; every function takes
+``template``, default: the shipped ``eval/templates/default.json``); the layout is fixed here.  With the
+default template a dialogue reads::
 
-    user:      <task explanation>  Round 1. Flight 1: departure time: 10:48 AM, ... / Flight 2: ... / Flight 3: ...
+    user:      <task explanation>
+
+               Round 1.
+               Flight 1: departure time: 10:48 AM, ...
+               Flight 2: ...
+               Flight 3: ...
+               Which flight is best for me?
     assistant: The best option is Flight 2.
-    user:      Not quite: I prefer Flight 3.  Round 2. ...
+    user:      Not quite: I prefer Flight 3.
+
+               Round 2. ...
     assistant: The best option is Flight 1.
     ...
 """
 from __future__ import annotations
 
+import re
 from typing import Sequence
 
 from ppl_models import Domain
+
+from .prompt_template import PromptTemplate, default_template, load_template  # noqa: F401  (load_template: re-export)
+
+ANSWER_PLACEHOLDER = "N"  # how the instructions and belief question show the number to answer with
 
 
 def noun_title(domain: Domain) -> str:
     return domain.noun[:1].upper() + domain.noun[1:]
 
 
-def task_instructions(domain: Domain) -> str:
+def _nouns(domain: Domain) -> dict:
+    return {"noun": domain.noun, "Noun": noun_title(domain)}
+
+
+def task_instructions(domain: Domain, template: PromptTemplate | None = None) -> str:
     """The first user turn's explanation of the task (the study's protocol, in our own words)."""
-    features = ", ".join(domain.feature_names[:-1]) + f" and {domain.feature_names[-1]}"
-    return (
-        f"Help me choose a {domain.noun}. I have fixed preferences about {features}, and they do not change. "
-        f"In each round I will show you {domain.n_options} {domain.noun}s; recommend the one I will like best. "
-        "You don't know my preferences, so work them out from the choices I make as we go. "
-        "When you are unsure, use your best judgment: do not ask me for more information. "
-        f'Answer with "The best option is {noun_title(domain)} N."'
-    )
+    template = template or default_template()
+    names = domain.feature_names
+    features = template.fields["feature_separator"].join(names[:-1]) + template.fields["feature_last_separator"] + names[-1]
+    return template.fill("instructions", **_nouns(domain), features=features, n_options=domain.n_options,
+                         answer_format=answer_text(domain, ANSWER_PLACEHOLDER, template))
 
 
-def options_text(domain: Domain, option_index_round) -> str:
+def option_line(domain: Domain, number, description: str, template: PromptTemplate | None = None) -> str:
+    """One option's line, e.g. "Flight 2: departure time: 10:48 AM, ..." (``number`` is 1-based)."""
+    return (template or default_template()).fill("option_line", **_nouns(domain), number=number, description=description)
+
+
+def options_text(domain: Domain, option_index_round, template: PromptTemplate | None = None) -> str:
     """The options of one round, one line each: "Flight 1: departure time: 10:48 AM, ..."."""
-    return "\n".join(
-        f"{noun_title(domain)} {i + 1}: {domain.option_text(row)}" for i, row in enumerate(option_index_round.tolist())
-    )
+    return "\n".join(option_line(domain, i + 1, domain.option_text(row), template)
+                     for i, row in enumerate(option_index_round.tolist()))
 
 
-def question_text(domain: Domain) -> str:
+def question_text(domain: Domain, template: PromptTemplate | None = None) -> str:
     """The question that closes every round: "Which hotel is best for me?"."""
-    return f"Which {domain.noun} is best for me?"
+    return (template or default_template()).fill("question", **_nouns(domain))
 
 
-def round_text(domain: Domain, round_number: int, option_index_round) -> str:
-    return f"Round {round_number + 1}.\n{options_text(domain, option_index_round)}\n{question_text(domain)}"
+def round_header(round_number: int, template: PromptTemplate | None = None) -> str:
+    """The line that opens round ``round_number`` (0-based): "Round 1."."""
+    return (template or default_template()).fill("round_header", round=round_number + 1)
 
 
-def answer_text(domain: Domain, pick: int) -> str:
+def round_text(domain: Domain, round_number: int, option_index_round, template: PromptTemplate | None = None) -> str:
+    return (f"{round_header(round_number, template)}\n{options_text(domain, option_index_round, template)}\n"
+            f"{question_text(domain, template)}")
+
+
+def answer_text(domain: Domain, pick, template: PromptTemplate | None = None) -> str:
     """The assistant's answer naming option ``pick`` (0-based; a negative pick is an answer that named no
-    option, as an LM's unparseable reply in generate mode)."""
+    option, as an LM's unparseable reply in generate mode; a string is written as it is, e.g. "N")."""
+    template = template or default_template()
+    if isinstance(pick, str):
+        return template.fill("answer", **_nouns(domain), number=pick)
     if int(pick) < 0:
-        return "I am not sure which one is best."
-    return f"The best option is {noun_title(domain)} {int(pick) + 1}."
+        return template.fill("no_answer", **_nouns(domain))
+    return template.fill("answer", **_nouns(domain), number=int(pick) + 1)
 
 
-def candidate_answers(domain: Domain) -> list[str]:
+def candidate_answers(domain: Domain, template: PromptTemplate | None = None) -> list[str]:
     """The answers an assistant can give in a round, one per option (what LM scoring compares)."""
-    return [answer_text(domain, o) for o in range(domain.n_options)]
+    return [answer_text(domain, o, template) for o in range(domain.n_options)]
 
 
-def feedback_text(domain: Domain, pick: int, choice: int) -> str:
+def feedback_text(domain: Domain, pick: int, choice: int, template: PromptTemplate | None = None) -> str:
     """The user's reply after the assistant recommended ``pick`` and the user prefers ``choice``."""
-    if int(pick) < 0:
-        return f"I prefer {noun_title(domain)} {int(choice) + 1}."
-    if int(pick) == int(choice):
-        return f"That's right: I prefer {noun_title(domain)} {int(choice) + 1}."
-    return f"Not quite: I prefer {noun_title(domain)} {int(choice) + 1}."
+    template = template or default_template()
+    field = "feedback_after_no_answer" if int(pick) < 0 else "feedback_right" if int(pick) == int(choice) else "feedback_wrong"
+    return template.fill(field, **_nouns(domain), number=int(choice) + 1)
 
 
-def dialogue_messages(domain: Domain, option_index, picks: Sequence[int], choices: Sequence[int], n_rounds: int | None = None):
+def match_answer(domain: Domain, text: str, template: PromptTemplate | None = None) -> int | None:
+    """The 0-based option named by the first answer in ``text`` written exactly as the template writes it
+    (None when there is none, or it names an option out of range); a lenient parser can take over after it."""
+    return _match_number(answer_text(domain, "{number}", template), text, domain.n_options)
+
+
+def _match_number(filled: str, text: str, n: int) -> int | None:
+    """The 1-based number in ``text`` where ``filled`` (a text with one "{number}") matches, as a 0-based index."""
+    first, *rest = filled.split("{number}")  # a number written twice must be the same number
+    pattern = re.escape(first) + r"(\d+)" + r"\1".join(re.escape(part) for part in rest)
+    found = re.search(pattern, text)
+    if found is None:
+        return None
+    number = int(found.group(1))
+    return number - 1 if 1 <= number <= n else None
+
+
+def dialogue_messages(domain: Domain, option_index, picks: Sequence[int], choices: Sequence[int],
+                      n_rounds: int | None = None, template: PromptTemplate | None = None):
     """Chat messages of a dialogue through the assistant's answer in round ``n_rounds`` (default: all).
 
     ``option_index``: long [R, O, F]; ``picks``: the assistant's pick per round; ``choices``: the user's.
@@ -80,30 +125,37 @@ def dialogue_messages(domain: Domain, option_index, picks: Sequence[int], choice
     n_rounds = len(picks) if n_rounds is None else n_rounds
     messages = []
     for r in range(n_rounds):
-        messages.append({"role": "user", "content": user_turn(domain, option_index, picks, choices, r)})
-        messages.append({"role": "assistant", "content": answer_text(domain, picks[r])})
+        messages.append({"role": "user", "content": user_turn(domain, option_index, picks, choices, r, template)})
+        messages.append({"role": "assistant", "content": answer_text(domain, picks[r], template)})
     return messages
 
 
-def user_turn(domain: Domain, option_index, picks, choices, r: int) -> str:
+def turn_opening(domain: Domain, picks, choices, r: int, template: PromptTemplate | None = None) -> str:
+    """What the user says first in round ``r``: the instructions (round 0) or feedback on round r-1."""
+    if r == 0:
+        return task_instructions(domain, template)
+    return feedback_text(domain, picks[r - 1], choices[r - 1], template)
+
+
+def user_turn(domain: Domain, option_index, picks, choices, r: int, template: PromptTemplate | None = None) -> str:
     """The user's turn that opens round ``r``: the instructions (round 0) or feedback on round r-1."""
-    opening = task_instructions(domain) if r == 0 else feedback_text(domain, picks[r - 1], choices[r - 1])
-    return f"{opening}\n\n{round_text(domain, r, option_index[r])}"
+    return f"{turn_opening(domain, picks, choices, r, template)}\n\n{round_text(domain, r, option_index[r], template)}"
 
 
-def prompt_messages(domain: Domain, option_index, picks, choices, r: int):
+def prompt_messages(domain: Domain, option_index, picks, choices, r: int, template: PromptTemplate | None = None):
     """The conversation up to and including round ``r``'s user turn (what the assistant answers)."""
-    return dialogue_messages(domain, option_index, picks, choices, r) + [
-        {"role": "user", "content": user_turn(domain, option_index, picks, choices, r)}
+    return dialogue_messages(domain, option_index, picks, choices, r, template) + [
+        {"role": "user", "content": user_turn(domain, option_index, picks, choices, r, template)}
     ]
 
 
-def heldout_prompt_messages(domain: Domain, history_options, picks, choices, heldout_option_index):
+def heldout_prompt_messages(domain: Domain, history_options, picks, choices, heldout_option_index,
+                            template: PromptTemplate | None = None):
     """The conversation after all observed rounds, followed by one held-out round's options."""
     k = len(choices)
-    messages = dialogue_messages(domain, history_options, picks, choices, k)
-    opening = task_instructions(domain) if k == 0 else feedback_text(domain, picks[k - 1], choices[k - 1])
-    messages.append({"role": "user", "content": f"{opening}\n\n{round_text(domain, k, heldout_option_index)}"})
+    messages = dialogue_messages(domain, history_options, picks, choices, k, template)
+    opening = turn_opening(domain, picks, choices, k, template)
+    messages.append({"role": "user", "content": f"{opening}\n\n{round_text(domain, k, heldout_option_index, template)}"})
     return messages
 
 
@@ -111,44 +163,47 @@ def heldout_prompt_messages(domain: Domain, history_options, picks, choices, hel
 # The study also asked assistants, during the dialogue, what they thought the user's preference on each
 # feature was.  The scale's points (1..5) map to the feature's weight levels in ascending order
 # (eval/belief_scale.py); the question names the feature and its lowest and highest values.
-BELIEF_SCALE = (
-    "strongly prefer lower",
-    "somewhat prefer lower",
-    "indifferent",
-    "somewhat prefer higher",
-    "strongly prefer higher",
-)
+BELIEF_SCALE = default_template().fields["belief_scale"]  # the default wording (reports name the points with it)
 
 
-def belief_question(domain: Domain, feature_index: int) -> str:
+def belief_question(domain: Domain, feature_index: int, template: PromptTemplate | None = None) -> str:
     """The question about the user's preference on one feature, e.g. "On a scale of 1 to 5, how much do I
     prefer a higher price (lowest: $100; highest: $1000)? 1: strongly prefer lower, ..."."""
+    template = template or default_template()
     feature = domain.features[feature_index]
     order = sorted(range(len(feature.values)), key=lambda i: feature.normalised[i])
-    scale = ", ".join(f"{point}: {words}" for point, words in enumerate(BELIEF_SCALE, start=1))
-    return (
-        "Before we go on, tell me what you have worked out about my preferences so far. "
-        f"On a scale of 1 to {len(BELIEF_SCALE)}, how much do I prefer a higher {feature.name} "
-        f"(lowest: {feature.text(order[0])}; highest: {feature.text(order[-1])})? {scale}. "
-        f'Answer with "{belief_answer_text("N")}"'
-    )
+    points = template.fields["belief_scale"]
+    scale = template.fields["belief_scale_separator"].join(
+        template.fill("belief_scale_point", point=point, words=words) for point, words in enumerate(points, start=1))
+    return template.fill("belief_question", feature=feature.name, lowest=feature.text(order[0]),
+                         highest=feature.text(order[-1]), n_points=len(points), scale=scale,
+                         answer_format=belief_answer_text(ANSWER_PLACEHOLDER, template))
 
 
-def belief_answer_text(point) -> str:
+def belief_answer_text(point, template: PromptTemplate | None = None) -> str:
     """The answer naming scale point ``point`` (1-based, as the user reads the scale)."""
-    return f"My estimate is {point}."
+    return (template or default_template()).fill("belief_answer", point=point)
 
 
-def belief_candidate_answers() -> list[str]:
+def belief_candidate_answers(template: PromptTemplate | None = None) -> list[str]:
     """The answers to a belief question, one per scale point (what LM scoring compares)."""
-    return [belief_answer_text(point) for point in range(1, len(BELIEF_SCALE) + 1)]
+    n_points = len((template or default_template()).fields["belief_scale"])
+    return [belief_answer_text(point, template) for point in range(1, n_points + 1)]
 
 
-def belief_prompt_messages(domain: Domain, history_options, picks, choices, feature_index: int):
+def match_belief_answer(text: str, template: PromptTemplate | None = None) -> int | None:
+    """The 0-based scale point named by the first belief answer in ``text`` written exactly as the template
+    writes it (None when there is none or it is out of range)."""
+    n_points = len((template or default_template()).fields["belief_scale"])
+    return _match_number(belief_answer_text("{number}", template), text, n_points)
+
+
+def belief_prompt_messages(domain: Domain, history_options, picks, choices, feature_index: int,
+                           template: PromptTemplate | None = None):
     """The conversation after all observed rounds (``len(choices)`` of them), followed by the belief
     question about feature ``feature_index`` in place of the next round's options."""
     k = len(choices)
-    messages = dialogue_messages(domain, history_options, picks, choices, k)
-    opening = task_instructions(domain) if k == 0 else feedback_text(domain, picks[k - 1], choices[k - 1])
-    messages.append({"role": "user", "content": f"{opening}\n\n{belief_question(domain, feature_index)}"})
+    messages = dialogue_messages(domain, history_options, picks, choices, k, template)
+    opening = turn_opening(domain, picks, choices, k, template)
+    messages.append({"role": "user", "content": f"{opening}\n\n{belief_question(domain, feature_index, template)}"})
     return messages

@@ -10,6 +10,9 @@ Two ways to decide:
 Belief elicitation (``state_beliefs``) asks the same history one question per feature
 (``dialogue_text.belief_prompt_messages``): in score mode the 5 answers "My estimate is N." are scored and
 normalised over the 5, in generate mode the decoded answer's N is parsed (no N: a failure).
+
+All prompts and candidate answers come from ``template`` (a prompt template, default: the shipped one); in
+generate mode an answer written exactly as the template writes it is read first, then the lenient parsers.
 """
 from __future__ import annotations
 
@@ -19,17 +22,22 @@ from ppl_models.rng import generator
 
 from .assistants import Assistant, Recommendation, RecommendRequest, pick_argmax, truncate_request
 from .belief_scale import N_SCALE_POINTS, StatedBeliefs, belief_sites
-from .dialogue_text import belief_candidate_answers, belief_prompt_messages, candidate_answers, heldout_prompt_messages
+from .dialogue_text import (
+    PromptTemplate, belief_candidate_answers, belief_prompt_messages, candidate_answers, default_template,
+    heldout_prompt_messages, match_answer, match_belief_answer,
+)
 from .lm import ChoiceScorer, DialogueRequest, LoadedLM, RoundRequest, parse_belief_answer, parse_option_answer
 
 
 class LMAssistant(Assistant):
     """Recommends with a causal LM (``mode`` "score" or "generate")."""
 
-    def __init__(self, lm: LoadedLM, mode: str = "score", name: str | None = None, batch_size: int = 16):
+    def __init__(self, lm: LoadedLM, mode: str = "score", name: str | None = None, batch_size: int = 16,
+                 template: PromptTemplate | None = None):
         if mode not in ("score", "generate"):
             raise ValueError(f"mode must be 'score' or 'generate', not {mode!r}")
         self.lm, self.mode = lm, mode
+        self.template = template or default_template()
         self.scorer = ChoiceScorer(lm, batch_size=batch_size)
         self.name = name or f"lm:{lm.model_id}"
         self.unparseable_examples: list[str] = []  # a few raw answers that named no option, for reports
@@ -47,6 +55,7 @@ class LMAssistant(Assistant):
                         request.history_picks[d].tolist(),
                         request.history_choices[d].tolist(),
                         request.option_sets[d, m],
+                        self.template,
                     )
                 )
         return conversations
@@ -56,12 +65,13 @@ class LMAssistant(Assistant):
         conversations = self.prompts(request)
         gen = generator(request.seed, "tiebreak", self.name)
         if self.mode == "score":
-            candidates = candidate_answers(request.domain)
+            candidates = candidate_answers(request.domain, self.template)
             scored = self.scorer.score([DialogueRequest([RoundRequest(c, candidates)]) for c in conversations])
             probs = torch.stack([p[0] for p in scored]).reshape(n_dialogues, n_sets, n_options).float()
             return Recommendation(probs, pick_argmax(probs, gen))
         answers = self.scorer.generate(conversations)
-        parsed = [parse_option_answer(a, request.domain.noun, n_options) for a in answers]
+        parsed = [_first_found(match_answer(request.domain, a, self.template), parse_option_answer, a, request.domain.noun,
+                               n_options) for a in answers]
         failures = torch.tensor([p is None for p in parsed]).reshape(n_dialogues, n_sets)
         for answer, p in zip(answers, parsed):
             if p is None and len(self.unparseable_examples) < 5:
@@ -80,6 +90,7 @@ class LMAssistant(Assistant):
                 request.history_picks[d].tolist(),
                 request.history_choices[d].tolist(),
                 f,
+                self.template,
             )
             for d in range(request.history_choices.shape[0])
             for f in range(n_features)
@@ -95,14 +106,20 @@ class LMAssistant(Assistant):
         conversations = [c for k in range(n_states) for c in self.belief_prompts(truncate_request(request, k))]
         shape = (n_states, n_dialogues, n_features)
         if self.mode == "score":
-            candidates = belief_candidate_answers()
+            candidates = belief_candidate_answers(self.template)
             scored = self.scorer.score([DialogueRequest([RoundRequest(c, candidates)]) for c in conversations])
             probs = torch.stack([p[0] for p in scored]).double().reshape(shape + (N_SCALE_POINTS,))
             return [StatedBeliefs(probs[k]) for k in range(n_states)]
         answers = self.scorer.generate(conversations)
-        parsed = [parse_belief_answer(a, N_SCALE_POINTS) for a in answers]
+        parsed = [_first_found(match_belief_answer(a, self.template), parse_belief_answer, a, N_SCALE_POINTS)
+                  for a in answers]
         for answer, p in zip(answers, parsed):
             if p is None and len(self.unparseable_belief_examples) < 5:
                 self.unparseable_belief_examples.append(answer)
         points = torch.tensor([-1 if p is None else p for p in parsed]).reshape(shape)
         return [StatedBeliefs.from_points(points[k], distribution=False) for k in range(n_states)]
+
+
+def _first_found(matched, parser, *args):
+    """``matched`` (an answer read as the template writes it) unless None, else ``parser(*args)``."""
+    return matched if matched is not None else parser(*args)
