@@ -93,11 +93,23 @@ def truncate_request(request: RecommendRequest, k: int) -> RecommendRequest:
     )
 
 
+def abstain_where_empty(probs: torch.Tensor, picks: torch.Tensor) -> Recommendation:
+    """A recommendation from a posterior predictive ``probs`` [D, M, O] that is NaN where the posterior is
+    empty (choices no hypothesis explains): there the assistant has no answer (pick -1, counted wrong and as
+    a failure) and its probabilities are uniform (so log-loss stays finite)."""
+    empty = probs.isnan().any(-1)  # [D, M]
+    if not empty.any():
+        return Recommendation(probs, picks)
+    probs = torch.where(empty.unsqueeze(-1), torch.full_like(probs, 1.0 / probs.shape[-1]), probs)
+    return Recommendation(probs, torch.where(empty, -1, picks), empty)
+
+
 class BayesianAssistant(Assistant):
     """Recommends the option with the highest posterior predictive probability under exact inference.
 
     ``model_domain`` is the assistant's model of the user (default: the request's domain); it may differ
-    from the simulated users' (e.g. a noise-tolerant assistant for noisy users)."""
+    from the simulated users' (e.g. a noise-tolerant assistant for noisy users).  Where the user's choices
+    empty its posterior (real people under a deterministic user model), it abstains (``abstain_where_empty``)."""
 
     name = "bayesian"
 
@@ -106,17 +118,17 @@ class BayesianAssistant(Assistant):
 
     def _probs_after_each_round(self, request: RecommendRequest) -> torch.Tensor:
         domain = self.model_domain or request.domain
-        posterior = infer(domain, request.history_options, request.history_choices, marginals=False)
-        return predict(domain, posterior, request.option_sets)  # [D, r+1, M, O]
+        posterior = infer(domain, request.history_options, request.history_choices, marginals=False, impossible="keep")
+        return predict(domain, posterior, request.option_sets)  # [D, r+1, M, O], NaN where the posterior is empty
 
     def recommend(self, request: RecommendRequest) -> Recommendation:
         probs = self._probs_after_each_round(request)[:, -1]
-        return Recommendation(probs, pick_argmax(probs, generator(request.seed, "tiebreak", self.name)))
+        return abstain_where_empty(probs, pick_argmax(probs, generator(request.seed, "tiebreak", self.name)))
 
     def recommend_after_each_round(self, request: RecommendRequest) -> list[Recommendation]:
         probs = self._probs_after_each_round(request)
         return [
-            Recommendation(probs[:, k], pick_argmax(probs[:, k], generator(request.seed * 1000 + k, "tiebreak", self.name)))
+            abstain_where_empty(probs[:, k], pick_argmax(probs[:, k], generator(request.seed * 1000 + k, "tiebreak", self.name)))
             for k in range(probs.shape[1])
         ]
 
