@@ -304,6 +304,8 @@ def evaluate_study(loaded, assistant, model, adapter, mode, load_in_4bit, n_user
     if "score_vs_best" in report["metrics"]:
         scores = " ".join(f"{100 * v:.1f}" for v in report["metrics"]["score_vs_best"]["mean"])
         click.echo(f"score of the pick / best score, %, after each round: {scores}")
+    for key, note in report["study_data"]["notes"].items():
+        click.echo(f"note: {key.replace('_', ' ')}: {note}")
     empty = report["study_data"]["empty_posterior"]
     if empty:
         click.echo(f"{len(empty)} of {report['n_users']} users' choices leave no hypothesis of the user model (the "

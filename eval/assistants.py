@@ -112,14 +112,25 @@ class BayesianAssistant(Assistant):
     empty its posterior (real people under a deterministic user model), it abstains (``abstain_where_empty``)."""
 
     name = "bayesian"
+    POSTERIOR_BYTES = 256 << 20  # the posteriors held at once
 
     def __init__(self, model_domain: Domain | None = None):
         self.model_domain = model_domain
 
     def _probs_after_each_round(self, request: RecommendRequest) -> torch.Tensor:
+        """[D, r+1, M, O], NaN where the posterior is empty; in groups of dialogues whose float64 posteriors
+        ([d, r+1, H]) fit in POSTERIOR_BYTES (flight8: 390,625 hypotheses, 18.75 MB per dialogue of 5 rounds)."""
         domain = self.model_domain or request.domain
-        posterior = infer(domain, request.history_options, request.history_choices, marginals=False, impossible="keep")
-        return predict(domain, posterior, request.option_sets)  # [D, r+1, M, O], NaN where the posterior is empty
+        n_dialogues, n_states = request.history_choices.shape[0], request.n_rounds_seen + 1
+        per_dialogue = n_states * hypothesis_space(domain).size * 8
+        step = max(1, self.POSTERIOR_BYTES // per_dialogue)
+        parts = []
+        for start in range(0, max(n_dialogues, 1), step):
+            part = slice(start, start + step)
+            posterior = infer(domain, request.history_options[part], request.history_choices[part], marginals=False,
+                              impossible="keep")
+            parts.append(predict(domain, posterior, request.option_sets[part]))
+        return torch.cat(parts)
 
     def recommend(self, request: RecommendRequest) -> Recommendation:
         probs = self._probs_after_each_round(request)[:, -1]

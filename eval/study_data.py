@@ -8,6 +8,8 @@ every option text on the domain's grids (checking it against the file's scaled v
 ``reward_fn`` to its hypothesis of the domain, and joins each user to the held-out picks of the same
 ``reward_fn`` (the file is the truth, ties included; a ``reward_fn`` the held-out file lacks, as in a cut
 excerpt, gets the picks its weights imply, ties broken by a seeded draw, and is listed in ``notes``).
+The release has held-out files for flight and hotel only: for the other files (``flight_<n>features``)
+each user gets held-out sets drawn from the domain's generator, their weights choosing (said in ``notes``).
 
 * ``flight_human`` (held-out sets: ``flight``): lines are people, ``idx`` repeats, and a pick need not be
   any weight vector's best; each line is one user.
@@ -31,13 +33,13 @@ from pathlib import Path
 
 import torch
 
-from ppl_models import Domain, hypothesis_space
+from ppl_models import Domain, hypothesis_space, simulate_choices
 from ppl_models.linear import linear_utility, linear_weight_prior
 from ppl_models.domain import Feature
 from ppl_models.rng import generator
 
 from .assistants import pick_argmax
-from .protocol import ProtocolData
+from .protocol import N_HELDOUT, ProtocolData
 
 HELDOUT_OF = {"flight_human": "flight"}  # release file -> the held-out file its users are scored on
 VALUE_TOLERANCE = 1e-6  # option texts vs the file's scaled values
@@ -194,8 +196,6 @@ def load_study(domain: Domain, study_dir, study_file: str | None = None, n_users
 
         return load_webshop(interaction, root / "eval" / "heldout" / f"{name}.jsonl", domain, n_users, n_heldout)
     heldout_path = root / "eval" / "heldout" / f"{HELDOUT_OF.get(name, name)}.json"
-    if not heldout_path.is_file():
-        raise StudyDataError(f"no held-out file {heldout_path} for {interaction.name}")
     rows = read_jsonl(interaction)[:n_users]
     users, options, choices, weights = [], [], [], []
     for number, row in rows:
@@ -211,15 +211,23 @@ def load_study(domain: Domain, study_dir, study_file: str | None = None, n_users
         choices.append(list(picks))
         weights.append(need(row, "reward_fn", where))
         users.append(hypothesis_of_weights(domain, weights[-1], where))
-    heldout_options, heldout_choices, computed = read_heldout(domain, heldout_path, weights, n_heldout, seed)
-    n = len(rows)
-    data = ProtocolData(
-        torch.tensor(users), torch.stack(options), torch.tensor(choices),
-        heldout_options.expand((n,) + tuple(heldout_options.shape)), heldout_choices,
-    )
-    notes = {"heldout_choices_from_weights": [rows[i][0] for i in computed]} if computed else {}
+    n, users = len(rows), torch.tensor(users)
+    files = [file_record(interaction)]
+    if heldout_path.is_file():
+        heldout_options, heldout_choices, computed = read_heldout(domain, heldout_path, weights, n_heldout, seed)
+        heldout_options = heldout_options.expand((n,) + tuple(heldout_options.shape))
+        notes = {"heldout_choices_from_weights": [rows[i][0] for i in computed]} if computed else {}
+        files.append(file_record(heldout_path))
+    else:  # the release has held-out files for flight and hotel only: draw sets, the weights choose
+        n_sets = n_heldout or N_HELDOUT
+        heldout_options = domain.draw_options(generator(seed, "study-heldout", "options"), (n, n_sets))
+        heldout_choices = simulate_choices(domain.with_user(temperature=0.0, lapse=0.0), users, heldout_options,
+                                           generator(seed, "study-heldout", "choices"))
+        notes = {"heldout_drawn": f"no {heldout_path.name} in {heldout_path.parent}: {n_sets} held-out sets per user "
+                                  f"drawn from the domain (seed {seed}), each user's weights choosing"}
+    data = ProtocolData(users, torch.stack(options), torch.tensor(choices), heldout_options, heldout_choices)
     return StudyReplay(domain, data, "human" if name.endswith("human") else "synthetic", [r[0] for r in rows],
-                       [r[1].get("idx") for r in rows], [file_record(interaction), file_record(heldout_path)], None, notes)
+                       [r[1].get("idx") for r in rows], files, None, notes)
 
 
 def read_heldout(domain: Domain, path: Path, weights: list, n_heldout: int | None, seed: int):

@@ -109,6 +109,25 @@ def test_bayesian_replay_matches_a_brute_force_computation_on_the_file(name, stu
         assert report["study_data"]["kind"] == "human" and [u["idx"] for u in report["study_data"]["users"]] == [0, 0, 0]
 
 
+@pytest.mark.parametrize("name", ["flight_2features", "flight_5features"])
+def test_variants_without_a_heldout_file_replay_their_rounds_on_drawn_sets(name):
+    domain = get_domain(FILES[name])
+    study = load_study(domain, SAMPLE, name, n_heldout=4)
+    assert "heldout_drawn" in study.notes and study.data.heldout_options.shape == (3, 4, 3, len(domain.features))
+    run, _ = replay_study(study, BayesianAssistant())
+    weights_list = [w for w in itertools.product(LEVELS, repeat=len(domain.features)) if any(w)]
+    for u, line in enumerate(lines(name)):
+        choices = [r["user_idx"] for r in line["rounds"]]
+        for m in range(4):
+            set_numpy = [[domain.features[f].normalised[i] for f, i in enumerate(row)]
+                         for row in study.data.heldout_options[u, m].tolist()]
+            utilities = [sum(a * x for a, x in zip(line["reward_fn"], o)) for o in set_numpy]
+            assert utilities[int(run.heldout_choices[u, m])] >= max(utilities) - 1e-9  # the user's weights chose
+            for k in (0, 5):
+                expected = brute_force_predictive(weights_list, line["rounds_numpy"][:k], choices[:k], set_numpy)
+                assert run.probs[u, k, m].tolist() == pytest.approx(expected, abs=1e-6)
+
+
 def test_a_human_whose_choices_no_user_model_explains_is_reported_not_a_crash(tmp_path):
     """Four rounds whose options differ in one feature only, the middle value picked each time: only the
     excluded all-zero weight vector explains that, so the posterior is empty after round 4."""
