@@ -69,7 +69,8 @@ def flight_domain(n_features: int = 4) -> Domain:
         noun="flight",
         features=features,
         description=f"Flights with {n_features} features, as in the study's flight task"
-        + ("." if n_features == 4 else f" (its {n_features}-feature variant)."),
+        + ("." if n_features == 4 else f" (its {n_features}-feature variant"
+           + ("; 1,000 users drawn by default, as in the release)." if n_features > 4 else ").")),
         default_users=None if n_features <= 4 else 1000,  # as the release: the whole grid, or 1,000 drawn
         **linear_domain_parts(features),
     )
