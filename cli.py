@@ -286,7 +286,7 @@ def evaluate_study(loaded, assistant, model, adapter, mode, load_in_4bit, n_user
     chosen = lm_assistant(model, adapter, mode, load_in_4bit) if model else make_assistant(assistant)
     bar = progress_bar(study.domain.n_rounds + 1 + int(bool(elicit_beliefs)), f"{chosen.name} on {study.domain.name}")
     try:
-        _, report = replay_study(study, chosen, seed, bool(elicit_beliefs), bar.update,
+        run, report = replay_study(study, chosen, seed, bool(elicit_beliefs), bar.update,
                                  model=model, adapter=adapter, mode=mode if model else None)
     finally:
         bar.close()
@@ -297,6 +297,10 @@ def evaluate_study(loaded, assistant, model, adapter, mode, load_in_4bit, n_user
     save_report(report, out / "report.json")
     plot_reports([report], out / "accuracy.png", references=references,
                  title=f"{study.domain.name}: accuracy on the released held-out sets")
+    if elicit_beliefs:
+        from eval.beliefs import plot_beliefs
+
+        plot_beliefs(run, report, out / "beliefs.png")
     files = ", ".join(Path(f["path"]).name for f in report["study_data"]["files"])
     click.echo(f"{chosen.name} on {study.domain.name} ({study.kind}: {files}), {report['n_users']} users x "
                f"{report['n_heldout']} held-out sets")
