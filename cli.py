@@ -223,14 +223,22 @@ def lm_assistant(model, adapter, mode, load_in_4bit, label=None, template=None):
 @click.option("--prompt-template", type=click.Path(dir_okay=False), default=None,
               help="A prompt template JSON file with the wording of every prompt (see eval/templates/default.json); "
                    "default: the one saved in --model's directory (the embedded student saves its own), else the default.")
+@click.option("--study-data", "study_dir", type=click.Path(file_okay=False), default=None,
+              help="Replay the study's released files from this folder (it holds eval/interaction/ and eval/heldout/) "
+                   "instead of simulating users: their users, observed rounds, held-out sets and choices.")
+@click.option("--study-file", default=None,
+              help="With --study-data: the release file to replay, e.g. flight_human or webshop/area_rugs (default: "
+                   "the domain's own, e.g. flight_3features for flight3).")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Directory for report.json and accuracy.png.")
 def evaluate(domain, catalog, user_temperature, user_lapse, assistant, model, adapter, mode, load_in_4bit, n_users, seed,
-             heldout, elicit_beliefs, prompt_template, out_dir):
+             heldout, elicit_beliefs, prompt_template, study_dir, study_file, out_dir):
     """Evaluate an assistant or a language model with the study's protocol.
 
     Writes DIR/report.json (per-round accuracy, agreement with the Bayesian assistant, log-loss, KL and Brier
     against the Bayesian predictive, each with 95% bootstrap intervals) and DIR/accuracy.png; with elicited
-    beliefs also the belief metrics and DIR/beliefs.png.
+    beliefs also the belief metrics and DIR/beliefs.png.  With --study-data, the users are the released
+    file's (--users N: its first N; --heldout N: the first N held-out sets) and the report also says where
+    the data came from and whose choices no user of the model could have made.
     """
     from eval.assistants import make_assistant
     from eval.belief_scale import belief_levels, is_elicitable
@@ -244,10 +252,15 @@ def evaluate(domain, catalog, user_temperature, user_lapse, assistant, model, ad
         raise click.UsageError("--adapter needs --model")
     if prompt_template and not model:
         raise click.UsageError("--prompt-template needs --model (built-in assistants read no prompts)")
+    if study_file and not study_dir:
+        raise click.UsageError("--study-file needs --study-data")
     loaded = load_domain(domain, catalog, user_temperature, user_lapse)
     template, warning = template_for_model(model, prompt_template) if model else (None, None)
     if warning:
         click.echo(f"warning: {warning}", err=True)
+    if study_dir:
+        return evaluate_study(loaded, assistant, model, adapter, mode, load_in_4bit, n_users, seed, heldout,
+                              elicit_beliefs, study_dir, study_file, out_dir, template)
     if model:
         n_users, heldout = n_users or 50, heldout or 20
         chosen = lm_assistant(model, adapter, mode, load_in_4bit, template=template)
@@ -278,6 +291,56 @@ def evaluate(domain, catalog, user_temperature, user_lapse, assistant, model, ad
     if report["failures"].get("unparseable_belief_answers"):
         click.echo(f"{report['failures']['unparseable_belief_answers']} belief answers named no scale point")
     click.echo(f"report: {out / 'report.json'}\nplot: {out / 'accuracy.png'}" + (f", {out / 'beliefs.png'}" if elicit_beliefs else ""))
+
+
+def evaluate_study(loaded, assistant, model, adapter, mode, load_in_4bit, n_users, seed, heldout, elicit_beliefs,
+                   study_dir, study_file, out_dir, template=None):
+    """``evaluate --study-data``: replay a released file with the assistant, the Bayesian assistant (where the
+    data has a model) and random as references."""
+    from eval.assistants import BayesianAssistant, RandomAssistant, make_assistant
+    from eval.report import plot_reports, run_table, save_report
+    from eval.study_data import load_study
+    from eval.study_replay import replay_study
+
+    if model:
+        n_users, heldout = n_users or 50, heldout or 20
+    study = load_study(loaded, study_dir, study_file, n_users=n_users, n_heldout=heldout, seed=seed)
+    chosen = lm_assistant(model, adapter, mode, load_in_4bit, template=template) if model else make_assistant(assistant)
+    bar = progress_bar(study.domain.n_rounds + 1 + int(bool(elicit_beliefs)), f"{chosen.name} on {study.domain.name}")
+    try:
+        run, report = replay_study(study, chosen, seed, bool(elicit_beliefs), bar.update,
+                                 model=model, adapter=adapter, mode=mode if model else None)
+    finally:
+        bar.close()
+    references = [replay_study(study, reference, seed, extra={"label": f"{reference.name} (reference)"})[1]
+                  for reference in (BayesianAssistant(), RandomAssistant())
+                  if study.kind != "webshop" or not isinstance(reference, BayesianAssistant)]
+    out = Path(out_dir)
+    save_report(report, out / "report.json")
+    plot_reports([report], out / "accuracy.png", references=references,
+                 title=f"{study.domain.name}: accuracy on the released held-out sets")
+    if elicit_beliefs:
+        from eval.beliefs import plot_beliefs
+
+        plot_beliefs(run, report, out / "beliefs.png")
+    files = ", ".join(Path(f["path"]).name for f in report["study_data"]["files"])
+    click.echo(f"{chosen.name} on {study.domain.name} ({study.kind}: {files}), {report['n_users']} users x "
+               f"{report['n_heldout']} held-out sets")
+    click.echo(run_table(report))
+    if "score_vs_best" in report["metrics"]:
+        scores = " ".join(f"{100 * v:.1f}" for v in report["metrics"]["score_vs_best"]["mean"])
+        click.echo(f"score of the pick / best score, %, after each round: {scores}")
+    for key, note in report["study_data"]["notes"].items():
+        click.echo(f"note: {key.replace('_', ' ')}: {note}")
+    empty = report["study_data"]["empty_posterior"]
+    if empty:
+        click.echo(f"{len(empty)} of {report['n_users']} users' choices leave no hypothesis of the user model (the "
+                   "Bayesian assistant abstains from then on; --user-lapse or --user-temperature models people): "
+                   + ", ".join(f"line {e['line']} after round {e['after_round']}" for e in empty[:10])
+                   + (" ..." if len(empty) > 10 else ""))
+    if report["failures"]["unparseable_answers"]:
+        click.echo(f"{report['failures']['unparseable_answers']} answers named no option (counted wrong)")
+    click.echo(f"report: {out / 'report.json'}\nplot: {out / 'accuracy.png'}")
 
 
 @main.command()

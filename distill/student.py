@@ -9,7 +9,7 @@ Design (measured on hotel, 2 shared CPU cores, Nov 2026; numbers in the docstrin
 * **Tokenizer: one token per phrase** (``distill/student_tokenizer.py``, with the chat template).  Word-level
   over a vocabulary derived from the domain declaration and ``eval.dialogue_text``'s fixed phrases, never
   from a sample: the whole task explanation, each "feature: value" pair with its leading separator
-  (", price: $370"), each bare value text ("$370", "4.5 stars", "10:48 AM"), "Hotel 2:", "Round 3." and the
+  (", price: $370"), each bare value text ("$370", "4 stars", "10:48 AM"), "Hotel 2:", "Round 3." and the
   recurring answer / feedback phrases ("Not quite: I prefer Hotel") are single tokens.  A regex pre-tokeniser
   tries these phrases longest first, then falls back to words, single digits and single punctuation marks (all
   in the vocabulary), so any number is representable.  Whitespace is dropped.  With the default template a

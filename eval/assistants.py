@@ -93,30 +93,53 @@ def truncate_request(request: RecommendRequest, k: int) -> RecommendRequest:
     )
 
 
+def abstain_where_empty(probs: torch.Tensor, picks: torch.Tensor) -> Recommendation:
+    """A recommendation from a posterior predictive ``probs`` [D, M, O] that is NaN where the posterior is
+    empty (choices no hypothesis explains): there the assistant has no answer (pick -1, counted wrong and as
+    a failure) and its probabilities are uniform (so log-loss stays finite)."""
+    empty = probs.isnan().any(-1)  # [D, M]
+    if not empty.any():
+        return Recommendation(probs, picks)
+    probs = torch.where(empty.unsqueeze(-1), torch.full_like(probs, 1.0 / probs.shape[-1]), probs)
+    return Recommendation(probs, torch.where(empty, -1, picks), empty)
+
+
 class BayesianAssistant(Assistant):
     """Recommends the option with the highest posterior predictive probability under exact inference.
 
     ``model_domain`` is the assistant's model of the user (default: the request's domain); it may differ
-    from the simulated users' (e.g. a noise-tolerant assistant for noisy users)."""
+    from the simulated users' (e.g. a noise-tolerant assistant for noisy users).  Where the user's choices
+    empty its posterior (real people under a deterministic user model), it abstains (``abstain_where_empty``)."""
 
     name = "bayesian"
+    POSTERIOR_BYTES = 256 << 20  # the posteriors held at once
 
     def __init__(self, model_domain: Domain | None = None):
         self.model_domain = model_domain
 
     def _probs_after_each_round(self, request: RecommendRequest) -> torch.Tensor:
+        """[D, r+1, M, O], NaN where the posterior is empty; in groups of dialogues whose float64 posteriors
+        ([d, r+1, H]) fit in POSTERIOR_BYTES (flight8: 390,625 hypotheses, 18.75 MB per dialogue of 5 rounds)."""
         domain = self.model_domain or request.domain
-        posterior = infer(domain, request.history_options, request.history_choices, marginals=False)
-        return predict(domain, posterior, request.option_sets)  # [D, r+1, M, O]
+        n_dialogues, n_states = request.history_choices.shape[0], request.n_rounds_seen + 1
+        per_dialogue = n_states * hypothesis_space(domain).size * 8
+        step = max(1, self.POSTERIOR_BYTES // per_dialogue)
+        parts = []
+        for start in range(0, max(n_dialogues, 1), step):
+            part = slice(start, start + step)
+            posterior = infer(domain, request.history_options[part], request.history_choices[part], marginals=False,
+                              impossible="keep")
+            parts.append(predict(domain, posterior, request.option_sets[part]))
+        return torch.cat(parts)
 
     def recommend(self, request: RecommendRequest) -> Recommendation:
         probs = self._probs_after_each_round(request)[:, -1]
-        return Recommendation(probs, pick_argmax(probs, generator(request.seed, "tiebreak", self.name)))
+        return abstain_where_empty(probs, pick_argmax(probs, generator(request.seed, "tiebreak", self.name)))
 
     def recommend_after_each_round(self, request: RecommendRequest) -> list[Recommendation]:
         probs = self._probs_after_each_round(request)
         return [
-            Recommendation(probs[:, k], pick_argmax(probs[:, k], generator(request.seed * 1000 + k, "tiebreak", self.name)))
+            abstain_where_empty(probs[:, k], pick_argmax(probs[:, k], generator(request.seed * 1000 + k, "tiebreak", self.name)))
             for k in range(probs.shape[1])
         ]
 

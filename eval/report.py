@@ -10,6 +10,8 @@ Schema (``"schema": "bayes-teach/report/v1"``)::
                                                    # failure_rate, log_loss, kl_from_bayesian, brier_vs_bayesian, ...
      "failures": {"unparseable_answers": int, "unparseable_belief_answers": int (with beliefs)},
      "beliefs": {"elicited", "scale", "levels", "distribution", "questions"},   # only when elicited
+     "study_data": {"kind", "files", "users", "exact_bayesian_assistant", "empty_posterior", "notes"},
+                                                   # only for a replay of released files (eval/study_replay.py)
      "extra": {...}}                              # anything a command adds (e.g. training summaries)
 
 With belief elicitation (``eval/beliefs.py``) ``metrics`` also holds ``belief_error``, ``belief_tv``

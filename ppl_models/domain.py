@@ -14,8 +14,11 @@ A ``Domain`` bundles:
 
 ``user_model`` below is the generative program of a batch of dialogues that every inference, simulation
 and assistant in the toolkit is derived from.  A domain file declares the pieces and calls ``Domain(...)``;
-the declaration is checked when it is built (``validate_domain``), so a malformed domain fails at load
-time with an error that names the problem.
+the declaration's structure (features, option generator, sizes) is checked when it is built
+(``validate_domain``, cheap); its prior (support, ``feature_sites``) is checked once, where it is first
+enumerated (``hypotheses.hypothesis_space``, cached and shared by the noise variants ``with_user`` makes),
+so declaring a domain never enumerates its hypotheses.  Either way a malformed domain fails with an error
+that names the problem.
 """
 from __future__ import annotations
 
@@ -79,7 +82,8 @@ def uniform_options(domain: "Domain", generator: torch.Generator, batch_shape, n
 
 @dataclass(frozen=True, eq=False)  # eq=False: hashed by identity, so inference can cache per domain
 class Domain:
-    """A recommendation domain; see the module docstring.  Build with ``Domain(...)``; it validates itself."""
+    """A recommendation domain; see the module docstring.  Build with ``Domain(...)``; it checks its structure
+    (cheaply) when built, and its prior when first enumerated."""
 
     name: str
     noun: str  # what an option is called in text ("flight" -> "Flight 2")
@@ -95,6 +99,9 @@ class Domain:
     feature_sites: dict = field(default_factory=dict)  # feature name -> latent site holding the user's preference on it
     site_labels: dict = field(default_factory=dict)  # latent site -> label of each of its values
     description: str = ""
+    # How many users simulate/evaluate draw (at random from the prior's support) when not told; None = all
+    # of them.  The release lists every user for small grids and draws 1,000 for flight with 5-8 features.
+    default_users: int | None = None
     validate: bool = True
 
     def __post_init__(self):
@@ -170,7 +177,8 @@ def user_model(domain: Domain, option_index: torch.Tensor, choices: torch.Tensor
 
 
 def validate_domain(domain: Domain) -> None:
-    """Reject a malformed declaration with an error that names the problem."""
+    """Reject a malformed declaration with an error that names the problem (everything but the prior, which
+    ``hypotheses.hypothesis_space`` checks when it first enumerates it)."""
     where = f"domain {domain.name!r}"
     if not domain.name or not isinstance(domain.name, str):
         raise DomainError("a domain needs a non-empty name")
@@ -219,14 +227,7 @@ def validate_domain(domain: Domain) -> None:
         if column.min() < 0 or column.max() >= len(f.values):
             raise DomainError(f"{where}: the option generator gave out-of-range indices for feature {f.name!r}")
 
-    # The prior and the utility, through the hypothesis space (imported here: inference imports this module).
-    from .hypotheses import hypothesis_space
-
-    space = hypothesis_space(domain)
-    if space.size == 0 or not torch.isfinite(space.log_prior).any():
-        raise DomainError(f"{where}: the preference prior has no support (every hypothesis has probability 0)")
-    for feature, site in domain.feature_sites.items():
+    for feature in domain.feature_sites:
         if feature not in names:
             raise DomainError(f"{where}: feature_sites names an unknown feature {feature!r}")
-        if site not in space.sites:
-            raise DomainError(f"{where}: feature_sites names {site!r}, which is not a latent site of the prior")
+    # The prior and the utility are checked where they are first enumerated (hypotheses.hypothesis_space).

@@ -154,9 +154,33 @@ def _check_prior_has_latent_sites(domain: Domain) -> None:
         )
 
 
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=64)  # by identity first (Domain hashes by identity): no key to build per call
 def hypothesis_space(domain: Domain) -> HypothesisSpace:
-    """Enumerate ``domain``'s preference prior (cached per domain)."""
+    """Enumerate ``domain``'s preference prior and check it (no support, or ``feature_sites`` naming no
+    latent site: DomainError).  Cached per prior: domains that differ only in the user's noise (``with_user``,
+    ``dataclasses.replace`` of ``temperature``/``lapse``) share one enumeration."""
+    return _hypothesis_space(_PriorKey(domain))
+
+
+class _PriorKey:
+    """What a domain's hypothesis space depends on, as a cache key (the user's noise is left out)."""
+
+    def __init__(self, domain: Domain):
+        self.domain = domain
+        self.key = (type(domain), domain.name, domain.features, domain.preference_model, domain.utility,
+                    domain.sample_options, domain.n_options, tuple(sorted(domain.feature_sites.items())))
+
+    def __hash__(self):
+        return hash(self.key)
+
+    def __eq__(self, other):
+        return isinstance(other, _PriorKey) and self.key == other.key
+
+
+@functools.lru_cache(maxsize=64)
+def _hypothesis_space(prior_key: _PriorKey) -> HypothesisSpace:
+    """Enumerate the preference prior of ``prior_key.domain`` (see ``hypothesis_space``)."""
+    domain = prior_key.domain
     _check_prior_has_latent_sites(domain)
     option_index = domain.draw_options(torch.Generator().manual_seed(0), (1, 1))
     try:
@@ -204,6 +228,11 @@ def hypothesis_space(domain: Domain) -> HypothesisSpace:
             f"domain {domain.name!r}: utility returned shape {tuple(utility.shape)}; expected "
             f"[..., n_dialogues, n_rounds, {domain.n_options}]"
         )
+    for feature, site in domain.feature_sites.items():
+        if site not in site_dims:
+            raise DomainError(
+                f"domain {domain.name!r}: feature_sites names {site!r}, which is not a latent site of the prior"
+            )
     return HypothesisSpace(
         sites=tuple(name for name, _ in sites),
         site_sizes=site_sizes,

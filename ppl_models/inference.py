@@ -120,6 +120,7 @@ def infer(
     predictive: bool = False,
     max_elements: int = DEFAULT_MAX_ELEMENTS,
     progress=None,
+    impossible: str = "raise",
 ) -> PosteriorResult:
     """Posterior over preference hypotheses after each round of each dialogue.
 
@@ -129,8 +130,12 @@ def infer(
     round's predictive.  ``max_elements``: the chunk size, in likelihood numbers (``H * d * R * O``).
     Chunks run on two threads when ``torch.get_num_threads() >= 2`` (see ``_run_chunks``); ``progress``,
     an optional callable given the number of dialogues finished by each chunk, is then called from those
-    threads (one call at a time).
+    threads (one call at a time).  ``impossible``: "raise" (ImpossibleChoiceError for a choice no hypothesis
+    explains) or "keep": the dialogue's posterior is then empty from that round on (its rows NaN, its
+    ``log_evidence`` not finite), e.g. for real people's choices under a deterministic user model.
     """
+    if impossible not in ("raise", "keep"):
+        raise ValueError(f"impossible must be 'raise' or 'keep', not {impossible!r}")
     _check_inputs(domain, option_index, choices)
     space = hypothesis_space(domain)
     n_dialogues, n_rounds = choices.shape
@@ -159,7 +164,8 @@ def infer(
         if n_rounds:
             fn, value = _choice_site(domain, option_index[start:stop], choices[start:stop])
             _forward(fn, value, space, post, evidence)
-            _raise_if_impossible(evidence, choices[start:stop], start)
+            if impossible == "raise":
+                _raise_if_impossible(evidence, choices[start:stop], start)
         if marginals:
             for site in space.sites:
                 marginal_out[site][start:stop] = space.marginal_last(post, site)

@@ -8,8 +8,8 @@ from .domain import Domain, DomainError
 
 BUILTIN = {
     "flight": "ppl_models.domains.flight:domain",
+    **{f"flight{n}": f"ppl_models.domains.flight:flight_domain({n})" for n in (2, 3, 5, 6, 7, 8)},
     "hotel": "ppl_models.domains.hotel:domain",
-    **{f"flight{n}": f"ppl_models.domains.flight:flight_domain({n})" for n in (2, 3, 4, 5, 6, 7, 8)},
     "webshop": "ppl_models.domains.webshop:domain",
 }
 

@@ -18,8 +18,10 @@ def all_users(domain: Domain) -> torch.Tensor:
 
 
 def pick_users(domain: Domain, n_users: int | None, seed: int) -> torch.Tensor:
-    """``n_users`` distinct users drawn at random from the prior's support (all of them if None)."""
+    """``n_users`` distinct users drawn at random from the prior's support (if None: the domain's
+    ``default_users``, or all of them)."""
     support = all_users(domain)
+    n_users = domain.default_users if n_users is None else n_users
     if n_users is None or n_users >= len(support):
         return support
     if n_users < 1:

@@ -6,7 +6,9 @@ import pyro.distributions as dist
 import pytest
 import torch
 
-from ppl_models import Domain, DomainError, Feature, UnknownDomainError, all_users, get_domain, simulate_dialogues
+from ppl_models import (
+    Domain, DomainError, Feature, UnknownDomainError, all_users, get_domain, hypothesis_space, simulate_dialogues,
+)
 from ppl_models.linear import linear_domain_parts
 
 
@@ -15,7 +17,7 @@ def test_flight_grids_match_the_study():
     departure, duration, stops, price = flight.features
     assert [departure.text(0), departure.text(10)] == ["06:00 AM", "10:00 PM"]
     assert departure.values[1] - departure.values[0] == 96
-    assert [duration.text(0), duration.text(1), duration.text(10)] == ["30 min", "2 hr 27 min", "20 hr 0 min"]
+    assert [duration.text(0), duration.text(1), duration.text(10)] == ["30 min", "2 hr 27 min", "20 hr"]
     assert stops.values == (0, 1, 2) and stops.normalised == (0.0, 0.5, 1.0)
     assert [price.text(0), price.text(1), price.text(10)] == ["$100", "$190", "$1000"]
     assert all(len(f.values) == 11 for f in (departure, duration, price))
@@ -25,12 +27,18 @@ def test_flight_grids_match_the_study():
 def test_hotel_and_feature_variants():
     hotel = get_domain("hotel")
     assert hotel.feature_names == ["distance to downtown", "price", "rating", "amenities"]
-    assert hotel.features[3].text(4) == "free parking, free breakfast, pool, fitness center"
+    assert hotel.features[3].text(4) == "free parking, free breakfast, pool, and fitness center"
+    assert [hotel.features[2].text(0), hotel.features[0].text(1)] == ["1 stars", "1 miles"]
+    assert hotel.features[2].normalised == (0.0, 0.25, 0.5, 0.75, 1.0)
     for n in range(2, 9):
-        domain = get_domain(f"flight{n}")
+        domain = get_domain("flight" if n == 4 else f"flight{n}")
         assert len(domain.features) == n
+        assert domain.default_users == (None if n <= 4 else 1000)
         if n <= 6:
             assert len(all_users(domain)) == 5**n - 1
+    assert get_domain("flight7").feature_names[:3] == ["bags", "departure time", "layover duration"]
+    layover = get_domain("flight8").features[2]
+    assert [layover.text(i) for i in (0, 1, 2, 3)] == ["0 hr", "30 min", "1 hr", "1 hr 30 min"]
 
 
 def test_domain_by_import_path():
@@ -66,6 +74,7 @@ def test_a_valid_toy_domain_loads():
     ],
 )
 def test_malformed_declarations_are_rejected_at_load(change, message):
+    """Structural problems when the domain is built; a prior without latent sites when first enumerated."""
     parts = _parts(GOOD)
     if "features" in change:
         features = change["features"]
@@ -75,7 +84,19 @@ def test_malformed_declarations_are_rejected_at_load(change, message):
     else:
         parts.update(change)
     with pytest.raises(DomainError, match=message):
-        Domain(**parts)
+        all_users(Domain(**parts))
+
+
+def test_declaring_does_not_enumerate_and_noise_variants_share_one_enumeration():
+    parts = _parts(GOOD)
+    calls = []
+    prior = parts["preference_model"]
+    parts["preference_model"] = lambda: calls.append(1) or prior()
+    domain = Domain(**parts)
+    noisy = dataclasses.replace(domain, lapse=0.1).with_user(temperature=0.5)
+    assert calls == []
+    assert hypothesis_space(noisy) is hypothesis_space(domain) and calls
+    assert hypothesis_space(dataclasses.replace(domain, name="other")) is not hypothesis_space(domain)
 
 
 def test_a_prior_with_no_support_is_rejected():
@@ -87,7 +108,7 @@ def test_a_prior_with_no_support_is_rejected():
     parts = _parts(GOOD)
     parts.update(preference_model=impossible_prior, utility=lambda pref, options: options.value.sum(-1) * pref.unsqueeze(-1), feature_sites={}, site_labels={})
     with pytest.raises(DomainError, match="no support"):
-        Domain(**parts)
+        all_users(Domain(**parts))
 
 
 def test_simulation_is_deterministic_given_a_seed():

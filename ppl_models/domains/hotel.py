@@ -1,19 +1,24 @@
-"""Hotels, as in the study: distance to downtown, price, rating and amenities (ordinal)."""
+"""Hotels, exactly as in the study's released data: distance to downtown, price, rating and amenities.
+
+Distance 0 to 10 miles ("1 miles", as released); price $100 to $1000 in steps of $90 (both scaled 0, 0.1,
+..., 1); rating "1 stars" to "5 stars" and amenities from "no amenities" to "free parking, free breakfast,
+pool, and fitness center" (5 levels each, scaled 0, 0.25, ..., 1).
+"""
 from ..domain import Domain, Feature
 from ..linear import linear_domain_parts
 
 AMENITIES = (
-    "none",
+    "no amenities",
     "free parking",
-    "free parking, free breakfast",
-    "free parking, free breakfast, pool",
-    "free parking, free breakfast, pool, fitness center",
+    "free parking and free breakfast",
+    "free parking, free breakfast, and pool",
+    "free parking, free breakfast, pool, and fitness center",
 )
 
 HOTEL_FEATURES = (
-    Feature("distance to downtown", tuple(range(11)), lambda v: f"{v} mile" if v == 1 else f"{v} miles"),
+    Feature("distance to downtown", tuple(range(11)), lambda v: f"{v} miles"),
     Feature("price", tuple(100 + 90 * i for i in range(11)), lambda v: f"${v}"),
-    Feature("rating", tuple(1 + 0.5 * i for i in range(9)), lambda v: f"{v:g} star" if v == 1 else f"{v:g} stars"),
+    Feature("rating", tuple(range(1, 6)), lambda v: f"{v} stars"),
     Feature("amenities", AMENITIES, str),
 )
 
