@@ -4,7 +4,8 @@ student after training, and the references (Bayesian assistant, random) on the s
     run_distill(DistillSettings(domain="hotel", teacher="bayesian", out_dir="runs/hotel"))
 
 ``out_dir`` receives ``data/`` (JSONL + manifest), ``train/`` (checkpoints, logs, the adapter or model),
-``report.json`` (the student after training, with the other curves under ``extra``) and ``accuracy.png``.
+``report.json`` (the student after training, with the other curves under ``extra``) and ``accuracy.png``; with
+``eval_domains`` also ``eval/<domain>/report.json``, ``transfer.json`` and ``transfer.png`` (``distill/transfer.py``).
 """
 from __future__ import annotations
 
