@@ -14,7 +14,15 @@ stuck at ln 3 (uniform over 3 options) leaves ln 3 - floor_r on the table.  The 
 function of the history (its argmax), so its floor is 0, except where the predictive ties at the top and the
 teacher's tie-break draws at random: E[log(number of tied options)], reported as ``bayes_teacher_floor``.
 ``bayes_pick_accuracy_vs_oracle`` is how often the Bayesian pick equals the oracle label (the accuracy of the
-ideal oracle-taught student).  Not a timing: the reference is ln 3, computed in the same run.
+ideal oracle-taught student).
+
+The gradient at the start: a student that predicts uniformly (u = 1/3 each) gets, per example, the logit
+gradient u - target.  Its expectation given the history is u - p_bayes for the oracle target and
+u - onehot(Bayesian pick) for the Bayesian one; what is left, target - p_bayes, is noise that averages out
+only over many examples.  Per round: ``oracle_signal_sq`` = E||p_bayes - u||^2, ``oracle_noise_sq`` =
+E||onehot(choice) - p_bayes||^2, ``bayes_signal_sq`` = E||onehot(pick) - u||^2 (2/3 with 3 options, no noise),
+and ``bayes_over_oracle_signal`` = their ratio: how much weaker the oracle's expected push away from uniform
+is.  Not a timing: the references (ln 3, the Bayesian teacher) are computed in the same run.
 """
 from __future__ import annotations
 
@@ -52,6 +60,10 @@ def oracle_signal(domain, users: torch.Tensor, n_dialogues: int, n_rounds: int, 
     picks, _ = teacher_picks(domain, dialogues, seed)  # the Bayesian teacher's answers, its tie-break included
     tied = (predictive >= predictive.max(dim=-1, keepdim=True).values - TIE_TOLERANCE).sum(-1).double()  # [N, R]
     ln3 = math.log(domain.n_options)
+    uniform = torch.full_like(predictive, 1.0 / domain.n_options)
+    oracle_signal_sq = (predictive - uniform).pow(2).sum(-1)  # [N, R]
+    oracle_noise_sq = (torch.nn.functional.one_hot(choices, domain.n_options).double() - predictive).pow(2).sum(-1)
+    bayes_signal_sq = (torch.nn.functional.one_hot(picks, domain.n_options).double() - uniform).pow(2).sum(-1)
     rounds = []
     for r in range(n_rounds):
         ce = oracle_ce[:, r]
@@ -65,6 +77,10 @@ def oracle_signal(domain, users: torch.Tensor, n_dialogues: int, n_rounds: int, 
             "bayes_teacher_floor_nats": float(tied[:, r].log().mean()),
             "bayes_tie_rate": float((tied[:, r] > 1).double().mean()),
             "bayes_pick_accuracy_vs_oracle": float((picks[:, r] == choices[:, r]).double().mean()),
+            "oracle_signal_sq": float(oracle_signal_sq[:, r].mean()),
+            "oracle_noise_sq": float(oracle_noise_sq[:, r].mean()),
+            "bayes_signal_sq": float(bayes_signal_sq[:, r].mean()),
+            "bayes_over_oracle_signal": float(bayes_signal_sq[:, r].mean() / oracle_signal_sq[:, r].mean()),
         })
     mean_floor = float(oracle_ce.mean())
     return {
@@ -74,6 +90,7 @@ def oracle_signal(domain, users: torch.Tensor, n_dialogues: int, n_rounds: int, 
         "mean_oracle_floor_nats": mean_floor, "uniform_nats": ln3, "mean_oracle_floor_over_uniform": mean_floor / ln3,
         "mean_bayes_teacher_floor_nats": float(tied.log().mean()),
         "mean_bayes_pick_accuracy_vs_oracle": float((picks == choices).double().mean()),
+        "mean_bayes_over_oracle_signal": float(bayes_signal_sq.mean() / oracle_signal_sq.mean()),
     }
 
 
@@ -100,13 +117,15 @@ def main(argv=None) -> dict:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"{result['domain']}: {result['n_dialogues']} teaching dialogues x {result['n_rounds']} rounds")
-    print("round  oracle floor  / ln 3  bayes floor  ties %  bayes pick = oracle %")
+    print("round  oracle floor  / ln 3  bayes floor  ties %  bayes pick = oracle %  oracle signal  noise  bayes/oracle")
     for row in result["rounds"]:
         print(f"{row['round']:5d}  {row['oracle_floor_nats']:12.3f}  {row['oracle_floor_over_uniform']:6.3f}  "
               f"{row['bayes_teacher_floor_nats']:11.3f}  {100 * row['bayes_tie_rate']:6.1f}  "
-              f"{100 * row['bayes_pick_accuracy_vs_oracle']:21.1f}")
+              f"{100 * row['bayes_pick_accuracy_vs_oracle']:21.1f}  {row['oracle_signal_sq']:13.3f}  "
+              f"{row['oracle_noise_sq']:5.3f}  {row['bayes_over_oracle_signal']:12.1f}")
     print(f"mean oracle floor {result['mean_oracle_floor_nats']:.3f} nats vs ln {result['n_options']} = "
-          f"{result['uniform_nats']:.3f}; -> {out}")
+          f"{result['uniform_nats']:.3f}; the Bayesian target's expected gradient at uniform is "
+          f"{result['mean_bayes_over_oracle_signal']:.1f}x the oracle's (squared norm); -> {out}")
     return result
 
 
