@@ -163,7 +163,8 @@ def run_distill(settings: DistillSettings, log=print) -> dict:
     log(f"report: {out / 'report.json'}\nplot: {out / 'accuracy.png'}")
     if eval_domains:
         write_transfer(out, domain.name, settings.teacher, {**reports, "after": final}, others, before_elsewhere,
-                       after_elsewhere, settings.n_eval_users, settings.n_heldout, settings.seed, log)
+                       after_elsewhere, settings.n_eval_users, settings.n_heldout, settings.seed, log,
+                       settings=dataclasses.asdict(settings))
     return final
 
 

@@ -69,13 +69,15 @@ def evaluate_domains(assistant, domain_names, n_users: int, n_heldout: int, seed
 
 
 def write_transfer(out_dir, teaching_domain: str, teacher: str, teaching_reports: dict, other_domains: list,
-                   before: dict, after: dict, n_users: int, n_heldout: int, seed: int, log) -> dict:
+                   before: dict, after: dict, n_users: int, n_heldout: int, seed: int, log,
+                   settings: dict | None = None) -> dict:
     """Write every domain's report and the transfer table; returns the table.
 
     ``teaching_domain``: its name; ``teaching_reports``: the run's own reports there ({"after", "bayesian",
     "random", and "before" when evaluated}); ``other_domains``: the other domains (names, module:attribute or
     Domain objects); ``before``/``after``: {domain name: report} on them (``evaluate_domains``).  The
-    Bayesian assistant and random are evaluated here on the other domains' users."""
+    Bayesian assistant and random are evaluated here on the other domains' users.  ``settings`` (the run's)
+    is recorded in transfer.json."""
     out = Path(out_dir)
     per_domain = {teaching_domain: dict(teaching_reports)}
     for domain in [get_domain(spec) for spec in other_domains]:
@@ -95,7 +97,7 @@ def write_transfer(out_dir, teaching_domain: str, teacher: str, teaching_reports
         references = [rows[row] for row in ("before", "bayesian", "random") if row in rows]
         plot_reports([report], out / "eval" / name / "accuracy.png", references=references,
                      title=f"{name}: taught on {teaching_domain} ({teacher})")
-    table = build_transfer_table(per_domain, teaching_domain, teacher, paths)
+    table = build_transfer_table(per_domain, teaching_domain, teacher, paths, settings)
     (out / "transfer.json").write_text(json.dumps(table, indent=2) + "\n")
     plot_transfer_table(table, out / "transfer.png")
     log(format_transfer_table(table))

@@ -12,7 +12,8 @@ Schema (``"schema": "bayes-teach/transfer/v1"``)::
      "labels": {row: text},
      "cells": {row: {domain: {"final": float, "final_ci95": [lo, hi], "round1": float, "round1_ci95": [lo, hi],
                               "agreement_final": float | None, "n_users": int, "n_heldout": int}}},
-     "reports": {domain: path of that domain's report.json, when written}}
+     "reports": {domain: path of that domain's report.json, when written},
+     "settings": {...} (the run's settings, when given)}
 
 "final" is the accuracy after the last observed round, "round1" after one observed round (the study's two
 numbers per model); each is a mean over users with its 95% bootstrap interval, copied from the reports.
@@ -39,9 +40,10 @@ def _cell(report: dict) -> dict:
     }
 
 
-def build_transfer_table(reports: dict, teaching_domain: str, teacher: str, report_paths: dict | None = None) -> dict:
+def build_transfer_table(reports: dict, teaching_domain: str, teacher: str, report_paths: dict | None = None,
+                         settings: dict | None = None) -> dict:
     """The transfer table (schema above) of ``reports``: domain -> {row: report}, rows among ROWS (a row
-    missing from a domain leaves its cell out)."""
+    missing from a domain leaves its cell out); ``settings``: what produced it, recorded as given."""
     if teaching_domain not in reports:
         raise ValueError(f"the teaching domain {teaching_domain!r} has no reports")
     domains = [teaching_domain] + [name for name in reports if name != teaching_domain]
@@ -51,6 +53,7 @@ def build_transfer_table(reports: dict, teaching_domain: str, teacher: str, repo
         "schema": SCHEMA, "teaching_domain": teaching_domain, "teacher": teacher, "domains": domains, "rows": rows,
         "labels": {row: ROW_LABELS[row] for row in rows}, "cells": cells,
         "reports": {name: str(path) for name, path in (report_paths or {}).items()},
+        "settings": settings or {},
     }
 
 

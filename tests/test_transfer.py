@@ -37,6 +37,7 @@ def test_distill_evaluates_before_and_after_on_every_listed_domain(tmp_path):
     table = json.loads((out / "transfer.json").read_text())
     assert table["domains"] == ["flight", "hotel"] and table["teaching_domain"] == "flight"
     assert table["rows"] == ["before", "after", "bayesian", "random"]
+    assert table["settings"]["eval_domains"] == "hotel" and table["settings"]["model"] == str(model_dir)
     assert (out / "transfer.png").stat().st_size > 10_000
     for name in ("flight", "hotel"):
         report = json.loads((out / "eval" / name / "report.json").read_text())
