@@ -245,6 +245,7 @@ def evaluate(domain, catalog, user_temperature, user_lapse, assistant, model, ad
     from eval.beliefs import plot_beliefs
     from eval.prompt_template import template_for_model
     from eval.report import plot_reports, run_table, save_report
+    from eval.student_card import check_student_domain, read_student_card
 
     if (assistant is None) == (model is None):
         raise click.UsageError("give exactly one of --assistant or --model")
@@ -255,6 +256,8 @@ def evaluate(domain, catalog, user_temperature, user_lapse, assistant, model, ad
     if study_file and not study_dir:
         raise click.UsageError("--study-file needs --study-data")
     loaded = load_domain(domain, catalog, user_temperature, user_lapse)
+    if model:  # an embedded student built for another domain: refused before it is loaded
+        check_student_domain(read_student_card(model), loaded, model)
     template, warning = template_for_model(model, prompt_template) if model else (None, None)
     if warning:
         click.echo(f"warning: {warning}", err=True)
@@ -451,21 +454,27 @@ def train(data_path, model, domain, method, epochs, max_steps, learning_rate, ba
                    "so that the question after round 5, which evaluation asks, is taught too).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for data, training and evaluation.")
 @click.option("--resume", is_flag=True, help="Resume an interrupted training run in --out.")
+@click.option("--eval-domains", default="",
+              help="Comma-separated domains to evaluate the model on before and after teaching, e.g. hotel,webshop (the "
+                   "teaching domain is always included): one report per domain and a transfer table and plot. The "
+                   "embedded student accepts its own domain only.")
 @prompt_template_option
 @click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False), help="Output directory (default: runs/<domain>-<teacher>).")
 def distill(domain, teacher, model, method, budget_minutes, eval_users, heldout, dialogues, teach_rounds, seed, resume,
-            prompt_template, out_dir):
+            eval_domains, prompt_template, out_dir):
     """Teach a student the Bayesian strategy: data, training, and evaluation before and after.
 
     Prints a per-round table (student before, student after, Bayesian assistant, random) and writes
-    DIR/data, DIR/train, DIR/report.json and DIR/accuracy.png.
+    DIR/data, DIR/train, DIR/report.json and DIR/accuracy.png.  With --eval-domains also DIR/eval/<domain>/report.json
+    for every domain, DIR/transfer.json and DIR/transfer.png (rows: model before, model after, Bayesian assistant,
+    random; columns: domains).
     """
     from distill.pipeline import DistillSettings, run_distill
 
     settings = DistillSettings(domain=domain, teacher=teacher, model=model, method=method, budget_minutes=budget_minutes,
                                out_dir=out_dir or f"runs/{domain}-{teacher}", seed=seed, n_eval_users=eval_users,
                                n_heldout=heldout, n_dialogues=dialogues, teach_rounds=teach_rounds, resume=resume,
-                               prompt_template=prompt_template)
+                               prompt_template=prompt_template, eval_domains=eval_domains)
     run_distill(settings, log=click.echo)
 
 

@@ -4,7 +4,8 @@ student after training, and the references (Bayesian assistant, random) on the s
     run_distill(DistillSettings(domain="hotel", teacher="bayesian", out_dir="runs/hotel"))
 
 ``out_dir`` receives ``data/`` (JSONL + manifest), ``train/`` (checkpoints, logs, the adapter or model),
-``report.json`` (the student after training, with the other curves under ``extra``) and ``accuracy.png``.
+``report.json`` (the student after training, with the other curves under ``extra``) and ``accuracy.png``; with
+``eval_domains`` also ``eval/<domain>/report.json``, ``transfer.json`` and ``transfer.png`` (``distill/transfer.py``).
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from eval.report import build_report, format_table, plot_reports, save_report
 from ppl_models import get_domain
 
 from .teaching_data import write_teaching_set
+from .transfer import eval_domains_for, evaluate_domains, write_transfer
 from .train_config import TrainConfig
 
 
@@ -56,6 +58,10 @@ class DistillSettings:
     kl_weight: float | None = None  # default: 1.0 with the soft teacher, 0 otherwise
     eval_before: bool = True
     prompt_template: str | None = None  # a prompt template JSON file (eval/prompt_template.py); None: the default
+    # Domains to evaluate the model on before and after teaching ("hotel,webshop"; the teaching domain
+    # is always included): OUT/eval/<domain>/report.json, OUT/transfer.json and .png (distill/transfer.py).
+    # Empty: the teaching domain only, no transfer outputs.  The embedded student accepts its own domain only.
+    eval_domains: str = ""
 
 
 def _evaluate(domain, assistant, users, settings: DistillSettings, label: str, log):
@@ -70,6 +76,8 @@ def run_distill(settings: DistillSettings, log=print) -> dict:
     """Run the loop; returns the final report (also written to ``out_dir/report.json``)."""
     domain = get_domain(settings.domain)
     template = load_template(settings.prompt_template)  # checked before any work
+    eval_domains = eval_domains_for(settings.domain, settings.eval_domains, embedded=settings.model is None)  # fails now
+    others, before_elsewhere = eval_domains[1:], {}  # the transfer domains, and the model before teaching there
     out = Path(settings.out_dir)
     kl_weight = settings.kl_weight if settings.kl_weight is not None else (1.0 if settings.teacher == "soft" else 0.0)
 
@@ -103,6 +111,8 @@ def run_distill(settings: DistillSettings, log=print) -> dict:
         before = LMAssistant(load_causal_lm(settings.model, load_in_4bit=settings.method == "qlora"), name="student (before)",
                              template=template)
         reports["before"] = _evaluate(domain, before, eval_users, settings, "student before", log)
+        before_elsewhere = evaluate_domains(before, others, settings.n_eval_users, settings.n_heldout, settings.seed,
+                                            "student before", log, model=settings.model)
 
     # ---- 3. training --------------------------------------------------------------------------------
     train_dir = out / "train"
@@ -125,6 +135,8 @@ def run_distill(settings: DistillSettings, log=print) -> dict:
     after_run = run_protocol(domain, after, users=eval_users, seed=settings.seed, n_heldout=settings.n_heldout)
     reports["bayesian"] = _evaluate(domain, BayesianAssistant(), eval_users, settings, "bayesian assistant", log)
     reports["random"] = _evaluate(domain, RandomAssistant(), eval_users, settings, "random", log)
+    after_elsewhere = evaluate_domains(after, others, settings.n_eval_users, settings.n_heldout, settings.seed,
+                                       f"student after ({settings.teacher} teaching)", log, model=settings.model)
     summary = _result_summary(result)
     final = build_report(
         after_run, model=settings.model or "embedded-student", adapter=None,
@@ -149,6 +161,10 @@ def run_distill(settings: DistillSettings, log=print) -> dict:
     log("accuracy % on held-out users after each observed round")
     log(format_table(columns, final["rounds"]))
     log(f"report: {out / 'report.json'}\nplot: {out / 'accuracy.png'}")
+    if eval_domains:
+        write_transfer(out, domain.name, settings.teacher, {**reports, "after": final}, others, before_elsewhere,
+                       after_elsewhere, settings.n_eval_users, settings.n_heldout, settings.seed, log,
+                       settings=dataclasses.asdict(settings))
     return final
 
 

@@ -59,6 +59,7 @@ import torch
 
 from eval.dialogue_text import PromptTemplate, default_template
 from eval.prompt_template import save_template
+from eval.student_card import save_student_card
 from ppl_models import Domain
 
 # The text side lives in student_tokenizer; its names are re-exported here for callers of this module.
@@ -396,6 +397,7 @@ def train_student(domain: Domain, dataset_path, out_dir, budget_minutes: float =
         result = train(train_config, data_path, out_dir, model=(model, tokenizer), resume=resume)
     if (out_dir / "model").is_dir():  # its tokenizer is made for this text: evaluate prompts it with the same
         save_template(template or default_template(), out_dir / "model")
+        save_student_card(domain, out_dir / "model")  # its tokenizer is made for this domain's words: evaluate checks
     return result
 
 

@@ -27,6 +27,7 @@ from .dialogue_text import (
     heldout_prompt_messages, match_answer, match_belief_answer,
 )
 from .lm import ChoiceScorer, DialogueRequest, LoadedLM, RoundRequest, parse_belief_answer, parse_option_answer
+from .student_card import check_student_domain, read_student_card
 
 
 class LMAssistant(Assistant):
@@ -42,6 +43,7 @@ class LMAssistant(Assistant):
         self.name = name or f"lm:{lm.model_id}"
         self.unparseable_examples: list[str] = []  # a few raw answers that named no option, for reports
         self.unparseable_belief_examples: list[str] = []  # the same for belief answers
+        self.student_card = read_student_card(lm.model_id)  # the domain a student was built for (None: any)
 
     def prompts(self, request: RecommendRequest) -> list[list[dict]]:
         """One conversation per (dialogue, option set), in [D, M] order."""
@@ -61,6 +63,7 @@ class LMAssistant(Assistant):
         return conversations
 
     def recommend(self, request: RecommendRequest) -> Recommendation:
+        check_student_domain(self.student_card, request.domain, self.lm.model_id)
         n_dialogues, n_sets, n_options = request.option_sets.shape[:3]
         conversations = self.prompts(request)
         gen = generator(request.seed, "tiebreak", self.name)
@@ -101,6 +104,7 @@ class LMAssistant(Assistant):
 
     def state_beliefs_after_each_round(self, request: RecommendRequest) -> list[StatedBeliefs]:
         """All history lengths' questions in one scoring (or generation) call: [(r+1) * D * F] prompts."""
+        check_student_domain(self.student_card, request.domain, self.lm.model_id)
         n_dialogues, n_features = request.history_choices.shape[0], len(belief_sites(request.domain))
         n_states = request.n_rounds_seen + 1
         conversations = [c for k in range(n_states) for c in self.belief_prompts(truncate_request(request, k))]

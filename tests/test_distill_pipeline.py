@@ -5,6 +5,7 @@ import pytest
 
 import tiny_lm
 from distill.pipeline import DistillSettings, run_distill
+from ppl_models import get_domain
 
 
 def _settings(tmp_path, **changes):
@@ -45,6 +46,8 @@ def test_distill_the_embedded_student(tmp_path):
     report = run_distill(_settings(tmp_path, teacher="soft"), log=lambda line: None)
     _check_outputs(tmp_path, report, "soft")
     assert (tmp_path / "run" / "train" / "model" / "config.json").is_file()
+    card = json.loads((tmp_path / "run" / "train" / "model" / "student.json").read_text())  # the domain it knows
+    assert card["domain"] == "hotel" and [f["name"] for f in card["features"]] == [f.name for f in get_domain("hotel").features]
 
 
 def test_distill_runs_on_webshop(tmp_path):
