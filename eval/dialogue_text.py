@@ -44,7 +44,9 @@ def task_instructions(domain: Domain, template: PromptTemplate | None = None) ->
     """The first user turn's explanation of the task (the study's protocol, in our own words)."""
     template = template or default_template()
     names = domain.feature_names
-    features = template.fields["feature_separator"].join(names[:-1]) + template.fields["feature_last_separator"] + names[-1]
+    features = names[-1]  # one feature reads "about price", not "about  and price"
+    if len(names) > 1:
+        features = template.fields["feature_separator"].join(names[:-1]) + template.fields["feature_last_separator"] + features
     return template.fill("instructions", **_nouns(domain), features=features, n_options=domain.n_options,
                          answer_format=answer_text(domain, ANSWER_PLACEHOLDER, template))
 

@@ -126,6 +126,10 @@ def test_custom_template_changes_every_field(custom_path):
     three = Domain(name="cabin3", noun="cabin", features=features, **linear_domain_parts(features))
     assert "I weigh view / price & beds." in task_instructions(three, template)
     assert "preferences about view, price and beds, and" in task_instructions(three)
+    # one feature uses neither separator
+    one = Domain(name="cabin1", noun="cabin", features=CABIN_FEATURES[1:], **linear_domain_parts(CABIN_FEATURES[1:]))
+    assert "preferences about price, and" in task_instructions(one)
+    assert "I weigh price." in task_instructions(one, template)
     # generate mode reads the template's own answers first (then the lenient parsers)
     assert match_answer(CABIN, "Hmm. Pick: Cabin #3, I think", template) == 2
     assert match_answer(CABIN, "Pick: Cabin #7", template) is None
