@@ -3,9 +3,12 @@
 Two ways to decide:
 
 * ``score``: the probability of each option's answer ("The best option is Hotel N.") given the
-  chat-formatted history, normalised over the options (``ChoiceScorer``, with KV-cache reuse);
-* ``generate``: greedy decoding, then the option number is parsed from the text; an answer that names no
-  option counts as wrong and is reported as a failure.
+  chat-formatted history, normalised over the options (``ChoiceScorer``).  The prompts of one dialogue
+  after one history length form a group that shares the history (``ChoiceScorer.group_logprobs``), and the
+  groups go dialogue by dialogue, history lengths in order, so that each history is encoded once;
+* ``generate``: greedy decoding, then the option number is parsed from the answer's first sentence
+  (``lm.answer_sentence``: a reply that continues the dialogue instead of answering names no option there);
+  an answer that names no option counts as wrong and is reported (raw text kept) as a failure.
 
 Belief elicitation (``state_beliefs``) asks the same history one question per feature
 (``dialogue_text.belief_prompt_messages``): in score mode the 5 answers "My estimate is N." are scored and
@@ -20,7 +23,7 @@ from ppl_models.rng import generator
 from .assistants import Assistant, Recommendation, RecommendRequest, pick_argmax, truncate_request
 from .belief_scale import N_SCALE_POINTS, StatedBeliefs, belief_sites
 from .dialogue_text import belief_candidate_answers, belief_prompt_messages, candidate_answers, heldout_prompt_messages
-from .lm import ChoiceScorer, DialogueRequest, LoadedLM, RoundRequest, parse_belief_answer, parse_option_answer
+from .lm import ChoiceScorer, LoadedLM, RoundRequest, answer_sentence, parse_belief_answer, parse_option_answer
 
 
 class LMAssistant(Assistant):
@@ -52,16 +55,12 @@ class LMAssistant(Assistant):
         return conversations
 
     def recommend(self, request: RecommendRequest) -> Recommendation:
+        if self.mode == "score":
+            return self.recommend_after_each_round(request, first_round=request.n_rounds_seen)[0]
         n_dialogues, n_sets, n_options = request.option_sets.shape[:3]
         conversations = self.prompts(request)
-        gen = generator(request.seed, "tiebreak", self.name)
-        if self.mode == "score":
-            candidates = candidate_answers(request.domain)
-            scored = self.scorer.score([DialogueRequest([RoundRequest(c, candidates)]) for c in conversations])
-            probs = torch.stack([p[0] for p in scored]).reshape(n_dialogues, n_sets, n_options).float()
-            return Recommendation(probs, pick_argmax(probs, gen))
         answers = self.scorer.generate(conversations)
-        parsed = [parse_option_answer(a, request.domain.noun, n_options) for a in answers]
+        parsed = [parse_option_answer(answer_sentence(a), request.domain.noun, n_options) for a in answers]
         failures = torch.tensor([p is None for p in parsed]).reshape(n_dialogues, n_sets)
         for answer, p in zip(answers, parsed):
             if p is None and len(self.unparseable_examples) < 5:
@@ -69,6 +68,28 @@ class LMAssistant(Assistant):
         # An unparseable answer is counted wrong: pick -1 never equals a user's choice.
         picks = torch.tensor([-1 if p is None else p for p in parsed]).reshape(n_dialogues, n_sets)
         return Recommendation(None, picks, failures)
+
+    def recommend_after_each_round(self, request: RecommendRequest, first_round: int = 0) -> list[Recommendation]:
+        """Recommendations after ``first_round``, ..., r rounds of the history.  In score mode every prompt of
+        one dialogue and history length is one group, and a dialogue's groups follow each other, so that
+        the scorer encodes each history once and extends it round by round."""
+        if self.mode != "score":
+            return [self.recommend(truncate_request(request, k)) for k in range(first_round, request.n_rounds_seen + 1)]
+        n_dialogues, n_sets, n_options = request.option_sets.shape[:3]
+        lengths = range(first_round, request.n_rounds_seen + 1)
+        truncated = [truncate_request(request, k) for k in lengths]
+        candidates = candidate_answers(request.domain)
+        conversations = [self.prompts(t) for t in truncated]  # [K][D * M]
+        groups = [
+            [RoundRequest(c, candidates) for c in conversations[i][d * n_sets : (d + 1) * n_sets]]
+            for d in range(n_dialogues) for i in range(len(truncated))
+        ]
+        scored = torch.stack(self.scorer.score_groups(groups)).float()  # [D * K, M, O]
+        probs = scored.reshape(n_dialogues, len(truncated), n_sets, n_options).transpose(0, 1)  # [K, D, M, O]
+        return [
+            Recommendation(probs[i], pick_argmax(probs[i], generator(t.seed, "tiebreak", self.name)))
+            for i, t in enumerate(truncated)
+        ]
 
     def belief_prompts(self, request: RecommendRequest) -> list[list[dict]]:
         """One conversation per (dialogue, feature), in [D, F] order: the history, then the question."""
@@ -95,12 +116,17 @@ class LMAssistant(Assistant):
         conversations = [c for k in range(n_states) for c in self.belief_prompts(truncate_request(request, k))]
         shape = (n_states, n_dialogues, n_features)
         if self.mode == "score":
+            # One group per (dialogue, history length), a dialogue's groups in order (see recommend_after_each_round).
             candidates = belief_candidate_answers()
-            scored = self.scorer.score([DialogueRequest([RoundRequest(c, candidates)]) for c in conversations])
-            probs = torch.stack([p[0] for p in scored]).double().reshape(shape + (N_SCALE_POINTS,))
+            groups = [
+                [RoundRequest(c, candidates) for c in conversations[(k * n_dialogues + d) * n_features :][:n_features]]
+                for d in range(n_dialogues) for k in range(n_states)
+            ]
+            scored = torch.stack(self.scorer.score_groups(groups)).double()  # [D * S, F, points]
+            probs = scored.reshape(n_dialogues, n_states, n_features, N_SCALE_POINTS).transpose(0, 1)
             return [StatedBeliefs(probs[k]) for k in range(n_states)]
         answers = self.scorer.generate(conversations)
-        parsed = [parse_belief_answer(a, N_SCALE_POINTS) for a in answers]
+        parsed = [parse_belief_answer(answer_sentence(a), N_SCALE_POINTS) for a in answers]
         for answer, p in zip(answers, parsed):
             if p is None and len(self.unparseable_belief_examples) < 5:
                 self.unparseable_belief_examples.append(answer)
