@@ -12,6 +12,7 @@ from eval.lm import (
     DialogueRequest,
     LMLoadError,
     RoundRequest,
+    answer_sentence,
     load_causal_lm,
     parse_option_answer,
 )
@@ -212,3 +213,38 @@ def test_parse_option_answer(text, expected):
 def test_parse_option_answer_multiword_noun():
     assert parse_option_answer("The best option is Hotel Room 2.", "Hotel Room", 3) == 1
     assert parse_option_answer(option_answer("Hotel Room", 0), "Hotel Room", 3) == 0
+
+
+@pytest.mark.parametrize(
+    "reply,expected",
+    [
+        ("The best option is Flight 2.", 1),
+        ("The best option is Flight 2. Flight 3 is cheaper, though.", 1),
+        ("\n  Flight 3 suits you.\nRound 2.", 2),
+        ("Round 2.\nFlight 1: departure time: 09:12 AM, duration: 4 hr", None),  # plays on instead of answering
+        ("I am not sure. The best option is Flight 1.", None),  # the answer is not in the first sentence
+        ("2.5 stars is fine", None),
+        ("3", 2),
+        ("", None),
+    ],
+)
+def test_generate_mode_reads_the_first_sentence(reply, expected):
+    assert parse_option_answer(answer_sentence(reply), "Flight", 3) == expected
+
+
+def test_generate_mode_reply_that_continues_the_dialogue_is_a_failure(loaded):
+    from eval.assistants import RecommendRequest
+    from eval.lm_assistant import LMAssistant
+    from ppl_models import get_domain, simulate_dialogues
+
+    flight = get_domain("flight")
+    dialogue = simulate_dialogues(flight, torch.tensor([3, 17]), 1, seed=4)
+    request = RecommendRequest(flight, dialogue.option_index[:, :2], dialogue.choices[:, :2], dialogue.choices[:, :2],
+                               dialogue.option_index[:, 2:4], seed=0, users=dialogue.users)
+    replies = ["Round 2.\nFlight 1: departure time: 09:12 AM", "The best option is Flight 3.", "Flight 2", "Flight 1 or 2?"]
+    assistant = LMAssistant(loaded["template"], mode="generate")
+    assistant.scorer.generate = lambda conversations, **_: replies[: len(conversations)]
+    recommendation = assistant.recommend(request)  # 2 users x 2 sets, in that order
+    assert recommendation.picks.tolist() == [[-1, 2], [1, 0]]
+    assert recommendation.failures.tolist() == [[True, False], [False, False]]
+    assert assistant.unparseable_examples == [replies[0]]  # the raw text, kept for the report
