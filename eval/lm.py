@@ -91,6 +91,11 @@ class ChoiceScorer:
         per group."""
         return [torch.softmax(sums, dim=-1) for sums in self.group_logprobs(groups)]
 
+    def candidate_logprobs_kv(self, dialogues: list[DialogueRequest]) -> list[torch.Tensor]:
+        """As ``candidate_logprobs`` through the batched KV path (no prefix tree): each prompt encoded on its
+        own, its candidates branching off its cache (the per-prompt path of the benchmarks)."""
+        return candidate_logprobs_kv(self.call, self.lm.tokenizer, dialogues, self.batch_size, self.memory_budget_bytes)
+
     def candidate_logprobs_naive(self, dialogues: list[DialogueRequest]) -> list[torch.Tensor]:
         """As ``candidate_logprobs``, re-encoding prompt + candidate for every candidate (no cache)."""
         return candidate_logprobs_naive(self.call, self.lm.tokenizer, dialogues, self.naive_batch_rows)

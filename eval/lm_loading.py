@@ -142,6 +142,16 @@ def _resolve_device(device: str) -> str:
     return device
 
 
+DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def dtype_from_name(name: str) -> torch.dtype | None:
+    """The torch dtype of a ``--dtype`` choice; "auto" (None) is float32 on CPU, bfloat16 (or float16) on CUDA."""
+    if name not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, not {name!r}")
+    return DTYPES[name]
+
+
 def _default_dtype(device: str) -> torch.dtype:
     if device.startswith("cuda"):
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
