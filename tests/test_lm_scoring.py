@@ -248,3 +248,65 @@ def test_generate_mode_reply_that_continues_the_dialogue_is_a_failure(loaded):
     assert recommendation.picks.tolist() == [[-1, 2], [1, 0]]
     assert recommendation.failures.tolist() == [[True, False], [False, False]]
     assert assistant.unparseable_examples == [replies[0]]  # the raw text, kept for the report
+
+
+def heldout_request(n_users=2, n_rounds=3, n_sets=4):
+    from eval.assistants import RecommendRequest
+    from ppl_models import get_domain, simulate_dialogues
+
+    flight = get_domain("flight")
+    dialogue = simulate_dialogues(flight, torch.tensor([3, 17, 40][:n_users]), 1, seed=4)
+    sets = flight.draw_options(torch.Generator().manual_seed(1), (n_users, n_sets))
+    return RecommendRequest(flight, dialogue.option_index[:, :n_rounds], dialogue.choices[:, :n_rounds].flip(1),
+                            dialogue.choices[:, :n_rounds], sets, seed=0, users=dialogue.users)
+
+
+@pytest.mark.parametrize("kind", ["template", "eager"])
+@pytest.mark.parametrize("chunk_tokens", [768, 100])
+def test_shared_prefix_recommendations_equal_the_per_prompt_path(loaded, kind, chunk_tokens):
+    from eval.assistants import truncate_request
+    from eval.dialogue_text import candidate_answers
+    from eval.lm_assistant import LMAssistant
+
+    request = heldout_request()
+    assistant = LMAssistant(loaded[kind], mode="score")
+    assistant.scorer.tree.chunk_tokens = chunk_tokens  # 100: several forwards per group, each cropped back
+    shared = assistant.recommend_after_each_round(request)
+    assert len(shared) == 4
+    for k, recommendation in enumerate(shared):
+        conversations = assistant.prompts(truncate_request(request, k))  # [D * M], each scored on its own
+        candidates = candidate_answers(request.domain)
+        naive = assistant.scorer.score_naive([DialogueRequest([RoundRequest(c, candidates)]) for c in conversations])
+        expected = torch.stack([p[0] for p in naive]).reshape(2, 4, 3)
+        assert torch.allclose(recommendation.probs, expected, atol=1e-4, rtol=0)
+        assert torch.equal(recommendation.picks, assistant.recommend(truncate_request(request, k)).picks)
+    assert (shared[3].probs - shared[0].probs).abs().max() > 1e-2
+
+
+def test_shared_prefix_encodes_each_history_once(loaded):
+    from eval.lm_assistant import LMAssistant
+    from eval.lm_scoring import round_ids
+
+    request = heldout_request(n_users=1, n_sets=5)
+    assistant = LMAssistant(loaded["template"], mode="score")
+    assistant.scorer.tree.chunk_tokens = 10_000  # one forward per round: the trie of all its prompts
+    call = assistant.scorer.call
+    call.forwarded_tokens = 0
+    assistant.recommend_after_each_round(request)
+    # Independently: the final history's tokens once (each round's history extends the one before), plus,
+    # per round, every distinct token prefix of the (prompt tail + answer) sequences past the history.
+    from eval.assistants import truncate_request
+    from eval.dialogue_text import candidate_answers
+
+    tokenizer, expected, history = loaded["template"].tokenizer, 0, 0
+    for k in range(4):
+        ids = [round_ids(tokenizer, RoundRequest(c, candidate_answers(request.domain)))
+               for c in assistant.prompts(truncate_request(request, k))]
+        common = min(next((i for i, (a, b) in enumerate(zip(ids[0].prompt, x.prompt)) if a != b), len(x.prompt))
+                     for x in ids[1:])
+        root = min(common, min(len(x.prompt) for x in ids) - 1)  # each prompt keeps >= 1 token of its own
+        history = max(history, root)
+        sequences = [x.prompt[root:] + c for x in ids for c in x.candidates]
+        expected += len({tuple(s[:i]) for s in sequences for i in range(1, len(s) + 1)})
+    assert call.forwarded_tokens == expected + history
+    assert call.forwarded_tokens < 0.5 * sum(len(x.prompt) for x in ids) * 4  # far below one prompt at a time
