@@ -56,7 +56,7 @@ class LMAssistant(Assistant):
 
     def recommend(self, request: RecommendRequest) -> Recommendation:
         if self.mode == "score":
-            return self.recommend_after_each_round(request, first_round=request.n_rounds_seen)[0]
+            return self._score([request])[0]
         n_dialogues, n_sets, n_options = request.option_sets.shape[:3]
         conversations = self.prompts(request)
         answers = self.scorer.generate(conversations)
@@ -69,26 +69,31 @@ class LMAssistant(Assistant):
         picks = torch.tensor([-1 if p is None else p for p in parsed]).reshape(n_dialogues, n_sets)
         return Recommendation(None, picks, failures)
 
-    def recommend_after_each_round(self, request: RecommendRequest, first_round: int = 0) -> list[Recommendation]:
-        """Recommendations after ``first_round``, ..., r rounds of the history.  In score mode every prompt of
-        one dialogue and history length is one group, and a dialogue's groups follow each other, so that
-        the scorer encodes each history once and extends it round by round."""
+    def recommend_after_each_round(self, request: RecommendRequest) -> list[Recommendation]:
+        """Recommendations after 0, 1, ..., r rounds of the history (in score mode, scored together: see
+        ``_score``)."""
+        truncated = [truncate_request(request, k) for k in range(request.n_rounds_seen + 1)]
         if self.mode != "score":
-            return [self.recommend(truncate_request(request, k)) for k in range(first_round, request.n_rounds_seen + 1)]
-        n_dialogues, n_sets, n_options = request.option_sets.shape[:3]
-        lengths = range(first_round, request.n_rounds_seen + 1)
-        truncated = [truncate_request(request, k) for k in lengths]
-        candidates = candidate_answers(request.domain)
-        conversations = [self.prompts(t) for t in truncated]  # [K][D * M]
+            return [self.recommend(t) for t in truncated]
+        return self._score(truncated)
+
+    def _score(self, requests: list[RecommendRequest]) -> list[Recommendation]:
+        """Score-mode recommendations for requests on the same dialogues and option sets that differ in
+        history length.  Every prompt of one dialogue and history length is one group, and a dialogue's
+        groups follow each other, so that the scorer encodes each history once and extends it round by
+        round.  Each request's ties are broken with its own seed."""
+        n_dialogues, n_sets, n_options = requests[0].option_sets.shape[:3]
+        candidates = candidate_answers(requests[0].domain)
+        conversations = [self.prompts(r) for r in requests]  # [K][D * M]
         groups = [
             [RoundRequest(c, candidates) for c in conversations[i][d * n_sets : (d + 1) * n_sets]]
-            for d in range(n_dialogues) for i in range(len(truncated))
+            for d in range(n_dialogues) for i in range(len(requests))
         ]
         scored = torch.stack(self.scorer.score_groups(groups)).float()  # [D * K, M, O]
-        probs = scored.reshape(n_dialogues, len(truncated), n_sets, n_options).transpose(0, 1)  # [K, D, M, O]
+        probs = scored.reshape(n_dialogues, len(requests), n_sets, n_options).transpose(0, 1)  # [K, D, M, O]
         return [
-            Recommendation(probs[i], pick_argmax(probs[i], generator(t.seed, "tiebreak", self.name)))
-            for i, t in enumerate(truncated)
+            Recommendation(probs[i], pick_argmax(probs[i], generator(r.seed, "tiebreak", self.name)))
+            for i, r in enumerate(requests)
         ]
 
     def belief_prompts(self, request: RecommendRequest) -> list[list[dict]]:
