@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import tempfile
@@ -172,10 +173,15 @@ def main() -> None:
             for dtype in args.dtypes.split(","):
                 run = bench_model(name, dtype, args, Path(scratch), reference)
                 runs.append(run)
+                write_results(args, runs)  # after every run, so that an interrupted benchmark keeps what it measured
                 print(f"{name} {dtype}: {run['prompts_per_second']['shared_prefix']:.2f} prompts/s shared-prefix vs "
                       f"{run['prompts_per_second']['per_prompt']:.2f} per-prompt ({run['speedup']:.1f}x); tokens/prompt "
                       f"{run['forwarded_tokens_per_prompt']['shared_prefix']:.0f} vs {run['forwarded_tokens_per_prompt']['per_prompt']:.0f} "
                       f"({run['token_ratio']:.1f}x fewer); max |prob diff| {run['max_abs_prob_diff_vs_per_prompt']:.1e}", flush=True)
+    print(args.output)
+
+
+def write_results(args, runs: list[dict]) -> None:
     result = {
         "benchmark": "lm_eval",
         "workload": {"domain": "flight", "users": args.users, "heldout": args.heldout,
@@ -185,11 +191,11 @@ def main() -> None:
                     "note": "SmolLM2, 2 threads, shared-prefix path"},
         "environment": {"torch": torch.__version__, "transformers": transformers.__version__, "threads": args.threads,
                         "device": "cpu", "python": platform.python_version(), "machine": platform.machine(),
+                        "load_average": list(os.getloadavg()),
                         "shared_machine_note": "other jobs may share the cores; compare the ratios, not the rates"},
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=2) + "\n")
-    print(args.output)
 
 
 if __name__ == "__main__":
