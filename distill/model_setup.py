@@ -44,17 +44,24 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 
 
 def load_tokenizer(source: str, trust_remote_code: bool = False):
+    """The tokenizer of a model folder, hub id, GGUF file or alias (``eval.lm_loading.pretrained_source``)."""
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+    from eval.lm_loading import pretrained_source
+
+    folder, extra = pretrained_source(source)
+    return AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code, **extra)
 
 
 def load_base_model(source: str, config: TrainConfig, device: torch.device, quantize_4bit: bool):
-    """The causal LM from a local directory or hub id, optionally quantised to 4-bit NF4."""
+    """The causal LM from a local directory, hub id, GGUF file or alias, optionally quantised to 4-bit NF4."""
     from transformers import AutoModelForCausalLM
 
+    from eval.lm_loading import pretrained_source
+
+    source, extra = pretrained_source(source)
     dtype = resolve_dtype(config.dtype, device)
-    kwargs = dict(dtype=dtype, trust_remote_code=config.trust_remote_code)
+    kwargs = dict(dtype=dtype, trust_remote_code=config.trust_remote_code, **extra)
     if not quantize_4bit:
         return AutoModelForCausalLM.from_pretrained(source, **kwargs).to(device)
     try:

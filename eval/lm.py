@@ -15,6 +15,7 @@ import torch
 
 from eval.chat_format import chat_segments, encode_segment
 from eval.lm_loading import LMLoadError, LoadedLM, load_causal_lm, prepare_loaded_lm
+from eval.lm_prefix_tree import PrefixTreeScorer, supports_prefix_tree
 from eval.lm_scoring import (
     DEFAULT_MEMORY_BUDGET_BYTES,
     DialogueRequest,
@@ -23,6 +24,7 @@ from eval.lm_scoring import (
     candidate_logprobs_kv,
     candidate_logprobs_naive,
     prompt_ids,
+    round_ids,
 )
 
 __all__ = [
@@ -31,6 +33,7 @@ __all__ = [
     "LMLoadError",
     "LoadedLM",
     "RoundRequest",
+    "answer_sentence",
     "load_causal_lm",
     "parse_belief_answer",
     "parse_option_answer",
@@ -41,9 +44,11 @@ __all__ = [
 class ChoiceScorer:
     """Scores and generates assistant answers with a loaded causal LM.
 
-    ``batch_size`` dialogues share a batched forward when scoring (and conversations when generating);
-    the naive baseline runs ``naive_batch_rows`` (prompt + candidate) sequences per forward;
-    ``memory_budget_bytes`` bounds the logits and cache copies of one candidate forward.
+    Scoring goes through the shared-prefix tree (``lm_prefix_tree``) where the model supports it, else
+    through the batched KV path of ``lm_scoring``, where ``batch_size`` dialogues share a forward (and
+    conversations share one when generating); the naive (per-prompt) baseline runs ``naive_batch_rows``
+    (prompt + candidate) sequences per forward; ``memory_budget_bytes`` bounds what one forward adds
+    (its attention mask and weights, logits, cache copies).
     """
 
     def __init__(self, lm: LoadedLM, batch_size: int = 8, naive_batch_rows: int = 16,
@@ -53,9 +58,42 @@ class ChoiceScorer:
         self.naive_batch_rows = naive_batch_rows
         self.memory_budget_bytes = memory_budget_bytes
         self.call = ModelCall.of(lm.model, lm.tokenizer.pad_token_id)
+        self.tree = PrefixTreeScorer(self.call, memory_budget_bytes) if supports_prefix_tree(self.call) else None
 
     def candidate_logprobs(self, dialogues: list[DialogueRequest]) -> list[torch.Tensor]:
         """Summed log-prob of each candidate's tokens: one [n_rounds, n_candidates] tensor per dialogue."""
+        if self.tree is None:
+            return candidate_logprobs_kv(self.call, self.lm.tokenizer, dialogues, self.batch_size,
+                                         self.memory_budget_bytes)
+        groups = [[round_request] for dialogue in dialogues for round_request in dialogue.rounds]
+        flat = iter(self.group_logprobs(groups))
+        return [torch.stack([next(flat)[0] for _ in dialogue.rounds]) if dialogue.rounds else torch.zeros(0, 0)
+                for dialogue in dialogues]
+
+    def group_logprobs(self, groups: list[list[RoundRequest]]) -> list[torch.Tensor]:
+        """Summed log-probs for groups of prompts that share a long beginning (e.g. one dialogue's history
+        followed by different questions): one [n_prompts, n_candidates] tensor per group.  Each group's
+        common prefix is encoded once; consecutive groups reuse what they share (order the groups so that
+        each extends the one before, e.g. a dialogue's rounds in order)."""
+        tokenizer = self.lm.tokenizer
+        if self.tree is None:
+            dialogues = [DialogueRequest([request]) for group in groups for request in group]
+            flat = iter(candidate_logprobs_kv(self.call, tokenizer, dialogues, self.batch_size, self.memory_budget_bytes))
+            return [torch.cat([next(flat) for _ in group]) for group in groups]
+        results = []
+        for group in groups:
+            scored = self.tree.score_group([round_ids(tokenizer, request) for request in group])
+            results.append(torch.stack(scored) if scored else torch.zeros(0, 0))
+        return results
+
+    def score_groups(self, groups: list[list[RoundRequest]]) -> list[torch.Tensor]:
+        """Probabilities over candidates of grouped prompts (``group_logprobs``), [n_prompts, n_candidates]
+        per group."""
+        return [torch.softmax(sums, dim=-1) for sums in self.group_logprobs(groups)]
+
+    def candidate_logprobs_kv(self, dialogues: list[DialogueRequest]) -> list[torch.Tensor]:
+        """As ``candidate_logprobs`` through the batched KV path (no prefix tree): each prompt encoded on its
+        own, its candidates branching off its cache (the per-prompt path of the benchmarks)."""
         return candidate_logprobs_kv(self.call, self.lm.tokenizer, dialogues, self.batch_size, self.memory_budget_bytes)
 
     def candidate_logprobs_naive(self, dialogues: list[DialogueRequest]) -> list[torch.Tensor]:
@@ -112,6 +150,14 @@ def _stop_token_ids(tokenizer) -> list[int]:
     if end_ids and end_ids[0] in set(tokenizer.all_special_ids) and end_ids[0] not in stops:
         stops.append(end_ids[0])
     return stops
+
+
+def answer_sentence(text: str) -> str:
+    """The part of a generated reply that is its answer: the first non-empty line, up to the end of its
+    first sentence (a full stop, "!" or "?" followed by a space).  A reply that goes on to play the
+    dialogue ("Round 2.\nFlight 1: ...") is thus judged by "Round 2." alone, and names no option."""
+    line = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    return re.split(r"(?<=[.!?])\s", line, maxsplit=1)[0]
 
 
 def parse_option_answer(text: str, noun: str, n_options: int) -> int | None:

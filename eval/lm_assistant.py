@@ -3,9 +3,12 @@
 Two ways to decide:
 
 * ``score``: the probability of each option's answer ("The best option is Hotel N.") given the
-  chat-formatted history, normalised over the options (``ChoiceScorer``, with KV-cache reuse);
-* ``generate``: greedy decoding, then the option number is parsed from the text; an answer that names no
-  option counts as wrong and is reported as a failure.
+  chat-formatted history, normalised over the options (``ChoiceScorer``).  The prompts of one dialogue
+  after one history length form a group that shares the history (``ChoiceScorer.group_logprobs``), and the
+  groups go dialogue by dialogue, history lengths in order, so that each history is encoded once;
+* ``generate``: greedy decoding, then the option number is parsed from the answer's first sentence
+  (``lm.answer_sentence``: a reply that continues the dialogue instead of answering names no option there);
+  an answer that names no option counts as wrong and is reported (raw text kept) as a failure.
 
 Belief elicitation (``state_beliefs``) asks the same history one question per feature
 (``dialogue_text.belief_prompt_messages``): in score mode the 5 answers "My estimate is N." are scored and
@@ -26,7 +29,7 @@ from .dialogue_text import (
     PromptTemplate, belief_candidate_answers, belief_prompt_messages, candidate_answers, default_template,
     heldout_prompt_messages, match_answer, match_belief_answer,
 )
-from .lm import ChoiceScorer, DialogueRequest, LoadedLM, RoundRequest, parse_belief_answer, parse_option_answer
+from .lm import ChoiceScorer, LoadedLM, RoundRequest, answer_sentence, parse_belief_answer, parse_option_answer
 from .student_card import check_student_domain, read_student_card
 
 
@@ -63,18 +66,14 @@ class LMAssistant(Assistant):
         return conversations
 
     def recommend(self, request: RecommendRequest) -> Recommendation:
+        if self.mode == "score":
+            return self._score([request])[0]
         check_student_domain(self.student_card, request.domain, self.lm.model_id)
         n_dialogues, n_sets, n_options = request.option_sets.shape[:3]
         conversations = self.prompts(request)
-        gen = generator(request.seed, "tiebreak", self.name)
-        if self.mode == "score":
-            candidates = candidate_answers(request.domain, self.template)
-            scored = self.scorer.score([DialogueRequest([RoundRequest(c, candidates)]) for c in conversations])
-            probs = torch.stack([p[0] for p in scored]).reshape(n_dialogues, n_sets, n_options).float()
-            return Recommendation(probs, pick_argmax(probs, gen))
         answers = self.scorer.generate(conversations)
-        parsed = [_first_found(match_answer(request.domain, a, self.template), parse_option_answer, a, request.domain.noun,
-                               n_options) for a in answers]
+        parsed = [_first_found(match_answer(request.domain, _answer_line(a), self.template), parse_option_answer,
+                               answer_sentence(a), request.domain.noun, n_options) for a in answers]
         failures = torch.tensor([p is None for p in parsed]).reshape(n_dialogues, n_sets)
         for answer, p in zip(answers, parsed):
             if p is None and len(self.unparseable_examples) < 5:
@@ -82,6 +81,34 @@ class LMAssistant(Assistant):
         # An unparseable answer is counted wrong: pick -1 never equals a user's choice.
         picks = torch.tensor([-1 if p is None else p for p in parsed]).reshape(n_dialogues, n_sets)
         return Recommendation(None, picks, failures)
+
+    def recommend_after_each_round(self, request: RecommendRequest) -> list[Recommendation]:
+        """Recommendations after 0, 1, ..., r rounds of the history (in score mode, scored together: see
+        ``_score``)."""
+        truncated = [truncate_request(request, k) for k in range(request.n_rounds_seen + 1)]
+        if self.mode != "score":
+            return [self.recommend(t) for t in truncated]
+        return self._score(truncated)
+
+    def _score(self, requests: list[RecommendRequest]) -> list[Recommendation]:
+        """Score-mode recommendations for requests on the same dialogues and option sets that differ in
+        history length.  Every prompt of one dialogue and history length is one group, and a dialogue's
+        groups follow each other, so that the scorer encodes each history once and extends it round by
+        round.  Each request's ties are broken with its own seed."""
+        n_dialogues, n_sets, n_options = requests[0].option_sets.shape[:3]
+        check_student_domain(self.student_card, requests[0].domain, self.lm.model_id)
+        candidates = candidate_answers(requests[0].domain, self.template)
+        conversations = [self.prompts(r) for r in requests]  # [K][D * M]
+        groups = [
+            [RoundRequest(c, candidates) for c in conversations[i][d * n_sets : (d + 1) * n_sets]]
+            for d in range(n_dialogues) for i in range(len(requests))
+        ]
+        scored = torch.stack(self.scorer.score_groups(groups)).float()  # [D * K, M, O]
+        probs = scored.reshape(n_dialogues, len(requests), n_sets, n_options).transpose(0, 1)  # [K, D, M, O]
+        return [
+            Recommendation(probs[i], pick_argmax(probs[i], generator(r.seed, "tiebreak", self.name)))
+            for i, r in enumerate(requests)
+        ]
 
     def belief_prompts(self, request: RecommendRequest) -> list[list[dict]]:
         """One conversation per (dialogue, feature), in [D, F] order: the history, then the question."""
@@ -110,18 +137,29 @@ class LMAssistant(Assistant):
         conversations = [c for k in range(n_states) for c in self.belief_prompts(truncate_request(request, k))]
         shape = (n_states, n_dialogues, n_features)
         if self.mode == "score":
+            # One group per (dialogue, history length), a dialogue's groups in order (see recommend_after_each_round).
             candidates = belief_candidate_answers(self.template)
-            scored = self.scorer.score([DialogueRequest([RoundRequest(c, candidates)]) for c in conversations])
-            probs = torch.stack([p[0] for p in scored]).double().reshape(shape + (N_SCALE_POINTS,))
+            groups = [
+                [RoundRequest(c, candidates) for c in conversations[(k * n_dialogues + d) * n_features :][:n_features]]
+                for d in range(n_dialogues) for k in range(n_states)
+            ]
+            scored = torch.stack(self.scorer.score_groups(groups)).double()  # [D * S, F, points]
+            probs = scored.reshape(n_dialogues, n_states, n_features, N_SCALE_POINTS).transpose(0, 1)
             return [StatedBeliefs(probs[k]) for k in range(n_states)]
         answers = self.scorer.generate(conversations)
-        parsed = [_first_found(match_belief_answer(a, self.template), parse_belief_answer, a, N_SCALE_POINTS)
-                  for a in answers]
+        parsed = [_first_found(match_belief_answer(_answer_line(a), self.template), parse_belief_answer,
+                               answer_sentence(a), N_SCALE_POINTS) for a in answers]
         for answer, p in zip(answers, parsed):
             if p is None and len(self.unparseable_belief_examples) < 5:
                 self.unparseable_belief_examples.append(answer)
         points = torch.tensor([-1 if p is None else p for p in parsed]).reshape(shape)
         return [StatedBeliefs.from_points(points[k], distribution=False) for k in range(n_states)]
+
+
+def _answer_line(text: str) -> str:
+    """The first non-empty line of a generated reply: where an answer written as the template writes it must
+    stand (a template's answer may hold several sentences; ``answer_sentence`` cuts the lenient parsers' text)."""
+    return next((line.strip() for line in text.splitlines() if line.strip()), "")
 
 
 def _first_found(matched, parser, *args):

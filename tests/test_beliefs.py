@@ -13,7 +13,7 @@ from eval.assistants import BayesianAssistant, OracleAssistant, RandomAssistant,
 from eval.belief_scale import BeliefElicitationError, belief_levels, is_elicitable
 from eval.chat_format import tokenize_chat
 from eval.dialogue_text import belief_candidate_answers, belief_prompt_messages, dialogue_messages
-from eval.lm import load_causal_lm, parse_belief_answer
+from eval.lm import answer_sentence, load_causal_lm, parse_belief_answer
 from eval.lm_assistant import LMAssistant
 from eval.metrics import per_user_metrics, summarise, summarise_run
 from eval.protocol import run_protocol
@@ -208,7 +208,9 @@ def test_lm_generate_mode_counts_unparseable_answers_as_failures(tiny):
         for k in range(3) for d in range(2) for f in range(2)
     ]
     texts = assistant.scorer.generate(conversations)
-    assert torch.stack([s.failed() for s in real]).flatten().tolist() == [parse_belief_answer(t) is None for t in texts]
+    assert torch.stack([s.failed() for s in real]).flatten().tolist() == [
+        parse_belief_answer(answer_sentence(t)) is None for t in texts
+    ]
     for stated in real:
         assert not stated.distribution and stated.level_probs.shape == (2, 2, 5)
         assert torch.equal(stated.failed(), stated.level_probs.isnan().all(-1))

@@ -184,7 +184,8 @@ def test_custom_template_round_trips_from_teaching_text_to_evaluation_prompts(cu
     model, student_tokenizer = build_student(CABIN, TINY, template=template)
     assistant = LMAssistant(prepare_loaded_lm(model, student_tokenizer, "student"), template=template)
     scored = []
-    assistant.scorer.score = lambda requests: scored.extend(requests) or [[torch.full((3,), 1 / 3)] for _ in requests]
+    # capture what the assistant scores: one group of rounds per dialogue and history length
+    assistant.scorer.score_groups = lambda groups: scored.extend(groups) or [torch.full((len(g), 3), 1 / 3) for g in groups]
     description_index = {CABIN.option_text(i): i for i in [(v, p) for v in range(3) for p in range(2)]}
     tokenizers = {"student": student_tokenizer, "smollm2": _smollm2_tokenizer()}
     checked = 0
@@ -197,7 +198,7 @@ def test_custom_template_round_trips_from_teaching_text_to_evaluation_prompts(cu
                                    torch.tensor([choices[: n - 1]]), index[None, n - 1: n])
         scored.clear()
         assistant.recommend(request)
-        (round_request,) = scored[0].rounds
+        (round_request,) = scored[0]
         prompt, candidates = round_request.messages, round_request.candidates
         assert candidates == [f"Pick: Cabin #{k}" for k in (1, 2, 3)]
         evaluated = list(prompt) + [{"role": "assistant", "content": candidates[picks[-1]]}]
