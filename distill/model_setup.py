@@ -25,6 +25,10 @@ class QuantizationUnavailableError(RuntimeError):
     """The base model could not be loaded in 4 bits (bitsandbytes missing or unsupported here)."""
 
 
+class ModelLoadError(ValueError):
+    """The model or tokenizer named by the user could not be loaded (no such folder, hub id or files)."""
+
+
 @dataclass
 class TrainableModel:
     model: torch.nn.Module  # PeftModel for qlora/lora, the plain model for full
@@ -44,19 +48,27 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 
 
 def load_tokenizer(source: str, trust_remote_code: bool = False):
+    """The tokenizer of the model to train (the one place training loads it)."""
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+    try:
+        return AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+    except OSError as error:  # no such folder / hub id / files: the user's input, not a bug
+        raise ModelLoadError(f"cannot load a tokenizer from {source!r}: {str(error).splitlines()[0]}") from error
 
 
 def load_base_model(source: str, config: TrainConfig, device: torch.device, quantize_4bit: bool):
-    """The causal LM from a local directory or hub id, optionally quantised to 4-bit NF4."""
+    """The causal LM from a local directory or hub id, optionally quantised to 4-bit NF4 (the one place
+    training loads it), with config.dtype and config.attn_implementation."""
     from transformers import AutoModelForCausalLM
 
     dtype = resolve_dtype(config.dtype, device)
-    kwargs = dict(dtype=dtype, trust_remote_code=config.trust_remote_code)
+    kwargs = dict(dtype=dtype, trust_remote_code=config.trust_remote_code, attn_implementation=config.attn_implementation)
     if not quantize_4bit:
-        return AutoModelForCausalLM.from_pretrained(source, **kwargs).to(device)
+        try:
+            return AutoModelForCausalLM.from_pretrained(source, **kwargs).to(device)
+        except OSError as error:
+            raise ModelLoadError(f"cannot load a causal LM from {source!r}: {str(error).splitlines()[0]}") from error
     try:
         from transformers import BitsAndBytesConfig
 
@@ -88,7 +100,7 @@ def add_lora_adapters(model, config: TrainConfig, quantized: bool):
         # Casts norms to fp32, freezes the base, and (optionally) turns on gradient checkpointing.
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.gradient_checkpointing)
     elif config.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()  # adapters need a gradient path through the frozen embeddings
     lora = LoraConfig(
         r=config.lora_r,
