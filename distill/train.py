@@ -369,7 +369,13 @@ def train(config: TrainConfig, dataset_path, out_dir, *, model=None, resume: boo
     peak = peak_rss_mb()
     if args.world_size > 1:
         peak = float(trainer.accelerator.reduce(torch.tensor(peak, device=args.device), "max").item())
-    if is_main:
+    from accelerate.utils import DistributedType
+
+    if trainer.accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        trainer.save_model(str(out_dir / ("adapter" if trainable.is_peft else "model")))  # gathers the shards
+        if is_main:
+            tokenizer.save_pretrained(str(out_dir / ("adapter" if trainable.is_peft else "model")))
+    elif is_main:
         write_outputs(out_dir, trainable, config, args.device)
         summary = {"steps": step, "steps_this_run": len(recorder.losses), "max_steps": trainer.state.max_steps,
                    "stop_reason": stop_reason, "final_loss": recorder.losses[-1] if recorder.losses else None,
