@@ -84,8 +84,11 @@ def compare(args) -> dict:
                                cwd=root, check=True, stderr=subprocess.DEVNULL)
                 runs[name].append(json.loads(out.read_text()))
     median = {name: statistics.median(r["seconds_per_step"] for r in rs) for name, rs in runs.items()}
+    wall = {name: statistics.median(r["wall_s"] for r in rs) for name, rs in runs.items()}
+    # wall_s (the whole train_student call, same steps) is the fair one: engines may time a "step" differently
     record = {"baseline_root": args.baseline_root, "runs": runs, "median_seconds_per_step": median,
-              "seconds_per_step_ratio_this_over_baseline": median["this"] / median["baseline"]}
+              "seconds_per_step_ratio_this_over_baseline": median["this"] / median["baseline"],
+              "median_wall_s": wall, "wall_ratio_this_over_baseline": wall["this"] / wall["baseline"]}
     print(json.dumps({k: v for k, v in record.items() if k != "runs"}))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(record, indent=2) + "\n")

@@ -93,6 +93,19 @@ def is_quantized(model) -> bool:
     return bool(getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False))
 
 
+def forget_dequantized_gguf(model):
+    """A model loaded from a GGUF file (``from_pretrained(folder, gguf_file=...)``) has plain float weights (the
+    file is dequantised on load) but keeps transformers' GGUF quantizer, which makes the Trainer refuse it ("do
+    not support training"); drop that marker when every weight is a float tensor.  Returns the model."""
+    quantizer = getattr(model, "hf_quantizer", None)
+    method = str(getattr(getattr(quantizer, "quantization_config", None), "quant_method", "")).lower()
+    if quantizer is not None and "gguf" in method and all(p.is_floating_point() for p in model.parameters()):
+        model.hf_quantizer, model.is_quantized = None, False
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+    return model
+
+
 def add_lora_adapters(model, config: TrainConfig, quantized: bool):
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
@@ -132,6 +145,7 @@ def build_trainable_model(config: TrainConfig, source, device: torch.device, scr
         tokenizer = load_tokenizer(base_path, config.trust_remote_code)
         model = load_base_model(base_path, config, device, quantize_4bit=config.method == "qlora")
 
+    model = forget_dequantized_gguf(model)
     if config.method == "full":
         if is_quantized(model):
             raise ValueError("method 'full' cannot train a quantised model; use --method qlora or lora")

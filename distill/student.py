@@ -319,7 +319,7 @@ def calibrate(model, tokenizer, examples_lines: list[str], config: StudentConfig
     """(seconds per optimizer step, seconds to tokenise one example, torch threads used), timed on a copy of
     the model; sets torch's thread count to the fastest one."""
     from distill.chat_dataset import collate, parse_example, tokenize_dataset
-    from distill.train import micro_batch_loss
+    from distill.loss import micro_batch_loss
 
     sample = [parse_example(json.loads(line), "calibration") for line in examples_lines[: config.batch_size]]
     start = time.perf_counter()

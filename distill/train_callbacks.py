@@ -48,16 +48,17 @@ class BudgetCallback(TrainerCallback):
 
     def __init__(self, budget_s: float, start: float):
         self.budget_s, self.start = budget_s, start
-        self.step_start, self.step_seconds, self.steps = 0.0, 0.0, 0
+        self.last_end, self.step_seconds, self.steps = 0.0, 0.0, 0
         self.stopped = False
 
-    def on_step_begin(self, args, state, control, **kwargs):
-        self.step_start = time.perf_counter()
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.last_end = time.perf_counter()
 
     def on_step_end(self, args, state, control, **kwargs):
         now = time.perf_counter()
         self.steps += 1
-        self.step_seconds += now - self.step_start
+        self.step_seconds += now - self.last_end  # a step: from the end of the last (data loading included)
+        self.last_end = now
         over = float(now - self.start + self.step_seconds / self.steps > self.budget_s)
         if _all_processes_max(over, args.device) > 0 and not control.should_training_stop:
             control.should_training_stop = control.should_save = True
@@ -75,16 +76,19 @@ class StepRecorder(TrainerCallback):
     def __init__(self, trainer, log_path: Path, kl_weight: float):
         self.trainer, self.log_path, self.kl_weight = trainer, log_path, kl_weight
         self.losses: list[float] = []
-        self.tokens, self.step_seconds, self.step_start, self.lr = 0, 0.0, 0.0, 0.0
+        self.tokens, self.step_seconds, self.last_end, self.lr = 0, 0.0, 0.0, 0.0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.last_end = time.perf_counter()
 
     def on_step_begin(self, args, state, control, **kwargs):
-        self.step_start = time.perf_counter()
         self.lr = self.trainer.lr_scheduler.get_last_lr()[0]  # the rate this step uses
 
     def on_step_end(self, args, state, control, **kwargs):
         sft, kl, tokens = _all_processes_sum(self.trainer.step_parts).tolist()
         self.trainer.step_parts.zero_()
-        seconds = time.perf_counter() - self.step_start
+        now = time.perf_counter()
+        seconds, self.last_end = now - self.last_end, now  # from the last step's end: data loading included
         loss = sft + self.kl_weight * kl
         self.losses.append(loss)
         self.tokens += int(tokens)

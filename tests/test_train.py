@@ -22,7 +22,8 @@ from distill.chat_dataset import (  # noqa: E402
     DatasetFormatError, EmptyLossMaskError, candidate_token_ids, collate, load_chat_jsonl, message_start_positions,
     parse_example, tokenize_dataset,
 )
-from distill.train import micro_batch_loss, train  # noqa: E402
+from distill.loss import micro_batch_loss  # noqa: E402
+from distill.train import train  # noqa: E402
 from distill.train_config import TrainConfig  # noqa: E402
 from eval.chat_format import tokenize_chat  # noqa: E402
 from tiny_student_fixtures import (  # noqa: E402
@@ -448,7 +449,7 @@ def test_accelerate_launch_with_two_cpu_processes(student_dir, dataset, tmp_path
 
 
 def test_logits_only_at_loss_positions_give_the_same_loss_and_gradients():
-    import distill.train as trainer
+    import distill.loss as trainer
 
     tokenizer = build_tiny_tokenizer()
     model = build_tiny_llama(len(tokenizer), seed=5)
