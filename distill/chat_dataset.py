@@ -1,4 +1,4 @@
-"""Chat datasets for distillation: load JSONL, tokenise with the shared chat format, order and collate.
+"""Chat datasets for distillation: load JSONL, tokenise with the shared chat format, collate.
 
 File format (JSONL, one conversation per line; also loadable with ``datasets.load_dataset("json", ...)``)::
 
@@ -266,36 +266,6 @@ def tokenize_dataset(tokenizer, examples: list[ChatExample], max_length: int, wi
         sum(t.dropped_soft_targets for t in cut),
     )
     return tokenized, report
-
-
-# ---------------------------------------------------------------------------------------------------
-# Data order: which conversations each optimizer step sees (a pure function of the step number, so a
-# resumed run sees exactly what an uninterrupted one would)
-# ---------------------------------------------------------------------------------------------------
-def steps_per_epoch(num_examples: int, global_batch: int) -> int:
-    return math.ceil(num_examples / global_batch)
-
-
-def epoch_order(num_examples: int, epoch: int, seed: int, shuffle: bool) -> list[int]:
-    if not shuffle:
-        return list(range(num_examples))
-    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    return torch.randperm(num_examples, generator=generator).tolist()
-
-
-def step_example_indices(step: int, num_examples: int, global_batch: int, seed: int, shuffle: bool) -> list[int]:
-    """The ``global_batch`` dataset indices of optimizer step ``step`` (0-based).  The last step of an
-    epoch wraps around to the start of that epoch's order so that every step has a full batch."""
-    per_epoch = steps_per_epoch(num_examples, global_batch)
-    epoch, position = divmod(step, per_epoch)
-    order = epoch_order(num_examples, epoch, seed, shuffle)
-    return [order[(position * global_batch + j) % num_examples] for j in range(global_batch)]
-
-
-def micro_batch_indices(step_indices: list[int], micro: int, process: int, num_processes: int, batch_size: int) -> list[int]:
-    """This process's share of micro-batch ``micro`` of a step: micro-batches are interleaved over processes."""
-    start = (micro * num_processes + process) * batch_size
-    return step_indices[start : start + batch_size]
 
 
 # ---------------------------------------------------------------------------------------------------

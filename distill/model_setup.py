@@ -25,6 +25,10 @@ class QuantizationUnavailableError(RuntimeError):
     """The base model could not be loaded in 4 bits (bitsandbytes missing or unsupported here)."""
 
 
+class ModelLoadError(ValueError):
+    """The model or tokenizer named by the user could not be loaded (no such folder, hub id or files)."""
+
+
 @dataclass
 class TrainableModel:
     model: torch.nn.Module  # PeftModel for qlora/lora, the plain model for full
@@ -44,26 +48,35 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 
 
 def load_tokenizer(source: str, trust_remote_code: bool = False):
-    """The tokenizer of a model folder, hub id, GGUF file or alias (``eval.lm_loading.pretrained_source``)."""
+    """The tokenizer of a model folder, hub id, GGUF file or alias (``eval.lm_loading.pretrained_source``): the
+    one place training loads it."""
     from transformers import AutoTokenizer
 
     from eval.lm_loading import pretrained_source
 
     folder, extra = pretrained_source(source)
-    return AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code, **extra)
+    try:
+        return AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code, **extra)
+    except OSError as error:  # no such folder / hub id / files: the user's input, not a bug
+        raise ModelLoadError(f"cannot load a tokenizer from {source!r}: {str(error).splitlines()[0]}") from error
 
 
 def load_base_model(source: str, config: TrainConfig, device: torch.device, quantize_4bit: bool):
-    """The causal LM from a local directory, hub id, GGUF file or alias, optionally quantised to 4-bit NF4."""
+    """The causal LM from a local directory, hub id, GGUF file or alias, optionally quantised to 4-bit NF4
+    (the one place training loads it), with config.dtype and config.attn_implementation."""
     from transformers import AutoModelForCausalLM
 
     from eval.lm_loading import pretrained_source
 
     source, extra = pretrained_source(source)
     dtype = resolve_dtype(config.dtype, device)
-    kwargs = dict(dtype=dtype, trust_remote_code=config.trust_remote_code, **extra)
+    kwargs = dict(dtype=dtype, trust_remote_code=config.trust_remote_code, attn_implementation=config.attn_implementation,
+                  **extra)
     if not quantize_4bit:
-        return AutoModelForCausalLM.from_pretrained(source, **kwargs).to(device)
+        try:
+            return AutoModelForCausalLM.from_pretrained(source, **kwargs).to(device)
+        except OSError as error:
+            raise ModelLoadError(f"cannot load a causal LM from {source!r}: {str(error).splitlines()[0]}") from error
     try:
         from transformers import BitsAndBytesConfig
 
@@ -88,6 +101,19 @@ def is_quantized(model) -> bool:
     return bool(getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False))
 
 
+def forget_dequantized_gguf(model):
+    """A model loaded from a GGUF file (``from_pretrained(folder, gguf_file=...)``) has plain float weights (the
+    file is dequantised on load) but keeps transformers' GGUF quantizer, which makes the Trainer refuse it ("do
+    not support training"); drop that marker when every weight is a float tensor.  Returns the model."""
+    quantizer = getattr(model, "hf_quantizer", None)
+    method = str(getattr(getattr(quantizer, "quantization_config", None), "quant_method", "")).lower()
+    if quantizer is not None and "gguf" in method and all(p.is_floating_point() for p in model.parameters()):
+        model.hf_quantizer, model.is_quantized = None, False
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+    return model
+
+
 def add_lora_adapters(model, config: TrainConfig, quantized: bool):
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
@@ -95,7 +121,7 @@ def add_lora_adapters(model, config: TrainConfig, quantized: bool):
         # Casts norms to fp32, freezes the base, and (optionally) turns on gradient checkpointing.
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.gradient_checkpointing)
     elif config.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()  # adapters need a gradient path through the frozen embeddings
     lora = LoraConfig(
         r=config.lora_r,
@@ -127,6 +153,7 @@ def build_trainable_model(config: TrainConfig, source, device: torch.device, scr
         tokenizer = load_tokenizer(base_path, config.trust_remote_code)
         model = load_base_model(base_path, config, device, quantize_4bit=config.method == "qlora")
 
+    model = forget_dequantized_gguf(model)
     if config.method == "full":
         if is_quantized(model):
             raise ValueError("method 'full' cannot train a quantised model; use --method qlora or lora")

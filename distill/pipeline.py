@@ -24,12 +24,9 @@ from eval.protocol import run_protocol
 from eval.report import build_report, format_table, plot_reports, save_report
 from ppl_models import get_domain
 
-from .teaching_data import write_teaching_set
+from .teaching_data import EMBEDDED_DIALOGUES_PER_USER, STUDY_DIALOGUES_PER_USER, write_teaching_set
+from .train_config import DEFAULT_BUDGET_MINUTES, ConfigError, TrainConfig
 from .transfer import eval_domains_for, evaluate_domains, write_transfer
-from .train_config import TrainConfig
-
-
-EMBEDDED_DIALOGUES_PER_USER = 100
 
 
 @dataclass
@@ -38,13 +35,11 @@ class DistillSettings:
     teacher: str = "bayesian"  # bayesian | oracle | soft
     model: str | None = None  # a Hugging Face causal LM; None = the embedded student
     method: str = "qlora"  # for --model: qlora | lora | full
-    budget_minutes: float = 10.0  # training wall-clock budget
+    budget_minutes: float = DEFAULT_BUDGET_MINUTES  # training wall-clock budget
     out_dir: str = "runs/distill"
     seed: int = 0
-    # Dialogues per teaching user.  None: the study's 10 for a --model (every prefix an example, 31,200 on
-    # flight), 100 for the embedded student (whole dialogues only): a from-scratch model memorises the study's
-    # 5,240 hotel dialogues within its budget (measured: 64% of the teacher's picks on its training dialogues,
-    # chance on new ones), so it needs new dialogues for most of its steps.
+    # Dialogues per teaching user.  None: STUDY_DIALOGUES_PER_USER for a --model (every prefix an example),
+    # EMBEDDED_DIALOGUES_PER_USER for the embedded student (whole dialogues only; see teaching_data).
     n_dialogues: int | None = None
     # Rounds per teaching dialogue.  None: the domain's (5, as in the study) for a --model; one more for the
     # embedded student.  Evaluation asks for a recommendation after 0..5 observed rounds, so the last question
@@ -62,6 +57,10 @@ class DistillSettings:
     # is always included): OUT/eval/<domain>/report.json, OUT/transfer.json and .png (distill/transfer.py).
     # Empty: the teaching domain only, no transfer outputs.  The embedded student accepts its own domain only.
     eval_domains: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.budget_minutes > 0:
+            raise ConfigError(f"the budget must be > 0 minutes, got {self.budget_minutes}")
 
 
 def _evaluate(domain, assistant, users, settings: DistillSettings, label: str, log):
@@ -83,7 +82,7 @@ def run_distill(settings: DistillSettings, log=print) -> dict:
 
     # ---- 1. teaching data (users held out for evaluation never appear) -----------------------------
     embedded = settings.model is None
-    n_dialogues = settings.n_dialogues or (EMBEDDED_DIALOGUES_PER_USER if embedded else 10)
+    n_dialogues = settings.n_dialogues or (EMBEDDED_DIALOGUES_PER_USER if embedded else STUDY_DIALOGUES_PER_USER)
     teach_rounds = settings.teach_rounds or (domain.n_rounds + 1 if embedded else domain.n_rounds)
     manifest = write_teaching_set(
         domain, settings.teacher, out / "data", n_dialogues=n_dialogues,

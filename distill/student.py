@@ -48,10 +48,10 @@ Design (measured on hotel, 2 shared CPU cores, Nov 2026; numbers in the docstrin
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,6 +62,8 @@ from eval.prompt_template import save_template
 from eval.student_card import save_student_card
 from ppl_models import Domain
 
+from .train_config import DEFAULT_BUDGET_MINUTES, TrainConfig
+
 # The text side lives in student_tokenizer; its names are re-exported here for callers of this module.
 from .student_tokenizer import (  # noqa: F401
     CHOSEN_PREFIX, FALLBACK_PATTERN, MAX_OPTION_TOKENS, MAX_ROUND_PHRASES, SPECIAL_TOKENS, build_tokenizer,
@@ -70,8 +72,41 @@ from .student_tokenizer import (  # noqa: F401
 )
 
 
-@dataclass(frozen=True)
-class StudentConfig:
+@dataclass
+class StudentConfig(TrainConfig):
+    """The student's shape and tokenizer choices, and its training settings: a TrainConfig (the same fields,
+    read by the same trainer) whose defaults are the student's."""
+    # --- training: TrainConfig's fields with the student's defaults ----------------------------------
+    model_name_or_path: str = "embedded-student"
+    # every weight of a from-scratch model trains, in float32 (what every number below was measured with)
+    method: str = "full"
+    dtype: str = "float32"
+    # Longest sequence; a 6-round hotel dialogue is at most ~51 tokens with option tokens (one per option
+    # line), 512 leaves headroom for renderings without them and longer dialogues.  Also
+    # max_position_embeddings.
+    max_length: int = 512
+    # Peak AdamW learning rate: tiny from-scratch models tolerate (and, with few steps, need) ~1e-3.
+    learning_rate: float = 2e-3
+    # Conversations per optimizer step: averages over enough users for a stable gradient.
+    batch_size: int = 32
+    # Linear warm-up before the cosine decay (a cold Adam with a high lr diverges otherwise).
+    warmup_steps: int = 30
+    # Cosine decays to learning_rate * min_lr_ratio when the budget ends (the clock schedule).
+    min_lr_ratio: float = 0.05
+    # Mild decoupled weight decay for the from-scratch weights.
+    weight_decay: float = 0.01
+    # Adam's second-moment decay.  0.95 rather than the usual 0.999: with 0.999 a token seen once in a while
+    # gets a step of ~3x the learning rate per coordinate each time it appears (its second moment has decayed
+    # towards zero since its last appearance); 0.95 keeps such steps near the learning rate.  Measured with
+    # frozen option rows, 600 steps, same data: 73-75% agreement with 0.95, 64-69% with 0.999.
+    adam_beta2: float = 0.95
+    # The wall-clock budget of train_student (the whole call: tokenising, calibration and saving included).
+    budget_minutes: float | None = DEFAULT_BUDGET_MINUTES
+    # Log every 10 steps; keep one checkpoint (the run saves about four times).
+    log_every_steps: int = 10
+    keep_last_checkpoints: int = 1
+
+    # --- the model -----------------------------------------------------------------------------------
     # Width of the residual stream.  At 128 (4 layers, ~0.92M parameters besides the embedding tables) a
     # step of 32 six-round hotel dialogues takes ~0.13 s on 2 idle cores (0.19 s on one), so the main job
     # fits ~4,100 steps, ~2.5 passes over its 52,400 dialogues; the task has few concepts (4 features x <= 11
@@ -84,25 +119,6 @@ class StudentConfig:
     num_heads: int = 4
     # MLP width (3x hidden, LLaMA's SwiGLU usually uses ~2.7x).
     intermediate_size: int = 384
-    # Longest sequence; a 6-round hotel dialogue is at most ~51 tokens with option tokens (one per option
-    # line), 512 leaves headroom for renderings without them and longer dialogues.  Also
-    # max_position_embeddings.
-    max_length: int = 512
-    # Peak AdamW learning rate: tiny from-scratch models tolerate (and, with few steps, need) ~1e-3.
-    learning_rate: float = 2e-3
-    # Conversations per optimizer step: averages over enough users for a stable gradient.
-    batch_size: int = 32
-    # Linear warm-up before the cosine decay (a cold Adam with a high lr diverges otherwise).
-    warmup_steps: int = 30
-    # Cosine decays to learning_rate * min_lr_ratio at the last step the budget allows.
-    min_lr_ratio: float = 0.05
-    # Mild decoupled weight decay for the from-scratch weights.
-    weight_decay: float = 0.01
-    # Adam's second-moment decay.  0.95 rather than the usual 0.999: with 0.999 a token seen once in a while
-    # gets a step of ~3x the learning rate per coordinate each time it appears (its second moment has decayed
-    # towards zero since its last appearance); 0.95 keeps such steps near the learning rate.  Measured with
-    # frozen option rows, 600 steps, same data: 73-75% agreement with 0.95, 64-69% with 0.999.
-    adam_beta2: float = 0.95
     # Option-line and restated-choice embeddings stay as initialised (header + ordinal value directions, see
     # option_token_init): ~21,800 rows each seen ~30 times in a run would otherwise each take ~30 Adam steps
     # of noise as large as their structure.  Measured (hotel, the 20,000 dialogues of teaching users 0-199,
@@ -307,7 +323,7 @@ def calibrate(model, tokenizer, examples_lines: list[str], config: StudentConfig
     """(seconds per optimizer step, seconds to tokenise one example, torch threads used), timed on a copy of
     the model; sets torch's thread count to the fastest one."""
     from distill.chat_dataset import collate, parse_example, tokenize_dataset
-    from distill.train import micro_batch_loss
+    from distill.loss import micro_batch_loss
 
     sample = [parse_example(json.loads(line), "calibration") for line in examples_lines[: config.batch_size]]
     start = time.perf_counter()
@@ -339,31 +355,21 @@ def calibrate(model, tokenizer, examples_lines: list[str], config: StudentConfig
     return best[0], tokenize_s, best[1]
 
 
-def train_config_for(config: StudentConfig, max_steps: int, seed: int, budget_minutes: float | None):
-    from distill.train_config import TrainConfig
-
-    return TrainConfig(
-        model_name_or_path="embedded-student", method="full", dtype="float32",
-        learning_rate=config.learning_rate, weight_decay=config.weight_decay, adam_beta2=config.adam_beta2,
-        warmup_steps=config.warmup_steps,
-        min_lr_ratio=config.min_lr_ratio, batch_size=config.batch_size, max_length=config.max_length,
-        max_steps=max_steps, budget_minutes=budget_minutes, kl_weight=config.kl_weight, seed=seed,
-        save_every_steps=max(50, max_steps // 4), keep_last_checkpoints=1, log_every_steps=10,
-    )
-
-
-def train_student(domain: Domain, dataset_path, out_dir, budget_minutes: float = 10.0,
+def train_student(domain: Domain, dataset_path, out_dir, budget_minutes: float | None = None,
                   config: StudentConfig = StudentConfig(), seed: int = 0, resume: bool = False,
                   max_steps: int | None = None, template: PromptTemplate | None = None):
     """Build the student and train it on ``dataset_path`` (a teaching-set JSONL) with distill.train.train
-    (method "full") so that everything, tokenisation and saving included, fits ``budget_minutes``.
+    (method "full") so that everything, tokenisation and saving included, fits ``budget_minutes`` (default:
+    the config's).
 
     ``max_steps`` overrides the budget-fitted number of steps.  ``resume=True`` continues a run in
     ``out_dir`` (same config and seed; the schedule of the first run is kept).  ``template``: the prompt template
     the teaching set was written with (the student's tokenizer is made for its text).  Returns the TrainResult."""
     from distill.chat_dataset import tokenize_workers
     from distill.train import train
+    from distill.train_callbacks import clock_cosine
 
+    budget_minutes = config.budget_minutes if budget_minutes is None else budget_minutes
     start = time.perf_counter()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -389,42 +395,15 @@ def train_student(domain: Domain, dataset_path, out_dir, budget_minutes: float =
                 "student_config": config.__dict__, "budget_minutes": budget_minutes}
         plan_path.write_text(json.dumps(plan, indent=2) + "\n")
     remaining = max(0.05, budget_minutes - (time.perf_counter() - start) / 60)
-    train_config = train_config_for(config, plan["max_steps"], seed, remaining)
+    run_config = dataclasses.replace(config, max_steps=plan["max_steps"], budget_minutes=remaining, seed=seed,
+                                     save_every_steps=max(50, plan["max_steps"] // 4))
     # The step time on a shared CPU drifts by several x within minutes, so the cosine follows the clock: it
-    # reaches its floor when the budget ends, whatever number of steps that turns out to be.
+    # reaches its floor when the budget ends, whatever number of steps that turns out to be.  The Trainer is
+    # given this schedule (a fixed max_steps keeps the Trainer's own warm-up + cosine by steps).
     end = time.perf_counter() + remaining * 60 * (1 - config.budget_margin / 2)
-    with clock_schedule(end if max_steps is None else None):
-        result = train(train_config, data_path, out_dir, model=(model, tokenizer), resume=resume)
+    schedule = clock_cosine(config.warmup_steps, config.min_lr_ratio, end) if max_steps is None else None
+    result = train(run_config, data_path, out_dir, model=(model, tokenizer), resume=resume, lr_lambda=schedule)
     if (out_dir / "model").is_dir():  # its tokenizer is made for this text: evaluate prompts it with the same
         save_template(template or default_template(), out_dir / "model")
         save_student_card(domain, out_dir / "model")  # its tokenizer is made for this domain's words: evaluate checks
     return result
-
-
-@contextmanager
-def clock_schedule(end: float | None):
-    """While active, distill.train's warm-up + cosine schedule decays by wall-clock progress towards ``end``
-    (a time.perf_counter() value) instead of by step count; warm-up stays by steps.  None: no change."""
-    import distill.train as trainer
-
-    if end is None:
-        yield
-        return
-    original = trainer.warmup_cosine
-
-    def warmup_clock_cosine(config, total_steps):
-        state = {}
-
-        def factor(step: int) -> float:
-            if step < config.warmup_steps:
-                return (step + 1) / (config.warmup_steps + 1)
-            begin = state.setdefault("begin", time.perf_counter())  # when the decay starts
-            progress = min(1.0, (time.perf_counter() - begin) / max(1e-6, end - begin))
-            return config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-        return factor
-
-    trainer.warmup_cosine = warmup_clock_cosine
-    try:
-        yield
-    finally:
-        trainer.warmup_cosine = original

@@ -1,30 +1,37 @@
-"""Fine-tune a causal LM on chat dialogues whose assistant turns are an exact Bayesian assistant's answers.
+"""Fine-tune a causal LM on chat dialogues whose assistant turns are an exact Bayesian assistant's answers,
+with transformers' ``Trainer``.
 
 Public API::
 
-    train(config: TrainConfig, dataset_path, out_dir, *, model=None, resume=False, on_step_end=None)
-        -> TrainResult
+    train(config: TrainConfig, dataset_path, out_dir, *, model=None, resume=False, on_step_end=None,
+          lr_lambda=None) -> TrainResult
     main(argv=None)   # python -m distill.train --config cfg.json --data train.jsonl --out runs/x [--resume]
 
 ``model`` is a name/path (overrides ``config.model_name_or_path``) or an already-built ``(model,
 tokenizer)`` pair.  ``resume=True`` continues from the last complete checkpoint in ``out_dir``.
-``on_step_end(record: dict)`` is called on every process after each optimizer step (and its checkpoint).
-The same script runs unchanged under ``accelerate launch --num_processes N``: every process computes its
-own share of each step's batch, gradients are averaged, and only the main process writes files.
+``on_step_end(record: dict)`` is called on every process after each optimizer step.  ``lr_lambda`` (a
+step -> factor function) replaces the warm-up + cosine schedule (the embedded student's clock schedule).
+Under ``accelerate launch`` (DDP, FSDP, DeepSpeed; ``configs/accelerate/``) the Trainer shards the data and
+the model; ``config.global_batch_size`` keeps the batch per optimizer step whatever the number of processes.
 
-The loss of one step is  CE(assistant tokens) + kl_weight * KL(soft target || model over candidates):
-cross-entropy averaged over the step's assistant tokens, and, for messages with a soft target, the KL from
-the Bayesian posterior predictive to the model's softmax over the summed log-probs of the candidates.
+The Trainer does the optimizer (AdamW), the warm-up + cosine schedule, accumulation, clipping, checkpoints
+(with RNG states and rotation), resume and tensorboard.  What is ours: the dataset of segment-based
+assistant masks (``chat_dataset``), the loss below (``DistillTrainer.compute_loss``), the wall-clock budget
+and logs (``train_callbacks``).  The loss of one step is  CE(assistant tokens) + kl_weight * KL(soft target
+|| model over candidates): cross-entropy averaged over the step's assistant tokens (all processes), and, for
+messages with a soft target, the KL from the Bayesian posterior predictive to the model's softmax over the
+summed log-probs of the candidates; logits are computed only at the positions the loss reads.
 
 Output directory::
 
     out_dir/train_config.json        the TrainConfig of the run
-    out_dir/train_log.jsonl          one line per logged step: step, loss, sft_loss, kl_loss, lr, tokens/s ...
+    out_dir/train_log.jsonl          one line per logged step: step, loss, sft_loss, kl_loss, lr, tokens/s
+    out_dir/tensorboard/             the Trainer's event files (loss, learning rate, grad norm); loss.png beside
     out_dir/summary.json             steps, tokens, tokens/s, peak RSS memory, truncation report
     out_dir/adapter/                 qlora/lora: PEFT adapter + tokenizer (PeftModel.from_pretrained loads it)
     out_dir/model/                   full: the fine-tuned model + tokenizer
     out_dir/merged/                  with merge_adapter: base with the adapter folded in + tokenizer
-    out_dir/checkpoints/step-NNNNNNNN/  resumable state (complete only with its COMPLETE marker)
+    out_dir/checkpoints/checkpoint-N/  the Trainer's checkpoints (resumable once COMPLETE is in them)
 """
 from __future__ import annotations
 
@@ -33,24 +40,23 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import resource
 import tempfile
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from tqdm.auto import tqdm
+from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from distill import io_utils
-from distill.chat_dataset import (
-    ChatBatch, EmptyLossMaskError, collate, load_chat_jsonl, micro_batch_indices, step_example_indices,
-    steps_per_epoch, tokenize_dataset, tokenize_workers,
-)
+from distill.chat_dataset import ChatBatch, EmptyLossMaskError, collate, load_chat_jsonl, tokenize_dataset, tokenize_workers
+from distill.loss import micro_batch_loss
 from distill.model_setup import TrainableModel, build_trainable_model, merge_adapter
+from distill.train_callbacks import (
+    BudgetCallback, BudgetProgressCallback, CompleteMarker, LossPlotCallback, StepRecorder,
+)
 from distill.train_config import TrainConfig
 
 logger = logging.getLogger(__name__)
@@ -82,111 +88,90 @@ class TrainResult:
 
 
 # --------------------------------------------------------------------------------------------------
-# The loss of one micro-batch
+# The Trainer: our loss, our step counts, the schedule it is given
 # --------------------------------------------------------------------------------------------------
-def next_token_log_probs(logits: torch.Tensor, input_ids: torch.Tensor, mask: torch.Tensor,
-                         positions: torch.Tensor | None = None):
-    """log p(token t+1 | tokens <= t) for every (row, t) with mask[row, t+1].
-    logits [R, T, V] (or [R, K, V] at sequence ``positions`` [K] only), input_ids/mask [R, T]
-    -> (log_probs [N] float32, rows [N])."""
-    predicted = mask[:, 1:]  # [R, T-1] the token at t+1 is predicted from position t
-    tokens = input_ids[:, 1:]
-    if positions is None:
-        logits = logits[:, :-1]
-    else:
-        predicted, tokens = predicted[:, positions], tokens[:, positions]
-    selected = logits[predicted].float()  # [N, V] only the positions that matter
-    tokens = tokens[predicted]  # [N]
-    log_probs = selected.gather(-1, tokens[:, None]).squeeze(-1) - selected.logsumexp(-1)
-    return log_probs, predicted.nonzero()[:, 0]
+class DistillTrainer(Trainer):
+    """transformers' Trainer with the loss above: ``compute_loss`` reads a collated ChatBatch, and the number
+    of assistant tokens and soft targets of the whole optimizer step (all micro-batches, all processes) comes
+    from ``get_batch_samples``, so accumulation and data parallelism give the gradient of the step mean."""
+
+    loss_is_scaled_for_ga = True  # compute_loss already divides by the step's counts
+
+    def __init__(self, *args, kl_weight: float = 0.0, lr_lambda: Callable[[int], float] | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.kl_weight, self.lr_lambda = kl_weight, lr_lambda
+        self.step_parts = torch.zeros(3, dtype=torch.float64)  # this process's [sft, kl, tokens] of the step
+
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        batches = []
+        for _ in range(num_batches):
+            try:
+                batches.append(next(epoch_iterator))
+            except StopIteration:
+                break
+        counts = torch.tensor([[int(b["target_mask"][:, 1:].sum()), len(b["candidate_row"]) + len(b["inline_row"])]
+                               for b in batches] or [[0, 0]], dtype=torch.float64).sum(0)
+        if self.accelerator.num_processes > 1:
+            counts = self.accelerator.reduce(counts.to(device), "sum").cpu()
+        return batches, counts
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        batch = ChatBatch(**inputs)
+        if not batch.target_mask[:, 1:].any():
+            raise EmptyLossMaskError(f"no assistant tokens to train on in the batch of dataset indices {batch.example_indices}")
+        if num_items_in_batch is None:  # outside a training step (e.g. trainer.evaluate)
+            num_items_in_batch = torch.tensor([float(batch.target_mask[:, 1:].sum()), float(batch.num_soft_targets)])
+        step_targets, step_soft = num_items_in_batch.tolist()
+        loss, sft, kl = micro_batch_loss(model, batch, max(1, int(step_targets)), max(1, int(step_soft)), self.kl_weight)
+        self.step_parts += torch.tensor([float(sft), float(kl), float(batch.num_tokens)], dtype=torch.float64)
+        # data parallelism averages gradients over processes; each process's loss is its share of the step sum
+        loss = loss * self.accelerator.num_processes
+        return (loss, None) if return_outputs else loss
+
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        if self.lr_lambda is None:
+            return super().create_scheduler(num_training_steps, optimizer)
+        if self.lr_scheduler is None:
+            self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer or self.optimizer, self.lr_lambda)
+        return self.lr_scheduler
 
 
-_KEEPS_LOGITS: dict = {}  # type(model) -> whether its forward takes logits_to_keep as a tensor of positions
+class ChatDataset(torch.utils.data.Dataset):
+    """The tokenised conversations (input ids, assistant masks from eval.chat_format's segments, soft-target
+    candidates), indexed for the Trainer's sampler."""
+
+    def __init__(self, examples):
+        self.examples = examples
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, index):
+        return self.examples[index]
 
 
-def loss_logits(model, batch: ChatBatch):
-    """(logits, positions): the model's logits at the positions the loss reads (those predicting a target
-    or candidate token, over all rows) where the model can skip the rest (transformers' ``logits_to_keep``;
-    the output projection of a large vocabulary is then computed at a few positions instead of all); else
-    every position's logits and None."""
-    needed = (batch.target_mask[:, 1:] | batch.candidate_mask[:, 1:]).any(0)  # [T-1]
-    needed[batch.inline_position] = True
-    positions = needed.nonzero()[:, 0]
-    kind = type(model)
-    if _KEEPS_LOGITS.get(kind, True) and 0 < len(positions) < needed.numel():
-        try:
-            logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                           logits_to_keep=positions).logits
-        except TypeError:  # a forward without logits_to_keep
-            _KEEPS_LOGITS[kind] = False
-        else:
-            if logits.shape[1] == len(positions):
-                _KEEPS_LOGITS[kind] = True
-                return logits, positions
-            _KEEPS_LOGITS[kind] = False  # ignored the argument: use the full logits it gave
-            return logits, None
-    return model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits, None
+def training_arguments(config: TrainConfig, out_dir: Path, total_steps: int | None) -> TrainingArguments:
+    """The TrainingArguments a TrainConfig stands for (checkpoints in out_dir/checkpoints)."""
+    import os
 
-
-def candidate_kl(log_probs, rows, num_rows: int, candidate_row, target_probs) -> torch.Tensor:
-    """Sum over soft targets of KL(target || softmax over candidates of their summed token log-probs).
-    candidate_row/target_probs [G, K] (row -1 = padding)."""
-    scores = torch.zeros(num_rows, dtype=log_probs.dtype, device=log_probs.device).index_add(0, rows, log_probs)
-    valid = candidate_row >= 0  # [G, K]
-    return _kl_sum(scores[candidate_row.clamp(min=0)], valid, target_probs)
-
-
-def inline_kl(logits, positions, batch: ChatBatch) -> torch.Tensor:
-    """candidate_kl for the soft targets whose candidates are single tokens (``batch.inline_*``): candidate
-    k's score is the next-token log-prob of its token at the position before the answer, on the
-    conversation's own row."""
-    columns = batch.inline_position if positions is None else torch.searchsorted(positions, batch.inline_position)
-    next_log_probs = logits[batch.inline_row, columns].float().log_softmax(-1)  # [H, V]
-    valid = batch.inline_tokens >= 0  # [H, K]
-    return _kl_sum(next_log_probs.gather(-1, batch.inline_tokens.clamp(min=0)), valid, batch.inline_probs)
-
-
-def _kl_sum(scores, valid, target_probs) -> torch.Tensor:
-    """Sum over groups of KL(target || softmax over a group's valid candidate scores); all [G, K]."""
-    model_log_probs = torch.where(valid, scores, float("-inf")).log_softmax(-1)
-    terms = torch.xlogy(target_probs, target_probs) - target_probs * model_log_probs.masked_fill(~valid, 0.0)
-    return terms.sum()
-
-
-def micro_batch_loss(model, batch: ChatBatch, step_targets: int, step_soft_targets: int, kl_weight: float):
-    """Loss whose gradients, summed over a step's micro-batches, are those of the step-mean loss.
-    Returns (loss, sft part, kl part)."""
-    logits, positions = loss_logits(model, batch)  # [R, T or K, V]
-    log_probs, _ = next_token_log_probs(logits, batch.input_ids, batch.target_mask, positions)
-    sft = -log_probs.sum() / step_targets
-    kl = logits.new_zeros((), dtype=torch.float32)
-    if kl_weight > 0 and batch.candidate_row.numel():
-        cand_log_probs, rows = next_token_log_probs(logits, batch.input_ids, batch.candidate_mask, positions)
-        kl = kl + candidate_kl(cand_log_probs, rows, len(batch.input_ids), batch.candidate_row, batch.target_probs)
-    if kl_weight > 0 and batch.inline_row.numel():
-        kl = kl + inline_kl(logits, positions, batch)
-    kl = kl / step_soft_targets
-    return sft + kl_weight * kl, sft.detach(), kl.detach()
-
-
-# --------------------------------------------------------------------------------------------------
-# Schedule and outputs
-# --------------------------------------------------------------------------------------------------
-def warmup_cosine(config: TrainConfig, total_steps: int) -> Callable[[int], float]:
-    def factor(step: int) -> float:  # multiplier of learning_rate at optimizer step `step` (0-based)
-        if step < config.warmup_steps:
-            return (step + 1) / (config.warmup_steps + 1)
-        progress = min(1.0, (step - config.warmup_steps) / max(1, total_steps - config.warmup_steps))
-        return config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-    return factor
-
-
-def plan_total_steps(config: TrainConfig, num_examples: int, global_batch: int) -> int:
-    per_epoch = steps_per_epoch(num_examples, global_batch)
-    by_epochs = math.ceil(config.epochs * per_epoch) if config.epochs else None
-    if config.max_steps and by_epochs:
-        return min(config.max_steps, by_epochs)
-    return config.max_steps or by_epochs or per_epoch
+    processes = int(os.environ.get("WORLD_SIZE", "1"))
+    warmup = config.warmup_ratio if config.warmup_ratio is not None else config.warmup_steps
+    return TrainingArguments(
+        output_dir=str(out_dir / "checkpoints"), per_device_train_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.accumulation_steps(processes),
+        learning_rate=config.learning_rate, weight_decay=config.weight_decay, adam_beta1=config.adam_beta1,
+        adam_beta2=config.adam_beta2, adam_epsilon=config.adam_eps, max_grad_norm=config.max_grad_norm,
+        lr_scheduler_type="cosine_with_min_lr", lr_scheduler_kwargs={"min_lr_rate": config.min_lr_ratio},
+        warmup_steps=warmup, num_train_epochs=config.epochs or 1.0, max_steps=total_steps or -1,
+        # the Trainer also saves at the last step; save_every_steps 0 = only there
+        seed=config.seed, save_strategy="steps", save_steps=config.save_every_steps or 2**31 - 1,
+        save_total_limit=config.keep_last_checkpoints,
+        logging_steps=config.log_every_steps, report_to=[] if config.report_to in ("tensorboard", "none") else [config.report_to],
+        bf16=config.mixed_precision == "bf16", fp16=config.mixed_precision == "fp16",
+        use_cpu=not torch.cuda.is_available(), remove_unused_columns=False, dataloader_pin_memory=False,
+        ddp_find_unused_parameters=False, disable_tqdm=config.budget_minutes is not None,
+        save_only_model=False, average_tokens_across_devices=False,
+    )
 
 
 def write_outputs(out_dir: Path, trainable: TrainableModel, config: TrainConfig, device) -> None:
@@ -204,21 +189,22 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
+class _OnStepEnd(TrainerCallback):
+    def __init__(self, recorder: StepRecorder, function):
+        self.recorder, self.function = recorder, function
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.function({"step": state.global_step, "loss": self.recorder.losses[-1]})
+
+
 # --------------------------------------------------------------------------------------------------
 # The training run
 # --------------------------------------------------------------------------------------------------
 def train(config: TrainConfig, dataset_path, out_dir, *, model=None, resume: bool = False,
-          on_step_end: Callable[[dict], None] | None = None) -> TrainResult:
-    from accelerate import Accelerator
-    from accelerate.utils import set_seed
-
-    # ---- 1. setup: processes, output directory, dataset validation, seeds ---------------------------
+          on_step_end: Callable[[dict], None] | None = None,
+          lr_lambda: Callable[[int], float] | None = None) -> TrainResult:
     run_start = time.perf_counter()
-    # Several processes but no GPU (e.g. `accelerate launch --multi_gpu --num_processes 2` on a CPU box):
-    # tell accelerate to use CPU processes with the gloo backend.
-    cpu_processes = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
-    accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=cpu_processes)
-    is_main, out_dir = accelerator.is_main_process, Path(out_dir)
+    out_dir = Path(out_dir)
     source = model if model is not None else config.model_name_or_path
     if isinstance(source, (str, Path)):
         if not str(source):
@@ -228,159 +214,110 @@ def train(config: TrainConfig, dataset_path, out_dir, *, model=None, resume: boo
     if checkpoint is not None and not resume:  # never silently mix a new run with an old run's checkpoints
         raise FileExistsError(f"{out_dir} already holds checkpoints of a run ({checkpoint.name}): resume it "
                               "(resume=True / --resume) or use another output directory")
+    if checkpoint is not None:
+        problems = config.resume_mismatches(type(config).from_json_file(checkpoint / "train_config.json"))
+        if problems:
+            raise ValueError(f"cannot resume from {checkpoint}: settings changed: " + "; ".join(problems))
     examples = load_chat_jsonl(dataset_path)  # a bad line fails now, not after a long model load
-    set_seed(config.seed)  # LoRA initialisation and dropout; data order has its own seeded generator
+    args = training_arguments(config, out_dir, None)  # sets up the processes (DDP / FSDP / DeepSpeed)
+    is_main = args.process_index == 0
     if is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         io_utils.atomic_write_text(out_dir / "train_config.json", config.to_json())
 
-    # ---- 2. model: quantised base + adapters, or the full model -------------------------------------
+    # ---- model: quantised base + adapters, or the full model; then the data ------------------------
+    from transformers import set_seed
+
+    set_seed(config.seed)  # LoRA initialisation and dropout; the Trainer seeds the data order
     scratch = tempfile.TemporaryDirectory(prefix="bayes-teach-base-")  # in-memory base re-quantised via disk
-    trainable = build_trainable_model(config, source, accelerator.device, Path(scratch.name))
+    trainable = build_trainable_model(config, source, args.device, Path(scratch.name))
     tokenizer = trainable.tokenizer
     pad_id = next(i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0) if i is not None)
-
-    # ---- 3. data: tokenise (assistant-only targets, candidates of soft targets), report truncation --
-    processes = accelerator.num_processes
     data, truncation = tokenize_dataset(tokenizer, examples, config.max_length, with_soft_targets=config.kl_weight > 0,
-                                        workers=tokenize_workers(processes))
+                                        workers=tokenize_workers(args.world_size))
     if truncation.truncated_examples and is_main:
         logger.warning(truncation.describe())
-    global_batch = config.batch_size * config.grad_accum_steps * processes  # conversations per step
-    total_steps = plan_total_steps(config, len(data), global_batch)
-    per_epoch = steps_per_epoch(len(data), global_batch)
+    global_batch = config.batch_size * args.gradient_accumulation_steps * args.world_size
+    total_steps = config.max_steps  # None: the Trainer runs config.epochs (default 1) epochs
+    if config.max_steps and config.epochs:
+        total_steps = min(config.max_steps, math.ceil(config.epochs * math.ceil(len(data) / global_batch)))
+    if total_steps:
+        args.max_steps = total_steps
 
-    # ---- 4. optimizer and learning-rate schedule ---------------------------------------------------
-    parameters = [p for p in trainable.model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=config.weight_decay,
-                                  betas=(config.adam_beta1, config.adam_beta2), eps=config.adam_eps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(config, total_steps))
-    wrapped, optimizer = accelerator.prepare(trainable.model, optimizer)  # DDP wrapper with >1 process
-
-    def save_checkpoint() -> None:  # every process calls it (RNG states are gathered); the main one writes
-        state = io_utils.checkpoint_state(step, per_epoch, global_batch, processes)
-        io_utils.save_checkpoint(accelerator, out_dir, trainable, optimizer, scheduler, config, state)
-
-    # ---- 5. resume: weights, optimizer, schedule, RNG and data position of the last checkpoint ------
-    step, last_saved = 0, -1
+    # ---- the Trainer and what we add to it -----------------------------------------------------------
     log_path = out_dir / "train_log.jsonl"
-    if checkpoint is not None:
-        step = last_saved = io_utils.load_checkpoint(checkpoint, accelerator, trainable, optimizer, scheduler, config)["step"]
-        if is_main and log_path.exists():  # forget log lines of steps the checkpoint does not contain
-            kept = [line for line in log_path.read_text().splitlines() if json.loads(line)["step"] <= step]
-            io_utils.atomic_write_text(log_path, "".join(line + "\n" for line in kept))
+    if is_main and checkpoint is not None and log_path.exists():  # forget lines of steps after the checkpoint
+        step = json.loads((checkpoint / "trainer_state.json").read_text())["global_step"]
+        kept = [line for line in log_path.read_text().splitlines() if json.loads(line)["step"] <= step]
+        io_utils.atomic_write_text(log_path, "".join(line + "\n" for line in kept))
     elif is_main and log_path.exists():
         log_path.unlink()
-    accelerator.wait_for_everyone()
+    trainer = DistillTrainer(model=trainable.model, args=args, train_dataset=ChatDataset(data),
+                             data_collator=lambda rows: vars(collate(rows, pad_id)),
+                             kl_weight=config.kl_weight, lr_lambda=lr_lambda)
+    recorder = StepRecorder(trainer, log_path, config.kl_weight)
+    budget = BudgetCallback(config.budget_minutes * 60, run_start) if config.budget_minutes is not None else None
+    callbacks = [recorder, CompleteMarker(config.to_json()), LossPlotCallback(log_path, out_dir / "tensorboard" / "loss.png")]
+    if budget is not None:
+        from transformers.trainer_callback import ProgressCallback, PrinterCallback
 
-    # ---- 6. the loop: micro-batches -> loss -> backward -> clip -> step -> log -> checkpoint --------
-    losses, tokens_run, step_seconds = [], 0, 0.0
-    stop_reason = "max_steps" if config.max_steps == total_steps else "epochs"
-    budget_s = config.budget_minutes * 60 if config.budget_minutes is not None else math.inf
-    # With a time budget the step count is only a cap, so the bar shows the budget left, not a percentage
-    # and an ETA of the cap.
-    progress = tqdm(total=None if math.isfinite(budget_s) else total_steps, initial=step, desc="train",
-                    unit="step", disable=not is_main, dynamic_ncols=True)
-    while step < total_steps:
-        # stop before a step would overrun the budget (all processes take the same decision)
-        mean_step = step_seconds / len(losses) if losses else 0.0
-        over = torch.tensor(float(time.perf_counter() - run_start + mean_step > budget_s), device=accelerator.device)
-        if accelerator.reduce(over, "max").item() > 0:
-            stop_reason = "budget"
-            break
-        step_start = time.perf_counter()
-        # this process's micro-batches of the step (a pure function of the step number)
-        indices = step_example_indices(step, len(data), global_batch, config.seed, config.shuffle)
-        batches = [collate([data[i] for i in micro_batch_indices(indices, m, accelerator.process_index, processes,
-                                                                  config.batch_size)], pad_id)
-                   for m in range(config.grad_accum_steps)]
-        for batch in batches:
-            if not batch.target_mask[:, 1:].any():
-                raise EmptyLossMaskError(f"step {step}: no assistant tokens to train on in the batch of dataset "
-                                         f"indices {batch.example_indices}")
-        step_targets = sum(int(b.target_mask[:, 1:].sum()) for b in batches)
-        step_soft = max(1, sum(b.num_soft_targets for b in batches))
-        wrapped.train()
-        sft_total = kl_total = 0.0
-        for m, batch in enumerate(batches):  # gradients are all-reduced only on the last micro-batch
-            with nullcontext() if m == len(batches) - 1 else accelerator.no_sync(wrapped):
-                loss, sft, kl = micro_batch_loss(wrapped, batch.to(accelerator.device), step_targets, step_soft,
-                                                 config.kl_weight)
-                accelerator.backward(loss)
-            sft_total, kl_total = sft_total + sft, kl_total + kl
-        grad_norm = accelerator.clip_grad_norm_(parameters, config.max_grad_norm) if config.max_grad_norm > 0 else None
-        lr = scheduler.get_last_lr()[0]
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
+        trainer.remove_callback(ProgressCallback)
+        trainer.remove_callback(PrinterCallback)
+        callbacks += [budget, BudgetProgressCallback(budget, recorder)]
+    if config.report_to == "tensorboard" and is_main:
+        from torch.utils.tensorboard import SummaryWriter
+        from transformers.integrations import TensorBoardCallback
 
-        # losses and token counts, averaged / summed over processes
-        local = torch.tensor([float(sft_total), float(kl_total), sum(b.num_tokens for b in batches)],
-                             dtype=torch.float64, device=accelerator.device)
-        sft_mean, kl_mean, _ = (accelerator.reduce(local.clone(), "mean")).tolist()
-        step_tokens = int(accelerator.reduce(local, "sum")[2].item())
-        seconds = time.perf_counter() - step_start
-        loss_value = sft_mean + config.kl_weight * kl_mean
-        losses.append(loss_value)
-        tokens_run += step_tokens
-        step_seconds += seconds
-        record = {"step": step, "epoch": step / per_epoch, "loss": loss_value,
-                  "sft_loss": sft_mean, "kl_loss": kl_mean, "lr": lr,
-                  "grad_norm": float(grad_norm) if grad_norm is not None else None,
-                  "tokens": step_tokens, "tokens_per_s": step_tokens / seconds,
-                  "elapsed_s": time.perf_counter() - run_start}
-        if is_main and (step % config.log_every_steps == 0 or step == total_steps):
-            with log_path.open("a") as log:
-                log.write(json.dumps(record) + "\n")
-            postfix = {"loss": f"{loss_value:.4f}", "lr": f"{lr:.2e}"}
-            if math.isfinite(budget_s):
-                left = max(0, int(budget_s - (time.perf_counter() - run_start)))
-                postfix["budget left"] = f"{left // 60}:{left % 60:02d}"
-            progress.set_postfix(postfix)
-        progress.update(1)
-        if config.save_every_steps and step % config.save_every_steps == 0:
-            save_checkpoint()
-            last_saved = step
-        if on_step_end is not None:
-            on_step_end(record)
-    progress.close()
+        callbacks.append(TensorBoardCallback(SummaryWriter(log_dir=str(out_dir / "tensorboard"))))
+    if on_step_end is not None:
+        callbacks.append(_OnStepEnd(recorder, on_step_end))
+    for callback in callbacks:
+        trainer.add_callback(callback)
 
-    # ---- 7. save: final checkpoint, adapter / model / merged model, summary -------------------------
-    if step != last_saved:
-        save_checkpoint()
-    peak = accelerator.reduce(torch.tensor(peak_rss_mb(), device=accelerator.device), "max").item()
-    if is_main:
-        write_outputs(out_dir, trainable, config, accelerator.device)
-    tokens_per_s = tokens_run / step_seconds if step_seconds else 0.0
-    if is_main:
-        summary = {"steps": step, "steps_this_run": len(losses), "total_steps": total_steps,
-                   "stop_reason": stop_reason, "final_loss": losses[-1] if losses else None,
-                   "tokens": tokens_run, "tokens_per_s": tokens_per_s, "train_seconds": step_seconds,
+    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint is not None else None)
+
+    # ---- outputs: the model, the summary ------------------------------------------------------------
+    step = trainer.state.global_step  # the Trainer saved the last step (its DefaultFlowCallback / our budget)
+    stop_reason = "budget" if budget is not None and budget.stopped else ("max_steps" if config.max_steps else "epochs")
+    peak = peak_rss_mb()
+    if args.world_size > 1:
+        peak = float(trainer.accelerator.reduce(torch.tensor(peak, device=args.device), "max").item())
+    from accelerate.utils import DistributedType
+
+    if trainer.accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        trainer.save_model(str(out_dir / ("adapter" if trainable.is_peft else "model")))  # gathers the shards
+        if is_main:
+            tokenizer.save_pretrained(str(out_dir / ("adapter" if trainable.is_peft else "model")))
+    elif is_main:
+        write_outputs(out_dir, trainable, config, args.device)
+        summary = {"steps": step, "steps_this_run": len(recorder.losses), "max_steps": trainer.state.max_steps,
+                   "stop_reason": stop_reason, "final_loss": recorder.losses[-1] if recorder.losses else None,
+                   "tokens": recorder.tokens, "tokens_per_s": recorder.tokens_per_s, "train_seconds": recorder.step_seconds,
                    "wall_seconds": time.perf_counter() - run_start, "peak_rss_mb": peak,
                    "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None,
-                   "num_processes": processes, "num_examples": len(data),
+                   "num_processes": args.world_size, "global_batch": global_batch, "num_examples": len(data),
                    "truncation": dataclasses.asdict(truncation), "resumed_from": str(checkpoint) if checkpoint else None}
         io_utils.atomic_write_json(out_dir / "summary.json", summary)
-    accelerator.wait_for_everyone()
+    trainer.accelerator.wait_for_everyone()
     scratch.cleanup()
-    return TrainResult(out_dir, step, len(losses), stop_reason, losses, tokens_run, tokens_per_s, peak,
+    return TrainResult(out_dir, step, len(recorder.losses), stop_reason, recorder.losses, recorder.tokens,
+                       recorder.tokens_per_s, peak,
                        adapter_dir=out_dir / "adapter" if trainable.is_peft else None,
                        model_dir=None if trainable.is_peft else out_dir / "model",
                        merged_dir=out_dir / "merged" if trainable.is_peft and config.merge_adapter else None,
-                       model=trainable.model, tokenizer=tokenizer)
+                       model=trainer.accelerator.unwrap_model(trainer.model), tokenizer=tokenizer)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Fine-tune a causal LM on a JSONL chat dataset.")
-    parser.add_argument("--config", required=True, help="TrainConfig as JSON")
+    parser.add_argument("--config", required=True, help="TrainConfig as JSON (or a YAML recipe)")
     parser.add_argument("--data", required=True, help="JSONL chat dataset")
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--model", help="model path or hub id (overrides the config)")
     parser.add_argument("--resume", action="store_true", help="continue from the last complete checkpoint")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
-    train(TrainConfig.from_json_file(args.config), args.data, args.out, model=args.model, resume=args.resume)
+    train(TrainConfig.from_recipe(args.config), args.data, args.out, model=args.model, resume=args.resume)
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
 

@@ -1,17 +1,30 @@
-"""TrainConfig: every knob of a distillation (fine-tuning) run, in one dataclass.
+"""TrainConfig: every knob of a distillation (fine-tuning) run, in one dataclass -- the one settings source.
 
 A copy is written as JSON beside every checkpoint and into the output directory, so that a run can be
 understood (and resumed) from its files alone.  Every field says why it exists and what its default is for.
+The embedded student's ``StudentConfig`` extends this class (its own defaults, same fields), and the CLI and
+the pipeline read their defaults from here.  ``to_training_arguments`` maps it onto transformers'
+``TrainingArguments``; a *recipe* (YAML or JSON, ``configs/recipes/``) is a dict of these fields, checked for
+unknown keys and wrong types by ``from_dict``.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+import types
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 METHODS = ("qlora", "lora", "full")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+# The default wall-clock budget of the teaching loop (`distill`) and of the embedded student, in minutes.
+DEFAULT_BUDGET_MINUTES = 10.0
+
+
+class ConfigError(ValueError):
+    """A recipe or config has an unknown key, a value of the wrong type, or inconsistent values."""
 
 # Fields that decide what a step computes: a resumed run must agree with its checkpoint on these, or the
 # "continue where it stopped" promise would be a lie.  (Budget, logging, checkpoint cadence, max_steps and
@@ -19,7 +32,7 @@ METHODS = ("qlora", "lora", "full")
 RESUME_MUST_MATCH = (
     "method", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "dtype",
     "learning_rate", "weight_decay", "adam_beta1", "adam_beta2", "adam_eps",
-    "batch_size", "grad_accum_steps", "max_length", "seed", "shuffle", "kl_weight",
+    "batch_size", "grad_accum_steps", "global_batch_size", "max_length", "seed", "kl_weight",
 )
 
 
@@ -33,8 +46,12 @@ class TrainConfig:
     # "lora": LoRA on an unquantised base (no bitsandbytes needed); "full": every weight is trained.
     method: str = "qlora"
     # Precision the base weights are loaded in (and the 4-bit compute dtype): "auto" = bfloat16 on a GPU that
-    # supports it, float32 otherwise (CPU: bf16 matmuls are slow there and hurt determinism tests).
+    # supports it, float32 otherwise.  On CPU "bfloat16" is worth choosing for LoRA on a real model (measured
+    # on SmolLM2-135M: see benchmarks/bench_train_throughput.py); float32 keeps tests bit-reproducible.
     dtype: str = "auto"
+    # transformers' attention kernel: "sdpa" (torch's scaled_dot_product_attention, fused where available)
+    # or "eager".
+    attn_implementation: str = "sdpa"
 
     # --- LoRA ----------------------------------------------------------------------------------------
     # Adapter rank: capacity of the update; 16 is a common QLoRA default that fits tiny and 7B models alike.
@@ -57,7 +74,10 @@ class TrainConfig:
     adam_beta2: float = 0.999
     adam_eps: float = 1e-8
     # Linear warm-up steps before the cosine decay: avoids large first updates from a cold optimizer.
+    # transformers' warm-up: the learning rate of step s (0-based) is learning_rate * s / warmup_steps.
     warmup_steps: int = 10
+    # Warm-up as a fraction of the run's steps instead (the study: 0.1); overrides warmup_steps when set.
+    warmup_ratio: float | None = None
     # The cosine schedule decays to learning_rate * min_lr_ratio at the last step rather than to zero,
     # so a run extended later (larger max_steps on resume) still learns.
     min_lr_ratio: float = 0.1
@@ -70,11 +90,12 @@ class TrainConfig:
     # Micro-batches summed before each optimizer step: effective batch = batch_size * grad_accum_steps *
     # number of processes, without the memory of a big forward pass.
     grad_accum_steps: int = 1
+    # Conversations per optimizer step over all processes (the study: 128).  When set, grad_accum_steps is
+    # computed from it, batch_size and the number of processes, so the recipe's batch holds on any machine.
+    global_batch_size: int | None = None
     # Longest token sequence trained on; longer conversations are cut at the end (and reported), because
     # attention memory grows with length and the paper's dialogues fit comfortably in 2k tokens.
     max_length: int = 2048
-    # Reshuffle the conversations each epoch (seeded); False keeps file order, handy for debugging.
-    shuffle: bool = True
 
     # --- how long ------------------------------------------------------------------------------------
     # Optimizer steps to run.  With epochs also set, training stops at whichever comes first; None means
@@ -100,29 +121,50 @@ class TrainConfig:
     save_every_steps: int = 100
     # Complete checkpoints kept on disk (oldest deleted first): resumability without filling the disk.
     keep_last_checkpoints: int = 2
-    # Append a line to train_log.jsonl (and refresh the progress bar) every this many steps.
+    # Log (tensorboard, train_log.jsonl, progress bar) every this many steps.
     log_every_steps: int = 1
+    # Where the Trainer reports: "tensorboard" (event files in out_dir/tensorboard), "none", "wandb", ...
+    report_to: str = "tensorboard"
     # Also write a merged model (adapters folded into full-precision base weights) for tools that cannot
     # load PEFT adapters.  Costs a full-precision copy of the base model on disk.
     merge_adapter: bool = False
-    # Trade compute for memory by recomputing activations in the backward pass (big models on small GPUs).
+    # Trade compute for memory by recomputing activations in the backward pass (big models on small GPUs;
+    # on CPU it also cut LoRA's peak memory on SmolLM2-135M, see the README).
     gradient_checkpointing: bool = False
-    # Passed to accelerate: "no", "bf16" or "fp16" autocast for the forward pass on accelerators.
+    # "no", "bf16" or "fp16": autocast with float32 master weights (transformers' bf16/fp16 arguments), for
+    # full fine-tuning on accelerators (the study's recipe).  Independent of dtype, the weights' storage type.
     mixed_precision: str = "no"
     # Allow custom modelling code from the hub repo (only for models that need it; it runs their code).
     trust_remote_code: bool = False
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
-        if self.batch_size < 1 or self.grad_accum_steps < 1:
-            raise ValueError("batch_size and grad_accum_steps must be >= 1")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise ValueError("max_steps must be >= 1 (or None)")
-        if self.epochs is not None and self.epochs <= 0:
-            raise ValueError("epochs must be > 0 (or None)")
-        if self.kl_weight < 0:
-            raise ValueError("kl_weight must be >= 0")
+        checks = [
+            (self.method in METHODS, f"method must be one of {METHODS}, got {self.method!r}"),
+            (self.dtype in DTYPES, f"dtype must be one of {DTYPES}, got {self.dtype!r}"),
+            (self.mixed_precision in ("no", "bf16", "fp16"), f"mixed_precision must be no, bf16 or fp16, got {self.mixed_precision!r}"),
+            (self.batch_size >= 1 and self.grad_accum_steps >= 1, "batch_size and grad_accum_steps must be >= 1"),
+            (self.global_batch_size is None or self.global_batch_size >= 1, "global_batch_size must be >= 1 (or None)"),
+            (self.max_steps is None or self.max_steps >= 1, "max_steps must be >= 1 (or None)"),
+            (self.epochs is None or self.epochs > 0, "epochs must be > 0 (or None)"),
+            (self.budget_minutes is None or self.budget_minutes > 0, f"the budget must be > 0 minutes, got {self.budget_minutes}"),
+            (self.warmup_ratio is None or 0 <= self.warmup_ratio < 1, "warmup_ratio must be in [0, 1) (or None)"),
+            (self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}"),
+            (self.kl_weight >= 0, "kl_weight must be >= 0"),
+        ]
+        problems = [message for ok, message in checks if not ok]
+        if problems:
+            raise ConfigError("; ".join(problems))
+
+    def accumulation_steps(self, num_processes: int) -> int:
+        """Micro-batches per optimizer step: grad_accum_steps, or what keeps global_batch_size whatever the
+        number of processes (ConfigError if it does not divide)."""
+        if self.global_batch_size is None:
+            return self.grad_accum_steps
+        per_step = self.batch_size * num_processes
+        if self.global_batch_size % per_step:
+            raise ConfigError(f"global_batch_size {self.global_batch_size} is not a multiple of batch_size "
+                              f"{self.batch_size} x {num_processes} process(es)")
+        return self.global_batch_size // per_step
 
     # --- (de)serialisation ---------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -132,16 +174,41 @@ class TrainConfig:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
+    def from_dict(cls, values: dict[str, Any], where: str = "config") -> "TrainConfig":
+        """The config of these fields; ConfigError naming ``where`` for an unknown key or a wrong type."""
+        if not isinstance(values, dict):
+            raise ConfigError(f"{where}: expected a mapping of {cls.__name__} fields, got {type(values).__name__}")
+        hints = typing.get_type_hints(cls)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ValueError(f"unknown TrainConfig fields: {unknown}")
+            raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {sorted(known)}")
+        for name, value in values.items():
+            if not _has_type(value, hints[name]):
+                raise ConfigError(f"{where}: {name} must be {_type_name(hints[name])}, got {value!r}")
         return cls(**values)
 
     @classmethod
     def from_json_file(cls, path: str | Path) -> "TrainConfig":
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        return cls.from_dict(json.loads(Path(path).read_text()), str(path))
+
+    @classmethod
+    def from_recipe(cls, path: str | Path, **overrides) -> "TrainConfig":
+        """A recipe file (YAML or JSON) of fields, then ``overrides`` (the command line's) on top."""
+        import yaml
+
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"recipe {path} does not exist")
+        try:
+            values = json.loads(path.read_text()) if path.suffix == ".json" else yaml.safe_load(path.read_text()) or {}
+        except (yaml.YAMLError, json.JSONDecodeError) as error:
+            raise ConfigError(f"{path}: not valid YAML/JSON ({str(error).splitlines()[0]})") from None
+        if isinstance(values, dict):  # YAML 1.1 reads 2e-6 (no dot) as a string: take it as the number it is
+            hints = typing.get_type_hints(cls)
+            values = {k: _yaml_float(v) if hints.get(k) in (float, float | None) else v for k, v in values.items()}
+        checked = cls.from_dict(values, str(path))
+        return dataclasses.replace(checked, **overrides) if overrides else checked
 
     def resume_mismatches(self, saved: "TrainConfig") -> list[str]:
         """Fields that differ from a checkpoint's config but must not (see RESUME_MUST_MATCH)."""
@@ -151,3 +218,32 @@ class TrainConfig:
             if getattr(saved, name) != getattr(self, name)
         ]
 
+
+
+def _has_type(value, annotation) -> bool:
+    """isinstance for the annotations used here: int, float (an int is fine), str, bool, X | None, list[str]."""
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        return any(_has_type(value, option) for option in typing.get_args(annotation))
+    if annotation is type(None):
+        return value is None
+    if typing.get_origin(annotation) is list:
+        (item,) = typing.get_args(annotation)
+        return isinstance(value, list) and all(_has_type(v, item) for v in value)
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, annotation)
+
+
+def _yaml_float(value):
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+def _type_name(annotation) -> str:
+    return str(annotation).replace("typing.", "").replace("<class '", "").replace("'>", "")

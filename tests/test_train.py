@@ -22,7 +22,8 @@ from distill.chat_dataset import (  # noqa: E402
     DatasetFormatError, EmptyLossMaskError, candidate_token_ids, collate, load_chat_jsonl, message_start_positions,
     parse_example, tokenize_dataset,
 )
-from distill.train import micro_batch_loss, train  # noqa: E402
+from distill.loss import micro_batch_loss  # noqa: E402
+from distill.train import train  # noqa: E402
 from distill.train_config import TrainConfig  # noqa: E402
 from eval.chat_format import tokenize_chat  # noqa: E402
 from tiny_student_fixtures import (  # noqa: E402
@@ -140,30 +141,43 @@ def test_bad_dataset_lines_are_reported_by_file_and_line(tmp_path, bad_line, pro
     assert f"{path}:3:" in str(error.value) and problem in str(error.value)
 
 
-def test_data_order_schedule_and_atomic_directories(tmp_path):
-    from distill.chat_dataset import micro_batch_indices, step_example_indices
-    from distill.train import plan_total_steps, warmup_cosine
+def test_global_batch_schedule_recipe_checks_and_atomic_directories(tmp_path):
+    import time
 
-    # 10 conversations, 4 per step: 3 steps an epoch, each epoch a seeded permutation (last step wraps).
-    epoch = [i for step in range(3) for i in step_example_indices(step, 10, 4, seed=0, shuffle=True)]
-    assert sorted(epoch[:10]) == list(range(10)) and epoch[10:] == epoch[:2]
-    assert step_example_indices(3, 10, 4, 0, True) != step_example_indices(0, 10, 4, 0, True)  # reshuffled
-    shards = [micro_batch_indices(list(range(8)), m, p, 2, 2) for m in range(2) for p in range(2)]
-    assert shards == [[0, 1], [2, 3], [4, 5], [6, 7]]  # 2 micro-batches x 2 processes, no overlap
-    assert plan_total_steps(TrainConfig(epochs=2), 10, 4) == 6
-    assert plan_total_steps(TrainConfig(epochs=2, max_steps=4), 10, 4) == 4
-    assert plan_total_steps(TrainConfig(max_steps=50), 10, 4) == 50 and plan_total_steps(TrainConfig(), 10, 4) == 3
-    factor = warmup_cosine(TrainConfig(warmup_steps=2, min_lr_ratio=0.1), total_steps=10)
-    assert [factor(0), factor(1), factor(2), factor(10)] == pytest.approx([1 / 3, 2 / 3, 1.0, 0.1])
+    from distill.train_callbacks import clock_cosine
+    from distill.train_config import ConfigError
+
+    # the recipe's global batch holds whatever the number of processes: accumulation is computed
+    config = TrainConfig(batch_size=4, global_batch_size=128)
+    assert [config.accumulation_steps(n) for n in (1, 2, 8, 32)] == [32, 16, 4, 1]
+    with pytest.raises(ConfigError, match="not a multiple"):
+        config.accumulation_steps(3)
+    assert TrainConfig(grad_accum_steps=3).accumulation_steps(4) == 3
+    # the clock schedule: transformers' linear warm-up by steps, then a cosine that has ended at the deadline
+    factor = clock_cosine(warmup_steps=4, min_lr_ratio=0.1, end=time.perf_counter() - 1)
+    assert [factor(0), factor(2), factor(4), factor(50)] == pytest.approx([0.0, 0.5, 0.1, 0.1])
+    late = clock_cosine(warmup_steps=0, min_lr_ratio=0.1, end=time.perf_counter() + 3600)
+    assert late(0) == pytest.approx(1.0, abs=1e-4)  # the decay starts at the top
+    # recipes: unknown keys and wrong types are refused by name
+    recipe = tmp_path / "recipes" / "recipe.yaml"
+    recipe.parent.mkdir()
+    recipe.write_text("method: full\nlearning_rate: 2.0e-6\nglobal_batch_size: 128\nwarmup_ratio: 0.1\n")
+    assert TrainConfig.from_recipe(recipe, seed=3) == TrainConfig(method="full", learning_rate=2e-6, global_batch_size=128,
+                                                                 warmup_ratio=0.1, seed=3)
+    for text, problem in [("learnin_rate: 0.1\n", "unknown key"), ("batch_size: four\n", "batch_size must be int"),
+                          ("epochs: true\n", "epochs must be"), ("budget_minutes: 0\n", "budget must be > 0")]:
+        recipe.write_text(text)
+        with pytest.raises(ConfigError, match=problem):
+            TrainConfig.from_recipe(recipe)
 
     with pytest.raises(RuntimeError):
-        with io_utils.atomic_directory(tmp_path / "out") as tmp:
+        with io_utils.atomic_directory(tmp_path / "atomic" / "out") as tmp:
             (tmp / "half.bin").write_bytes(b"x")
             raise RuntimeError("crash while writing")
-    assert list(tmp_path.iterdir()) == []  # nothing half-written is left, not even the temporary directory
-    with io_utils.atomic_directory(tmp_path / "out") as tmp:
+    assert list((tmp_path / "atomic").iterdir()) == []  # nothing half-written is left, not even the temporary directory
+    with io_utils.atomic_directory(tmp_path / "atomic" / "out") as tmp:
         (tmp / "whole.bin").write_bytes(b"x")
-    assert io_utils.is_complete(tmp_path / "out") and (tmp_path / "out" / "whole.bin").is_file()
+    assert io_utils.is_complete(tmp_path / "atomic" / "out") and (tmp_path / "atomic" / "out" / "whole.bin").is_file()
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -286,10 +300,10 @@ def test_resume_after_a_crash_continues_to_the_same_weights_and_losses(straight_
     out = tmp_path / "interrupted"
     with pytest.raises(Crash):
         train(small_config(), dataset, out, model=str(student_dir), on_step_end=crash_after_step_4)
-    # What a crash in the middle of saving step 5 would leave: neither may be taken for a checkpoint.
-    (out / "checkpoints" / ".tmp-step-00000005-x").mkdir()
-    (out / "checkpoints" / "step-00000005").mkdir()
-    assert io_utils.last_complete_checkpoint(out / "checkpoints").name == "step-00000003"
+    # What a crash in the middle of saving step 5 would leave (no COMPLETE marker): not a checkpoint to resume.
+    (out / "checkpoints" / "checkpoint-5").mkdir()
+    (out / "checkpoints" / "checkpoint-5" / "trainer_state.json").write_text("{")
+    assert io_utils.last_complete_checkpoint(out / "checkpoints").name == "checkpoint-3"
 
     resumed = train(small_config(), dataset, out, model=str(student_dir), resume=True)
     assert resumed.steps == 6 and resumed.steps_this_run == 3  # steps 1-3 were not redone
@@ -298,7 +312,7 @@ def test_resume_after_a_crash_continues_to_the_same_weights_and_losses(straight_
     for name, weight in trainable_weights(straight_run.model).items():
         torch.testing.assert_close(trainable_weights(resumed.model)[name], weight, atol=1e-6, rtol=0)
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["resumed_from"].endswith("step-00000003") and summary["steps"] == 6
+    assert summary["resumed_from"].endswith("checkpoint-3") and summary["steps"] == 6
 
 
 def test_outputs_adapter_in_peft_layout_log_and_summary(straight_run, student_dir):
@@ -317,22 +331,28 @@ def test_outputs_adapter_in_peft_layout_log_and_summary(straight_run, student_di
 
     log = [json.loads(line) for line in (straight_run.out_dir / "train_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [1, 2, 3, 4, 5, 6] and all(r["tokens_per_s"] > 0 for r in log)
-    assert log[0]["lr"] == pytest.approx(5e-3 / 2)  # warm-up: step 1 of 1
+    # transformers' warm-up (lr * s / warmup_steps at 0-based step s), then cosine to 10% over steps 1..5
+    cosine = [0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * s / 5)) for s in range(5)]
+    assert [r["lr"] for r in log] == pytest.approx([0.0] + [5e-3 * c for c in cosine])
+    assert list((straight_run.out_dir / "tensorboard").glob("events.out.tfevents.*"))  # tensorboard, by default
+    assert (straight_run.out_dir / "tensorboard" / "loss.png").stat().st_size > 5_000
     summary = json.loads((straight_run.out_dir / "summary.json").read_text())
     assert summary["steps"] == 6 and summary["tokens"] == straight_run.tokens > 0 and summary["peak_rss_mb"] > 0
     saved_config = TrainConfig.from_json_file(straight_run.out_dir / "train_config.json")
     assert saved_config.model_name_or_path == str(student_dir) and saved_config.kl_weight == 0.5
     kept = io_utils.complete_checkpoints(straight_run.out_dir / "checkpoints")
     assert [step for step, _ in kept] == [3, 6]
+    assert TrainConfig.from_json_file(kept[-1][1] / "train_config.json") == saved_config
 
 
 def test_budget_stops_cleanly_and_full_method_saves_a_model(student_dir, dataset, tmp_path):
     from transformers import AutoModelForCausalLM
 
+    # the budget is judged after each step (the Trainer runs at least one), and the stop is saved
     stopped = train(small_config(budget_minutes=1e-9), dataset, tmp_path / "budget", model=str(student_dir))
-    assert stopped.stop_reason == "budget" and stopped.steps == 0
+    assert stopped.stop_reason == "budget" and stopped.steps == 1
     assert (stopped.adapter_dir / "adapter_model.safetensors").is_file()
-    assert io_utils.last_complete_checkpoint(tmp_path / "budget" / "checkpoints").name == "step-00000000"
+    assert io_utils.last_complete_checkpoint(tmp_path / "budget" / "checkpoints").name == "checkpoint-1"
 
     full = train(small_config(method="full", max_steps=2, learning_rate=1e-3), dataset, tmp_path / "full",
                  model=str(student_dir))
@@ -422,12 +442,14 @@ def test_accelerate_launch_with_two_cpu_processes(student_dir, dataset, tmp_path
     assert finished.returncode == 0, finished.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["num_processes"] == 2 and summary["steps"] == 4
-    assert len(torch.load(out / "checkpoints" / "step-00000004" / "rng.pt", weights_only=False)) == 2
+    assert sorted(p.name for p in (out / "checkpoints" / "checkpoint-4").glob("rng_state_*.pth")) == [
+        "rng_state_0.pth", "rng_state_1.pth"]  # one RNG state per process
+    assert summary["global_batch"] == 2 * 2 * 2  # batch_size x grad_accum_steps x processes
     PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(student_dir), out / "adapter")
 
 
 def test_logits_only_at_loss_positions_give_the_same_loss_and_gradients():
-    import distill.train as trainer
+    import distill.loss as trainer
 
     tokenizer = build_tiny_tokenizer()
     model = build_tiny_llama(len(tokenizer), seed=5)
