@@ -42,7 +42,7 @@ def dataset(tmp_path_factory) -> Path:
     (["train", "--recipe", "MISSING"], "does not exist"),
     (["train", "--accelerate-config", "MISSING"], "accelerate config"),
     (["train", "--accelerate-config", "RECIPE:distributed_type: DEEPSPEED\nzero_stag: 3"], "unknown keys"),
-    (["train", "--model", "NOWHERE"], "cannot load a tokenizer"),
+    (["train", "--model", "NOWHERE"], "does not exist (and is not a Hugging Face hub id)"),
     (["distill", "--budget", "0"], "the budget must be > 0 minutes"),
     (["distill", "--budget", "-1", "--model", "x"], "the budget must be > 0 minutes"),
 ])
