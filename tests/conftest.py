@@ -20,3 +20,19 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def student_dir(tmp_path_factory):
+    """A tiny embedded-student-like model saved to disk (tests/tiny_student_fixtures.py)."""
+    from tiny_student_fixtures import save_tiny_student
+
+    return save_tiny_student(tmp_path_factory.mktemp("student"))
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    """Eight 2-round hotel teaching conversations as a chat JSONL file."""
+    from tiny_student_fixtures import hotel_conversation, write_jsonl
+
+    return write_jsonl(tmp_path_factory.mktemp("data") / "train.jsonl", [hotel_conversation(s) for s in range(8)])

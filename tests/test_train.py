@@ -27,21 +27,11 @@ from distill.train import train  # noqa: E402
 from distill.train_config import TrainConfig  # noqa: E402
 from eval.chat_format import tokenize_chat  # noqa: E402
 from tiny_student_fixtures import (  # noqa: E402
-    build_tiny_llama, build_tiny_tokenizer, hotel_conversation, save_tiny_student, write_jsonl,
+    build_tiny_llama, build_tiny_tokenizer, hotel_conversation, write_jsonl,
 )
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py: tiny models, one thread
-
-
-@pytest.fixture(scope="module")
-def student_dir(tmp_path_factory) -> Path:
-    return save_tiny_student(tmp_path_factory.mktemp("student"))
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory) -> Path:
-    return write_jsonl(tmp_path_factory.mktemp("data") / "train.jsonl", [hotel_conversation(s) for s in range(8)])
 
 
 def small_config(**overrides) -> TrainConfig:

@@ -18,20 +18,9 @@ from cli import main
 from distill import io_utils
 from distill.train import train
 from distill.train_config import TrainConfig
-from tiny_student_fixtures import hotel_conversation, save_tiny_student, write_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-@pytest.fixture(scope="module")
-def student_dir(tmp_path_factory) -> Path:
-    return save_tiny_student(tmp_path_factory.mktemp("student"))
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory) -> Path:
-    return write_jsonl(tmp_path_factory.mktemp("data") / "train.jsonl", [hotel_conversation(s) for s in range(8)])
 
 
 @pytest.mark.parametrize("args, message", [
