@@ -33,6 +33,7 @@ __all__ = [
     "LMLoadError",
     "LoadedLM",
     "RoundRequest",
+    "answer_line",
     "answer_sentence",
     "load_causal_lm",
     "parse_belief_answer",
@@ -152,12 +153,16 @@ def _stop_token_ids(tokenizer) -> list[int]:
     return stops
 
 
+def answer_line(text: str) -> str:
+    """The first non-empty line of a generated reply (stripped): where its answer must stand."""
+    return next((line.strip() for line in text.splitlines() if line.strip()), "")
+
+
 def answer_sentence(text: str) -> str:
     """The part of a generated reply that is its answer: the first non-empty line, up to the end of its
     first sentence (a full stop, "!" or "?" followed by a space).  A reply that goes on to play the
     dialogue ("Round 2.\nFlight 1: ...") is thus judged by "Round 2." alone, and names no option."""
-    line = next((line.strip() for line in text.splitlines() if line.strip()), "")
-    return re.split(r"(?<=[.!?])\s", line, maxsplit=1)[0]
+    return re.split(r"(?<=[.!?])\s", answer_line(text), maxsplit=1)[0]
 
 
 def parse_option_answer(text: str, noun: str, n_options: int) -> int | None:

@@ -29,7 +29,9 @@ from .dialogue_text import (
     PromptTemplate, belief_candidate_answers, belief_prompt_messages, candidate_answers, default_template,
     heldout_prompt_messages, match_answer, match_belief_answer,
 )
-from .lm import ChoiceScorer, LoadedLM, RoundRequest, answer_sentence, parse_belief_answer, parse_option_answer
+from .lm import (
+    ChoiceScorer, LoadedLM, RoundRequest, answer_line, answer_sentence, parse_belief_answer, parse_option_answer,
+)
 from .student_card import check_student_domain, read_student_card
 
 
@@ -72,7 +74,7 @@ class LMAssistant(Assistant):
         n_dialogues, n_sets, n_options = request.option_sets.shape[:3]
         conversations = self.prompts(request)
         answers = self.scorer.generate(conversations)
-        parsed = [_first_found(match_answer(request.domain, _answer_line(a), self.template), parse_option_answer,
+        parsed = [_first_found(match_answer(request.domain, answer_line(a), self.template), parse_option_answer,
                                answer_sentence(a), request.domain.noun, n_options) for a in answers]
         failures = torch.tensor([p is None for p in parsed]).reshape(n_dialogues, n_sets)
         for answer, p in zip(answers, parsed):
@@ -147,19 +149,13 @@ class LMAssistant(Assistant):
             probs = scored.reshape(n_dialogues, n_states, n_features, N_SCALE_POINTS).transpose(0, 1)
             return [StatedBeliefs(probs[k]) for k in range(n_states)]
         answers = self.scorer.generate(conversations)
-        parsed = [_first_found(match_belief_answer(_answer_line(a), self.template), parse_belief_answer,
+        parsed = [_first_found(match_belief_answer(answer_line(a), self.template), parse_belief_answer,
                                answer_sentence(a), N_SCALE_POINTS) for a in answers]
         for answer, p in zip(answers, parsed):
             if p is None and len(self.unparseable_belief_examples) < 5:
                 self.unparseable_belief_examples.append(answer)
         points = torch.tensor([-1 if p is None else p for p in parsed]).reshape(shape)
         return [StatedBeliefs.from_points(points[k], distribution=False) for k in range(n_states)]
-
-
-def _answer_line(text: str) -> str:
-    """The first non-empty line of a generated reply: where an answer written as the template writes it must
-    stand (a template's answer may hold several sentences; ``answer_sentence`` cuts the lenient parsers' text)."""
-    return next((line.strip() for line in text.splitlines() if line.strip()), "")
 
 
 def _first_found(matched, parser, *args):
