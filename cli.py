@@ -121,14 +121,14 @@ def domains():
 
 
 # -- simulate / evaluate -----------------------------------------------------------------------------
-def run_and_report(domain, assistant, n_users, seed, n_heldout, elicit_beliefs=False, **ids):
-    """(the EvaluationRun, its report)."""
+def run_and_report(domain, assistant, n_users, seed, n_heldout, elicit_beliefs=False, users=None, **ids):
+    """(the EvaluationRun, its report); ``users``: these user ids instead of ``n_users`` drawn at random."""
     from eval.protocol import run_protocol
     from eval.report import build_report
 
     bar = progress_bar(domain.n_rounds + 1 + int(elicit_beliefs), f"{assistant.name} on {domain.name}")
     try:
-        run = run_protocol(domain, assistant, n_users=n_users, seed=seed, n_heldout=n_heldout,
+        run = run_protocol(domain, assistant, n_users=n_users, users=users, seed=seed, n_heldout=n_heldout,
                            elicit_beliefs=elicit_beliefs, progress=bar.update)
     finally:
         bar.close()
@@ -207,6 +207,26 @@ def reference_reports(domain, n_users, seed, n_heldout, users=None):
     return reports
 
 
+def held_out_users(manifest_path, domain, n_users=None):
+    """The user ids a teaching set's manifest held out of teaching (its first ``n_users``), for ``domain``."""
+    import torch
+
+    from distill.teaching_data import MANIFEST
+
+    path = Path(manifest_path)
+    path = path / MANIFEST if path.is_dir() else path
+    try:
+        manifest = json.loads(path.read_text())
+        held_out, its_domain = manifest["eval_users"], manifest["domain"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise click.BadParameter(f"{path}: not a teaching set's manifest ({error})", param_hint="--users-of") from error
+    if its_domain != domain.name:
+        raise click.BadParameter(f"{path} held out {its_domain} users, not {domain.name} users", param_hint="--users-of")
+    if not held_out:
+        raise click.BadParameter(f"{path} held out no users (make-data --eval-users 0)", param_hint="--users-of")
+    return torch.tensor(held_out[:n_users] if n_users else held_out, dtype=torch.long)
+
+
 def lm_assistant(model, adapter, mode, load_in_4bit, label=None, template=None, dtype="auto"):
     from eval.lm import load_causal_lm
     from eval.lm_assistant import LMAssistant
@@ -233,6 +253,10 @@ def lm_assistant(model, adapter, mode, load_in_4bit, label=None, template=None, 
               help="Precision of --model's weights and activations; auto is float32 on CPU and bfloat16 on a GPU.")
 @click.option("--users", "n_users", type=click.IntRange(min=1), default=None,
               help="How many users (default: all for built-in assistants, 50 for --model).")
+@click.option("--users-of", "users_of", type=click.Path(exists=True), default=None,
+              help="A teaching set's manifest.json (or its folder, from make-data or distill): evaluate on the users "
+                   "it held out of teaching (the first --users of them), so that a taught model meets no user it "
+                   "was taught on.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for users, options and choices.")
 @click.option("--heldout", type=click.IntRange(min=1), default=None,
               help="Held-out option sets per user (default: 100 for built-in assistants, 20 for --model).")
@@ -252,7 +276,7 @@ def lm_assistant(model, adapter, mode, load_in_4bit, label=None, template=None, 
                    "the domain's own, e.g. flight_3features for flight3).")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Directory for report.json and accuracy.png.")
 def evaluate(domain, catalog, user_temperature, user_lapse, assistant, model, adapter, mode, load_in_4bit, dtype, n_users,
-             seed, heldout, elicit_beliefs, prompt_template, study_dir, study_file, out_dir):
+             users_of, seed, heldout, elicit_beliefs, prompt_template, study_dir, study_file, out_dir):
     """Evaluate an assistant or a language model with the study's protocol.
 
     Writes DIR/report.json (per-round accuracy, agreement with the Bayesian assistant, log-loss, KL and Brier
@@ -276,7 +300,10 @@ def evaluate(domain, catalog, user_temperature, user_lapse, assistant, model, ad
         raise click.UsageError("--prompt-template needs --model (built-in assistants read no prompts)")
     if study_file and not study_dir:
         raise click.UsageError("--study-file needs --study-data")
+    if users_of and study_dir:
+        raise click.UsageError("--users-of and --study-data both choose the users: give one")
     loaded = load_domain(domain, catalog, user_temperature, user_lapse)
+    users = held_out_users(users_of, loaded, n_users) if users_of else None
     if model:  # an embedded student built for another domain: refused before it is loaded
         check_student_domain(read_student_card(model), loaded, model)
     template, warning = template_for_model(model, prompt_template) if model else (None, None)
@@ -295,17 +322,19 @@ def evaluate(domain, catalog, user_temperature, user_lapse, assistant, model, ad
         elicit_beliefs = not model and is_elicitable(loaded)
     elif elicit_beliefs:
         belief_levels(loaded)  # a domain without per-feature weights: a clear error before any work
-    run, report = run_and_report(loaded, chosen, n_users, seed, heldout, elicit_beliefs,
+    run, report = run_and_report(loaded, chosen, n_users, seed, heldout, elicit_beliefs, users=users,
                                  model=model, adapter=adapter, mode=mode if model else None,
                                  extra={"dtype": dtype} if model else None)
     out = Path(out_dir)
+    if users_of:
+        report["users_of"] = {"manifest": str(users_of), "users": users.tolist()}
     if template is not None:
         report["prompt_template"] = template.summary()
         if "beliefs" in report:  # the scale's words as the LM read them
             words = template.fields["belief_scale"]
             report["beliefs"]["scale"] = {str(point): text for point, text in enumerate(words, start=1)}
     save_report(report, out / "report.json")
-    plot_reports([report], out / "accuracy.png", references=reference_reports(loaded, n_users, seed, heldout),
+    plot_reports([report], out / "accuracy.png", references=reference_reports(loaded, n_users, seed, heldout, users),
                  title=f"{loaded.name}: accuracy on held-out option sets")
     if elicit_beliefs:
         plot_beliefs(run, report, out / "beliefs.png")

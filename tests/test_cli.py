@@ -112,6 +112,28 @@ def test_evaluate_rejects_an_adapter_for_another_model(runner, tmp_path):
     assert result.exit_code == 2 and "adapter" in result.output and "Traceback" not in result.output
 
 
+def test_evaluate_on_the_users_a_teaching_set_held_out(runner, tmp_path):
+    from eval.assistants import BayesianAssistant
+    from eval.protocol import run_protocol
+
+    data = tmp_path / "data"
+    made = runner.invoke(main, ["make-data", "--domain", "flight", "--dialogues", "1", "--eval-users", "5", "--out", str(data)])
+    assert made.exit_code == 0, made.output
+    manifest = json.loads((data / "manifest.json").read_text())
+    result = runner.invoke(main, ["evaluate", "--domain", "flight", "--assistant", "bayesian", "--users-of", str(data),
+                                  "--users", "3", "--heldout", "4", "--no-elicit-beliefs", "--out", str(tmp_path / "e")])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "e" / "report.json").read_text())
+    assert report["users_of"]["users"] == manifest["eval_users"][:3]
+    expected = run_protocol(get_domain("flight"), BayesianAssistant(), users=torch.tensor(manifest["eval_users"][:3]),
+                            seed=0, n_heldout=4)
+    correct = (expected.picks == expected.heldout_choices[:, None, :]).float()  # [N, R+1, M]
+    assert report["accuracy"] == pytest.approx(correct.mean(dim=(0, 2)).tolist())
+    wrong = runner.invoke(main, ["evaluate", "--domain", "hotel", "--assistant", "bayesian", "--users-of", str(data),
+                                 "--out", str(tmp_path / "h")])
+    assert wrong.exit_code == 2 and "held out flight users, not hotel users" in wrong.output
+
+
 def test_webshop_runs_through_simulate_and_evaluate(runner, tmp_path):
     out = tmp_path / "webshop.json"
     result = runner.invoke(main, ["simulate", "--domain", "webshop", "--users", "30", "--heldout", "20", "--out", str(out)])
