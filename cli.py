@@ -5,6 +5,7 @@ Run ``python cli.py --help`` for the commands, and ``python cli.py COMMAND --hel
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -517,7 +518,11 @@ def train(data_path, model, domain, recipe, method, dtype, gradient_checkpointin
 @click.option("--model", default=None, help="A causal LM to teach (local path or hub id); omit for the embedded small student.")
 @click.option("--method", type=click.Choice(["qlora", "lora", "full"]), default="qlora", show_default=True, help="How --model is fine-tuned.")
 @click.option("--budget", "budget_minutes", type=float, default=None,
-              help="Training time budget in minutes (must be > 0; default 10, distill.train_config.DEFAULT_BUDGET_MINUTES).")
+              help="Training time budget in minutes (must be > 0; default 10, distill.train_config.DEFAULT_BUDGET_MINUTES, "
+                   "or none with --max-steps).")
+@click.option("--max-steps", type=click.IntRange(min=1), default=None,
+              help="Train for this many optimizer steps instead of filling the clock (the schedule follows the steps): "
+                   "equal compute whatever else runs on the machine, e.g. to compare teachers; --budget still caps it.")
 @click.option("--eval-users", type=click.IntRange(min=1), default=100, show_default=True, help="Users held out of teaching for evaluation.")
 @click.option("--heldout", type=click.IntRange(min=1), default=20, show_default=True, help="Held-out option sets per evaluation user and round.")
 @click.option("--dialogues", type=click.IntRange(min=1), default=None,
@@ -534,7 +539,7 @@ def train(data_path, model, domain, recipe, method, dtype, gradient_checkpointin
                    "embedded student accepts its own domain only.")
 @prompt_template_option
 @click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False), help="Output directory (default: runs/<domain>-<teacher>).")
-def distill(domain, teacher, model, method, budget_minutes, eval_users, heldout, dialogues, teach_rounds, seed, resume,
+def distill(domain, teacher, model, method, budget_minutes, max_steps, eval_users, heldout, dialogues, teach_rounds, seed, resume,
             eval_domains, prompt_template, out_dir):
     """Teach a student the Bayesian strategy: data, training, and evaluation before and after.
 
@@ -546,8 +551,10 @@ def distill(domain, teacher, model, method, budget_minutes, eval_users, heldout,
     from distill.pipeline import DistillSettings, run_distill
     from distill.train_config import DEFAULT_BUDGET_MINUTES
 
-    budget_minutes = DEFAULT_BUDGET_MINUTES if budget_minutes is None else budget_minutes
+    if budget_minutes is None:  # with --max-steps the steps end the run, not the clock
+        budget_minutes = math.inf if max_steps else DEFAULT_BUDGET_MINUTES
     settings = DistillSettings(domain=domain, teacher=teacher, model=model, method=method, budget_minutes=budget_minutes,
+                               max_steps=max_steps,
                                out_dir=out_dir or f"runs/{domain}-{teacher}", seed=seed, n_eval_users=eval_users,
                                n_heldout=heldout, n_dialogues=dialogues, teach_rounds=teach_rounds, resume=resume,
                                prompt_template=prompt_template, eval_domains=eval_domains)

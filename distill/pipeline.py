@@ -10,6 +10,7 @@ student after training, and the references (Bayesian assistant, random) on the s
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +36,10 @@ class DistillSettings:
     teacher: str = "bayesian"  # bayesian | oracle | soft
     model: str | None = None  # a Hugging Face causal LM; None = the embedded student
     method: str = "qlora"  # for --model: qlora | lora | full
-    budget_minutes: float = DEFAULT_BUDGET_MINUTES  # training wall-clock budget
+    budget_minutes: float = DEFAULT_BUDGET_MINUTES  # training wall-clock budget (math.inf: none)
+    # Optimizer steps to train for instead of filling the budget (the schedule then follows the steps): equal
+    # compute on a machine whose speed varies, e.g. to compare teachers at a fixed budget of steps.
+    max_steps: int | None = None
     out_dir: str = "runs/distill"
     seed: int = 0
     # Dialogues per teaching user.  None: STUDY_DIALOGUES_PER_USER for a --model (every prefix an example),
@@ -61,6 +65,8 @@ class DistillSettings:
     def __post_init__(self) -> None:
         if not self.budget_minutes > 0:
             raise ConfigError(f"the budget must be > 0 minutes, got {self.budget_minutes}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ConfigError(f"max_steps must be at least 1, got {self.max_steps}")
 
 
 def _evaluate(domain, assistant, users, settings: DistillSettings, label: str, log):
@@ -117,11 +123,12 @@ def run_distill(settings: DistillSettings, log=print) -> dict:
     train_dir = out / "train"
     if settings.model is None:
         result = train_student(domain, data_path, train_dir, budget_minutes=settings.budget_minutes,
-                               config=student_config, seed=settings.seed, resume=settings.resume, template=template)
+                               max_steps=settings.max_steps, config=student_config, seed=settings.seed, resume=settings.resume, template=template)
         after_lm = load_causal_lm(str(train_dir / "model"))
     else:
         config = TrainConfig(model_name_or_path=settings.model, method=settings.method, epochs=1.0,
-                             budget_minutes=settings.budget_minutes, kl_weight=kl_weight, seed=settings.seed)
+                             max_steps=settings.max_steps,
+                             budget_minutes=None if math.isinf(settings.budget_minutes) else settings.budget_minutes, kl_weight=kl_weight, seed=settings.seed)
         result = _train_hf(config, data_path, train_dir, settings.resume)
         if settings.method == "full":
             after_lm = load_causal_lm(str(train_dir / "model"))

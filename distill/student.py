@@ -389,13 +389,14 @@ def train_student(domain: Domain, dataset_path, out_dir, budget_minutes: float |
         step_s, tokenize_s, threads = calibrate(model, tokenizer, lines, config)
         elapsed = time.perf_counter() - start
         usable = budget_minutes * 60 * (1 - config.budget_margin) - elapsed - tokenize_s * len(lines) / tokenize_workers()
-        fitted = max(1, int(10 * usable / step_s))  # a cap only: the budget (and clock schedule) ends the run
-        plan = {"max_steps": max_steps or fitted, "seconds_per_step": step_s,
+        # with no max_steps, a cap only: the budget (and the clock schedule) ends the run
+        plan = {"max_steps": max_steps or max(1, int(10 * usable / step_s)), "seconds_per_step": step_s,
                 "tokenize_seconds_per_example": tokenize_s, "threads": threads, "examples": len(lines),
                 "student_config": config.__dict__, "budget_minutes": budget_minutes}
         plan_path.write_text(json.dumps(plan, indent=2) + "\n")
     remaining = max(0.05, budget_minutes - (time.perf_counter() - start) / 60)
-    run_config = dataclasses.replace(config, max_steps=plan["max_steps"], budget_minutes=remaining, seed=seed,
+    run_config = dataclasses.replace(config, max_steps=plan["max_steps"], seed=seed,
+                                     budget_minutes=remaining if math.isfinite(remaining) else None,
                                      save_every_steps=max(50, plan["max_steps"] // 4))
     # The step time on a shared CPU drifts by several x within minutes, so the cosine follows the clock: it
     # reaches its floor when the budget ends, whatever number of steps that turns out to be.  The Trainer is

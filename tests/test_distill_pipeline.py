@@ -1,5 +1,6 @@
 """The whole teaching loop on tiny settings: data, training, evaluation before and after, report and plot."""
 import json
+import math
 
 import pytest
 
@@ -54,3 +55,12 @@ def test_distill_runs_on_webshop(tmp_path):
     report = run_distill(_settings(tmp_path, domain="webshop", eval_before=False), log=lambda line: None)
     _check_outputs(tmp_path, report, "bayesian")
     assert report["domain"] == "webshop"
+
+
+@pytest.mark.parametrize("embedded", [True, False])
+def test_distill_for_a_number_of_steps_instead_of_the_clock(tmp_path, embedded):
+    model = None if embedded else str(tiny_lm.save_tiny_lm(tmp_path / "tiny"))
+    report = run_distill(_settings(tmp_path, model=model, method="lora", budget_minutes=math.inf, max_steps=3,
+                                   eval_before=False), log=lambda line: None)
+    training = report["extra"]["training"]
+    assert training["steps"] == 3 and training["stop_reason"] == "max_steps"
