@@ -1,0 +1,154 @@
+"""Bayesian vs oracle teaching of a real pretrained LM on CPU, with transfer: the study's headline, measured.
+
+    python benchmarks/real_lm_teaching.py [--model smollm2] [--budget 45] [--users 8] [--heldout 20] \
+        [--work runs/real_lm_teaching] [--parallel 2 --threads 1]
+
+Three models: the LM as released, LoRA-taught on the Bayesian assistant's picks, and LoRA-taught on the users'
+own choices (oracle); the same flight teaching dialogues for both teachers (same users, options and choices:
+only the assistant turns differ), the same budget and settings.  Each is evaluated in score mode on flight
+(the users the teaching sets held out, ``evaluate --users-of``) and on hotel (transfer: no hotel was taught),
+beside the Bayesian assistant and random on the same users and held-out sets.  Every step is a ``cli.py``
+command run as a resumable stage (benchmarks/stage_runner.py); the JSON quotes each command and its wall time.
+
+Settings, and why: teaching dialogues are whole 5-round dialogues (``--prefixes longest``: every assistant
+turn is learnt from one example, a fifth of the text of every-prefix examples, which matters at ~70 tokens/s);
+float32 without gradient checkpointing, batch 2, when the CPU lacks bf16 instructions (bf16 runs ~6x slower
+than float32 there; checkpointing trades ~40% speed for memory that 2 runs x ~7 GB do not need); the
+learning-rate schedule spans ``--max-steps`` and the budget stops the run.  Writes
+benchmarks/results/real_lm_teaching.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from stage_runner import REPO_ROOT, Stage, machine, round_metrics, run_stages  # noqa: E402
+
+RESULTS = REPO_ROOT / "benchmarks" / "results" / "real_lm_teaching.json"
+TEACHERS = ("bayesian", "oracle")
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="smollm2", help="the pretrained LM (anything --model accepts)")
+    parser.add_argument("--domain", default="flight", help="the teaching domain")
+    parser.add_argument("--transfer", default="hotel", help="comma-separated domains to evaluate transfer on")
+    parser.add_argument("--budget", type=float, default=45.0, help="training minutes per teacher")
+    parser.add_argument("--max-steps", type=int, default=150, help="the schedule's length (the budget may stop earlier)")
+    parser.add_argument("--batch-size", type=int, default=2)
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--gradient-checkpointing", action="store_true")
+    parser.add_argument("--dialogues", type=int, default=2, help="teaching dialogues per teaching user")
+    parser.add_argument("--users", type=int, default=8, help="evaluation users per domain")
+    parser.add_argument("--heldout", type=int, default=20, help="held-out option sets per user and round")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--parallel", type=int, default=2, help="stages run at once")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per stage")
+    parser.add_argument("--work", type=Path, default=REPO_ROOT / "runs" / "real_lm_teaching")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--dry-run", action="store_true", help="print the stages' commands and whether each is done")
+    return parser.parse_args(argv)
+
+
+def build_stages(args) -> tuple[list[Stage], dict]:
+    """The stages, and the evaluation rows: {row name: (stage name, domain, label)}."""
+    work, stages, rows = args.work, [], {}
+    for teacher in TEACHERS:
+        data = work / f"data-{teacher}"
+        stages.append(Stage(f"data-{teacher}", ["make-data", "--domain", args.domain, "--teacher", teacher,
+                                                "--dialogues", str(args.dialogues), "--prefixes", "longest",
+                                                "--seed", str(args.seed), "--out", str(data)], data / "manifest.json"))
+        train = ["train", "--data", str(data / f"train-{teacher}.jsonl"), "--model", args.model, "--method", "lora",
+                 "--dtype", args.dtype,
+                 "--gradient-checkpointing" if args.gradient_checkpointing else "--no-gradient-checkpointing",
+                 "--max-steps", str(args.max_steps), "--batch-size", str(args.batch_size), "--budget", str(args.budget),
+                 "--seed", str(args.seed), "--out", str(work / f"train-{teacher}")]
+        stages.append(Stage(f"train-{teacher}", train, work / f"train-{teacher}" / "summary.json", [f"data-{teacher}"]))
+    domains = [args.domain] + [d for d in args.transfer.split(",") if d and d != args.domain]
+    for domain in domains:
+        # the teaching domain: the users both teaching sets held out (the same split); elsewhere: users at random
+        users = ["--users", str(args.users), "--heldout", str(args.heldout), "--seed", str(args.seed)]
+        if domain == args.domain:
+            users += ["--users-of", str(work / "data-bayesian")]
+        after = ["data-bayesian"] if domain == args.domain else []
+        for name, adapter in [("released", None)] + [(t, work / f"train-{t}" / "adapter") for t in TEACHERS]:
+            out = work / f"eval-{name}-{domain}"
+            argv = ["evaluate", "--domain", domain, "--model", args.model, *users, "--out", str(out)]
+            if adapter is not None:
+                argv[5:5] = ["--adapter", str(adapter)]
+            stages.append(Stage(f"eval-{name}-{domain}", argv, out / "report.json",
+                                after + ([f"train-{name}"] if adapter is not None else [])))
+            rows[f"{name}/{domain}"] = (f"eval-{name}-{domain}", domain, out)
+        for assistant in ("bayesian", "random"):
+            out = work / f"ref-{assistant}-{domain}"
+            stages.append(Stage(f"ref-{assistant}-{domain}", ["evaluate", "--domain", domain, "--assistant", assistant,
+                                                              *users, "--no-elicit-beliefs", "--out", str(out)],
+                                out / "report.json", after))
+            rows[f"{assistant} assistant/{domain}"] = (f"ref-{assistant}-{domain}", domain, out)
+    # cheap reference stages first, then the long ones in dependency order
+    stages.sort(key=lambda s: (not s.name.startswith(("data", "ref")), not s.name.startswith("train")))
+    return stages, rows
+
+
+def overlap(a: list[float], b: list[float]) -> bool:
+    return a[0] <= b[1] and b[0] <= a[1]
+
+
+def collect(args, record: dict, rows: dict) -> dict:
+    results = {"benchmark": "real_lm_teaching", "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+               "machine": machine(), "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+               "training": {}, "rows": {}, "comparisons": {}}
+    for teacher in TEACHERS:
+        summary_path = args.work / f"train-{teacher}" / "summary.json"
+        if summary_path.exists():
+            summary = json.loads(summary_path.read_text())
+            log_path = args.work / f"train-{teacher}" / "train_log.jsonl"
+            losses = [json.loads(line)["loss"] for line in log_path.read_text().splitlines() if '"loss"' in line] \
+                if log_path.exists() else []
+            results["training"][teacher] = {
+                "command": record.get(f"train-{teacher}", {}).get("command"),
+                **{k: summary.get(k) for k in ("steps", "max_steps", "stop_reason", "tokens", "tokens_per_s",
+                                               "wall_seconds", "peak_rss_mb", "num_examples", "global_batch")},
+                "loss_first_10": sum(losses[:10]) / max(1, len(losses[:10])) if losses else None,
+                "loss_last_10": sum(losses[-10:]) / max(1, len(losses[-10:])) if losses else None}
+    for row, (stage, domain, out) in rows.items():
+        if (out / "report.json").exists():
+            entry = record.get(stage, {})
+            results["rows"][row] = {"domain": domain, "command": entry.get("command"), "wall_s": entry.get("wall_s"),
+                                    **round_metrics(out / "report.json")}
+    for domain in {d for _, d, _ in rows.values()}:
+        final = {name.split("/")[0]: r for name, r in results["rows"].items() if r["domain"] == domain}
+        pairs = [("bayesian", "released"), ("bayesian", "oracle"), ("oracle", "released")]
+        for a, b in pairs:
+            if a in final and b in final:
+                ra, rb = final[a], final[b]
+                results["comparisons"][f"{domain}: {a}-taught vs {'as released' if b == 'released' else b + '-taught'}"] = {
+                    "accuracy_difference_per_round": [round(x - y, 1) for x, y in zip(ra["accuracy"], rb["accuracy"])],
+                    "final_round": {a: ra["accuracy"][-1], b: rb["accuracy"][-1],
+                                    "ci95": {a: ra["accuracy_ci95"][-1], b: rb["accuracy_ci95"][-1]},
+                                    "intervals_overlap": overlap(ra["accuracy_ci95"][-1], rb["accuracy_ci95"][-1])}}
+    return results
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    stages, rows = build_stages(args)
+    if args.dry_run:
+        for stage in stages:
+            print(f"{'done' if stage.done.exists() else 'todo'}  {stage.name:24s} {stage.command()}")
+        return
+    record = run_stages(stages, args.work, parallel=args.parallel, threads=args.threads)
+    results = collect(args, record, rows)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    print(json.dumps(results["comparisons"], indent=2))
+    print(f"-> {args.out}")
+
+
+if __name__ == "__main__":
+    main()
