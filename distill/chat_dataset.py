@@ -27,16 +27,17 @@ from pathlib import Path
 import torch
 
 from eval.chat_format import encode_segment, join_segments, render_chat, tokenize_chat, tokenize_segments
+from ppl_models.errors import BayesTeachError
 
 ROLES = ("system", "user", "assistant")
 IGNORE_INDEX = -100  # label value the loss skips (the PyTorch / HF convention)
 
 
-class DatasetFormatError(ValueError):
+class DatasetFormatError(BayesTeachError):
     """A dataset line is not valid JSON or not a valid conversation; the message names file and line."""
 
 
-class EmptyLossMaskError(ValueError):
+class EmptyLossMaskError(BayesTeachError):
     """Some conversations have no assistant token left to train on (usually: cut by max_length)."""
 
 

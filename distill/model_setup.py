@@ -19,13 +19,14 @@ from pathlib import Path
 import torch
 
 from distill.train_config import TrainConfig
+from ppl_models.errors import BayesTeachError
 
 
-class QuantizationUnavailableError(RuntimeError):
+class QuantizationUnavailableError(BayesTeachError, RuntimeError):
     """The base model could not be loaded in 4 bits (bitsandbytes missing or unsupported here)."""
 
 
-class ModelLoadError(ValueError):
+class ModelLoadError(BayesTeachError):
     """The model or tokenizer named by the user could not be loaded (no such folder, hub id or files)."""
 
 

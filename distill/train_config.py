@@ -17,13 +17,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ppl_models.errors import BayesTeachError
+
 METHODS = ("qlora", "lora", "full")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 # The default wall-clock budget of the teaching loop (`distill`) and of the embedded student, in minutes.
 DEFAULT_BUDGET_MINUTES = 10.0
 
 
-class ConfigError(ValueError):
+class ConfigError(BayesTeachError):
     """A recipe or config has an unknown key, a value of the wrong type, or inconsistent values."""
 
 # Fields that decide what a step computes: a resumed run must agree with its checkpoint on these, or the

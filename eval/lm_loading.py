@@ -23,12 +23,13 @@ from pathlib import Path
 import torch
 
 from eval.chat_format import has_chat_template
+from ppl_models.errors import BayesTeachError
 
 # "org/name" or "name": what a Hugging Face hub id looks like (no leading "./", "/", "~", no "..").
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
 
 
-class LMLoadError(ValueError):
+class LMLoadError(BayesTeachError):
     """A model, tokenizer or adapter could not be loaded; the message says why in one line."""
 
 

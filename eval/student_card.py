@@ -20,12 +20,13 @@ import json
 from pathlib import Path
 
 from ppl_models import Domain
+from ppl_models.errors import BayesTeachError
 
 STUDENT_CARD_NAME = "student.json"
 SCHEMA = "bayes-teach/student/v1"
 
 
-class StudentDomainError(ValueError):
+class StudentDomainError(BayesTeachError):
     """A model built for one domain was asked to play another's dialogues (one-line message)."""
 
 
