@@ -83,7 +83,7 @@ def load_domain(domain, catalog=None, user_temperature=None, user_lapse=None):
 
     if catalog is not None:
         if domain != "webshop":
-            raise ValueError("--catalog only applies to --domain webshop")
+            raise click.UsageError("--catalog only applies to --domain webshop")
         from ppl_models.domains.webshop import webshop_domain
 
         loaded = webshop_domain(catalog_path=catalog)

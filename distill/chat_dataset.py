@@ -26,7 +26,9 @@ from pathlib import Path
 
 import torch
 
-from eval.chat_format import encode_segment, join_segments, render_chat, tokenize_chat, tokenize_segments
+from eval.chat_format import (
+    ChatTemplateError, encode_segment, join_segments, render_chat, tokenize_chat, tokenize_segments,
+)
 from ppl_models.errors import BayesTeachError
 
 ROLES = ("system", "user", "assistant")
@@ -184,7 +186,7 @@ def candidate_token_ids(tokenizer, messages, message_index: int, candidate: str,
     """The scoring definition: ids of messages[:i] + [assistant: candidate], minus the prefix ids."""
     full_ids, _ = tokenize_chat(tokenizer, messages[:message_index] + [{"role": "assistant", "content": candidate}])
     if full_ids[: len(prefix_ids)] != prefix_ids:
-        raise ValueError(f"candidate {candidate!r} changes the tokens of its prefix; cannot score it exactly")
+        raise ChatTemplateError(f"candidate {candidate!r} changes the tokens of its prefix; cannot score it exactly")
     return full_ids[len(prefix_ids):]
 
 

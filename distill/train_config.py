@@ -28,6 +28,10 @@ DEFAULT_BUDGET_MINUTES = 10.0
 class ConfigError(BayesTeachError):
     """A recipe or config has an unknown key, a value of the wrong type, or inconsistent values."""
 
+
+class OutputDirInUseError(ConfigError, FileExistsError):
+    """The output directory already holds another run's checkpoints and the run was not asked to resume it."""
+
 # Fields that decide what a step computes: a resumed run must agree with its checkpoint on these, or the
 # "continue where it stopped" promise would be a lie.  (Budget, logging, checkpoint cadence, max_steps and
 # epochs may change between sessions.)
@@ -192,7 +196,11 @@ class TrainConfig:
 
     @classmethod
     def from_json_file(cls, path: str | Path) -> "TrainConfig":
-        return cls.from_dict(json.loads(Path(path).read_text()), str(path))
+        try:
+            values = json.loads(Path(path).read_text())
+        except json.JSONDecodeError as error:
+            raise ConfigError(f"{path}: not valid JSON ({error.msg}, line {error.lineno})") from None
+        return cls.from_dict(values, str(path))
 
     @classmethod
     def from_recipe(cls, path: str | Path, **overrides) -> "TrainConfig":

@@ -7,8 +7,8 @@ from .registry import UnknownDomainError, domain_names, get_domain
 from .users import Dialogues, all_users, pick_users, simulate_choices, simulate_dialogues, user_choice_log_probs
 
 __all__ = [
-    "BayesTeachError", "Domain", "DomainError", "Feature", "Options", "user_model", "ImpossibleChoiceError", "PosteriorResult",
-    "infer", "predict", "HypothesisSpace", "hypothesis_space", "UnknownDomainError", "domain_names",
+    "BayesTeachError", "Domain", "DomainError", "Feature", "Options", "user_model", "ImpossibleChoiceError",
+    "PosteriorResult", "infer", "predict", "HypothesisSpace", "hypothesis_space", "UnknownDomainError", "domain_names",
     "get_domain", "Dialogues", "all_users", "pick_users", "simulate_choices", "simulate_dialogues",
     "user_choice_log_probs",
 ]
