@@ -132,7 +132,11 @@ def add_lora_adapters(model, config: TrainConfig, quantized: bool):
         bias="none",
         task_type="CAUSAL_LM",
     )
-    return get_peft_model(model, lora)
+    try:
+        return get_peft_model(model, lora)
+    except ValueError as error:  # target modules the model does not have
+        raise ConfigError(f"cannot add LoRA adapters with lora_target_modules={config.lora_target_modules!r}: "
+                          f"{str(error).splitlines()[0]}") from error
 
 
 def build_trainable_model(config: TrainConfig, source, device: torch.device, scratch_dir: Path | None = None) -> TrainableModel:
