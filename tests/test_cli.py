@@ -67,6 +67,8 @@ def test_posterior_shows_marginals_after_each_round(runner, tmp_path):
     "args,content,message",
     [
         (["simulate", "--domain", "boats"], None, "unknown domain 'boats'"),
+        (["simulate", "--domain", "ppl_models.domains.flight:flight_domain(9)"], None, "2 to 8 features, not 9"),
+        (["simulate", "--domain", "ppl_models.domains.flight:flight_domain(x)"], None, "must be a whole number"),
         (["posterior", "--dialogue", "MISSING"], None, "no dialogue file"),
         (["posterior", "--dialogue", "FILE"], "{not json", "is not valid JSON"),
         (["posterior", "--dialogue", "FILE"], json.dumps(_dialogue(choice=4)), "choice must be an option number from 1 to 3"),
