@@ -37,7 +37,7 @@ def check_accelerate_config(path) -> dict:
         raise ConfigError(f"accelerate config {path} does not exist (see configs/accelerate/)")
     try:
         config = ClusterConfig.from_yaml_file(str(path))
-    except (ValueError, TypeError, YAMLError) as error:  # unknown keys, a missing distributed_type, a bad enum, not YAML
+    except (ValueError, TypeError, YAMLError) as error:  # unknown keys, no distributed_type, a bad enum, not YAML
         raise ConfigError(f"{path}: {str(error).splitlines()[0]}") from None
     if config.distributed_type not in set(DistributedType):
         raise ConfigError(f"{path}: unknown distributed_type {config.distributed_type!r}")
