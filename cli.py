@@ -11,17 +11,20 @@ from pathlib import Path
 
 import click
 
-# Errors that mean "bad input": shown as one line with exit code 2 (``--debug`` shows the traceback).  The
-# project's own errors (DomainError, DatasetFormatError, ConfigError, ModelLoadError, ...) are ValueErrors; any
-# other exception is a bug and keeps its traceback.
-USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
+# Errors that mean "bad input": shown as one line with exit code 2 (``--debug`` shows the traceback).  They are the
+# project's own (ppl_models.errors.BayesTeachError and its subclasses: DomainError, DatasetFormatError, ConfigError,
+# ModelLoadError, ...) and the OSErrors of a path the user gave; click reports its own usage errors.  Anything else,
+# a plain ValueError, KeyError, TypeError or RuntimeError included, is a bug and keeps its traceback (exit 1).
+USER_PATH_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
 # transformers / the hub raise a plain OSError for a model folder or hub id they cannot find or read
 LOADER_PACKAGES = ("/transformers/", "/huggingface_hub/", "/safetensors/", "/peft/")
 
 
 def is_bad_input(error: BaseException) -> bool:
     """Whether ``error`` is the user's input at fault (one line, exit 2) rather than a bug (traceback)."""
-    if isinstance(error, USER_ERRORS):
+    from ppl_models.errors import BayesTeachError
+
+    if isinstance(error, (BayesTeachError, *USER_PATH_ERRORS)):
         return True
     if isinstance(error, OSError):
         import traceback
@@ -84,7 +87,7 @@ def load_domain(domain, catalog=None, user_temperature=None, user_lapse=None):
 
     if catalog is not None:
         if domain != "webshop":
-            raise ValueError("--catalog only applies to --domain webshop")
+            raise click.UsageError("--catalog only applies to --domain webshop")
         from ppl_models.domains.webshop import webshop_domain
 
         loaded = webshop_domain(catalog_path=catalog)

@@ -26,17 +26,20 @@ from pathlib import Path
 
 import torch
 
-from eval.chat_format import encode_segment, join_segments, render_chat, tokenize_chat, tokenize_segments
+from eval.chat_format import (
+    ChatTemplateError, encode_segment, join_segments, render_chat, tokenize_chat, tokenize_segments,
+)
+from ppl_models.errors import BayesTeachError
 
 ROLES = ("system", "user", "assistant")
 IGNORE_INDEX = -100  # label value the loss skips (the PyTorch / HF convention)
 
 
-class DatasetFormatError(ValueError):
+class DatasetFormatError(BayesTeachError):
     """A dataset line is not valid JSON or not a valid conversation; the message names file and line."""
 
 
-class EmptyLossMaskError(ValueError):
+class EmptyLossMaskError(BayesTeachError):
     """Some conversations have no assistant token left to train on (usually: cut by max_length)."""
 
 
@@ -183,7 +186,7 @@ def candidate_token_ids(tokenizer, messages, message_index: int, candidate: str,
     """The scoring definition: ids of messages[:i] + [assistant: candidate], minus the prefix ids."""
     full_ids, _ = tokenize_chat(tokenizer, messages[:message_index] + [{"role": "assistant", "content": candidate}])
     if full_ids[: len(prefix_ids)] != prefix_ids:
-        raise ValueError(f"candidate {candidate!r} changes the tokens of its prefix; cannot score it exactly")
+        raise ChatTemplateError(f"candidate {candidate!r} changes the tokens of its prefix; cannot score it exactly")
     return full_ids[len(prefix_ids):]
 
 

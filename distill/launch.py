@@ -30,13 +30,14 @@ def check_accelerate_config(path) -> dict:
     from accelerate.commands.config.config_args import ClusterConfig
     from accelerate.commands.launch import launch_command_parser
     from accelerate.utils import DistributedType
+    from yaml import YAMLError
 
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"accelerate config {path} does not exist (see configs/accelerate/)")
     try:
         config = ClusterConfig.from_yaml_file(str(path))
-    except (ValueError, TypeError) as error:  # unknown keys, a missing distributed_type, a bad enum value
+    except (ValueError, TypeError, YAMLError) as error:  # unknown keys, no distributed_type, a bad enum, not YAML
         raise ConfigError(f"{path}: {str(error).splitlines()[0]}") from None
     if config.distributed_type not in set(DistributedType):
         raise ConfigError(f"{path}: unknown distributed_type {config.distributed_type!r}")

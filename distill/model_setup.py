@@ -18,14 +18,15 @@ from pathlib import Path
 
 import torch
 
-from distill.train_config import TrainConfig
+from distill.train_config import ConfigError, TrainConfig
+from ppl_models.errors import BayesTeachError
 
 
-class QuantizationUnavailableError(RuntimeError):
+class QuantizationUnavailableError(BayesTeachError, RuntimeError):
     """The base model could not be loaded in 4 bits (bitsandbytes missing or unsupported here)."""
 
 
-class ModelLoadError(ValueError):
+class ModelLoadError(BayesTeachError):
     """The model or tokenizer named by the user could not be loaded (no such folder, hub id or files)."""
 
 
@@ -43,7 +44,7 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
         return torch.bfloat16 if use_bf16 else torch.float32
     dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
     if name not in dtypes:
-        raise ValueError(f"dtype must be 'auto' or one of {sorted(dtypes)}, got {name!r}")
+        raise ConfigError(f"dtype must be 'auto' or one of {sorted(dtypes)}, got {name!r}")
     return dtypes[name]
 
 
@@ -57,7 +58,7 @@ def load_tokenizer(source: str, trust_remote_code: bool = False):
     folder, extra = pretrained_source(source)
     try:
         return AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code, **extra)
-    except OSError as error:  # no such folder / hub id / files: the user's input, not a bug
+    except (OSError, ValueError) as error:  # no such folder / hub id / files, an unknown model type: the user's input
         raise ModelLoadError(f"cannot load a tokenizer from {source!r}: {str(error).splitlines()[0]}") from error
 
 
@@ -75,7 +76,7 @@ def load_base_model(source: str, config: TrainConfig, device: torch.device, quan
     if not quantize_4bit:
         try:
             return AutoModelForCausalLM.from_pretrained(source, **kwargs).to(device)
-        except OSError as error:
+        except (OSError, ValueError) as error:  # ValueError: an unknown model type or GGUF architecture, ...
             raise ModelLoadError(f"cannot load a causal LM from {source!r}: {str(error).splitlines()[0]}") from error
     try:
         from transformers import BitsAndBytesConfig
@@ -131,7 +132,11 @@ def add_lora_adapters(model, config: TrainConfig, quantized: bool):
         bias="none",
         task_type="CAUSAL_LM",
     )
-    return get_peft_model(model, lora)
+    try:
+        return get_peft_model(model, lora)
+    except ValueError as error:  # target modules the model does not have
+        raise ConfigError(f"cannot add LoRA adapters with lora_target_modules={config.lora_target_modules!r}: "
+                          f"{str(error).splitlines()[0]}") from error
 
 
 def build_trainable_model(config: TrainConfig, source, device: torch.device, scratch_dir: Path | None = None) -> TrainableModel:
@@ -156,7 +161,7 @@ def build_trainable_model(config: TrainConfig, source, device: torch.device, scr
     model = forget_dequantized_gguf(model)
     if config.method == "full":
         if is_quantized(model):
-            raise ValueError("method 'full' cannot train a quantised model; use --method qlora or lora")
+            raise ConfigError("method 'full' cannot train a quantised model; use --method qlora or lora")
         if config.gradient_checkpointing:
             model.gradient_checkpointing_enable()
         for parameter in model.parameters():

@@ -15,6 +15,7 @@ from eval.dialogue_text import (
     PromptTemplate, answer_text, default_template, noun_title, option_line, question_text, round_header,
     task_instructions,
 )
+from eval.prompt_template import PromptTemplateError
 from ppl_models import Domain
 
 SPECIAL_TOKENS = ["<pad>", "<unk>", "<|end|>", "<|system|>", "<|user|>", "<|assistant|>"]
@@ -35,14 +36,14 @@ def template_parts(domain: Domain, template: PromptTemplate | None = None) -> di
     """The template's texts around each number, for the student's phrases and chat template: each value is
     (before, after) the number, e.g. "answer": ("The best option is Hotel ", ".") and "header": ("Hotel ", ": ")
     for the option line "Hotel 2: <description>"; "feedback_core" is the longest common ending of the three
-    feedback texts when it holds the number ("I prefer Hotel ", "."), else None.  Raises ValueError when the
-    option line's number does not come before its description (the student's option tokens need a header)."""
+    feedback texts when it holds the number ("I prefer Hotel ", "."), else None.  Raises PromptTemplateError when
+    the option line's number does not come before its description (the student's option tokens need a header)."""
     template = template or default_template()
     line = option_line(domain, "{number}", "{description}", template)
     head, _ = split_at(line, "{description}")
     if "{number}" not in head:
-        raise ValueError(f"prompt template {template.source}: the embedded student needs the option line's {{number}} "
-                         "before its {description}")
+        raise PromptTemplateError(f"prompt template {template.source}: the embedded student needs the option line's "
+                                  "{number} before its {description}")
     nouns = {"noun": domain.noun, "Noun": noun_title(domain)}
     feedbacks = [template.fill(field, **nouns, number="{number}")
                  for field in ("feedback_right", "feedback_wrong", "feedback_after_no_answer")]
@@ -154,7 +155,7 @@ def student_chat_template(domain: Domain, restate: bool = False, answer_after_op
         if not round_markers:
             # drop the line "Round k." (the text before it ends in a newline, the text after starts a line)
             if not round_before:
-                raise ValueError("the embedded student without round markers needs text before {round} in the "
+                raise PromptTemplateError("the embedded student without round markers needs text before {round} in the "
                                  "prompt template's round_header")
             number = f"rest[0][:-{len(round_after)}]" if round_after else "rest[0]"
             user = (f"{{% set text = message['content'] | replace({question!r}, '') %}}"

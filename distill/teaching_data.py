@@ -25,9 +25,10 @@ import torch
 
 from eval.assistants import pick_argmax
 from eval.dialogue_text import PromptTemplate, candidate_answers, default_template, dialogue_messages, load_template
-from eval.prompt_template import check_template
+from eval.prompt_template import PromptTemplateError, check_template
 from eval.report import package_versions
 from ppl_models import Domain, all_users, infer, simulate_dialogues
+from ppl_models.errors import BayesTeachError
 from ppl_models.rng import generator
 
 TEACHERS = ("bayesian", "oracle", "soft")
@@ -45,7 +46,7 @@ def split_users(domain: Domain, n_eval_users: int, seed: int) -> tuple[torch.Ten
     """(teaching users, evaluation users): a seeded, disjoint split of the prior's support."""
     support = all_users(domain)
     if not 0 <= n_eval_users < len(support):
-        raise ValueError(f"n_eval_users must be between 0 and {len(support) - 1}, got {n_eval_users}")
+        raise BayesTeachError(f"n_eval_users must be between 0 and {len(support) - 1}, got {n_eval_users}")
     order = torch.randperm(len(support), generator=generator(seed, "eval-users"))
     eval_users = support[order[:n_eval_users]].sort().values
     train_users = support[order[n_eval_users:]].sort().values
@@ -72,12 +73,12 @@ def build_examples(domain: Domain, teacher: str, users: torch.Tensor, n_dialogue
     text (default: the shipped one)."""
     if n_rounds is not None and n_rounds != domain.n_rounds:
         if n_rounds < 1:
-            raise ValueError(f"n_rounds must be at least 1, got {n_rounds}")
+            raise BayesTeachError(f"n_rounds must be at least 1, got {n_rounds}")
         domain = dataclasses.replace(domain, n_rounds=n_rounds)
     if teacher not in TEACHERS:
-        raise ValueError(f"unknown teacher {teacher!r}; choose from {', '.join(TEACHERS)}")
+        raise BayesTeachError(f"unknown teacher {teacher!r}; choose from {', '.join(TEACHERS)}")
     if prefixes not in PREFIXES:
-        raise ValueError(f"prefixes must be one of {', '.join(PREFIXES)}, not {prefixes!r}")
+        raise BayesTeachError(f"prefixes must be one of {', '.join(PREFIXES)}, not {prefixes!r}")
     first_length = 1 if prefixes == "all" else domain.n_rounds
     dialogues = simulate_dialogues(domain, users, n_dialogues, seed, stream="teaching")
     bayes_picks, predictive = teacher_picks(domain, dialogues, seed)
@@ -155,20 +156,29 @@ def read_manifest(out_dir) -> dict:
     path = Path(out_dir) / MANIFEST
     if not path.is_file():
         raise FileNotFoundError(f"no teaching-set manifest at {path}; run make-data first")
-    return json.loads(path.read_text())
+    return _read_json(path)
+
+
+def _read_json(path: Path) -> dict:
+    """A manifest's contents; a damaged one is the user's file at fault (one line)."""
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise BayesTeachError(f"{path}: not valid JSON ({error.msg}, line {error.lineno})") from None
 
 
 def teaching_set_template(data_path, template_path=None) -> PromptTemplate:
     """The prompt template a teaching set's text was written with: ``template_path`` (checked against the one
-    the set's manifest records, when it records one: a mismatch is a ValueError), else the manifest's, else
+    the set's manifest records, when it records one: a mismatch is a PromptTemplateError), else the manifest's, else
     the default (a set without a manifest, e.g. one of the user's own)."""
     manifest_path = Path(data_path).parent / MANIFEST
-    recorded = json.loads(manifest_path.read_text()).get("prompt_template") if manifest_path.is_file() else None
+    recorded = _read_json(manifest_path).get("prompt_template") if manifest_path.is_file() else None
     if template_path is not None:
         template = load_template(template_path)
         if recorded and recorded["sha256"] != template.sha256:
-            raise ValueError(f"teaching set {data_path} was written with prompt template {recorded['name']!r} (sha256 "
-                             f"{recorded['sha256'][:12]}), not {template.name!r} (sha256 {template.sha256[:12]}) from {template_path}")
+            raise PromptTemplateError(
+                f"teaching set {data_path} was written with prompt template {recorded['name']!r} (sha256 "
+                f"{recorded['sha256'][:12]}), not {template.name!r} (sha256 {template.sha256[:12]}) from {template_path}")
         return template
     if recorded and "content" in recorded:
         return check_template(recorded["content"], str(manifest_path))

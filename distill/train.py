@@ -57,7 +57,7 @@ from distill.model_setup import TrainableModel, build_trainable_model, merge_ada
 from distill.train_callbacks import (
     BudgetCallback, BudgetProgressCallback, CompleteMarker, LossPlotCallback, StepRecorder,
 )
-from distill.train_config import TrainConfig
+from distill.train_config import ConfigError, OutputDirInUseError, TrainConfig
 
 logger = logging.getLogger(__name__)
 
@@ -208,16 +208,16 @@ def train(config: TrainConfig, dataset_path, out_dir, *, model=None, resume: boo
     source = model if model is not None else config.model_name_or_path
     if isinstance(source, (str, Path)):
         if not str(source):
-            raise ValueError("no model: pass model=... or set config.model_name_or_path")
+            raise ConfigError("no model: pass model=... or set config.model_name_or_path")
         config = dataclasses.replace(config, model_name_or_path=str(source))
     checkpoint = io_utils.last_complete_checkpoint(out_dir / "checkpoints")
     if checkpoint is not None and not resume:  # never silently mix a new run with an old run's checkpoints
-        raise FileExistsError(f"{out_dir} already holds checkpoints of a run ({checkpoint.name}): resume it "
+        raise OutputDirInUseError(f"{out_dir} already holds checkpoints of a run ({checkpoint.name}): resume it "
                               "(resume=True / --resume) or use another output directory")
     if checkpoint is not None:
         problems = config.resume_mismatches(type(config).from_json_file(checkpoint / "train_config.json"))
         if problems:
-            raise ValueError(f"cannot resume from {checkpoint}: settings changed: " + "; ".join(problems))
+            raise ConfigError(f"cannot resume from {checkpoint}: settings changed: " + "; ".join(problems))
     examples = load_chat_jsonl(dataset_path)  # a bad line fails now, not after a long model load
     args = training_arguments(config, out_dir, None)  # sets up the processes (DDP / FSDP / DeepSpeed)
     is_main = args.process_index == 0

@@ -17,14 +17,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ppl_models.errors import BayesTeachError
+
 METHODS = ("qlora", "lora", "full")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 # The default wall-clock budget of the teaching loop (`distill`) and of the embedded student, in minutes.
 DEFAULT_BUDGET_MINUTES = 10.0
 
 
-class ConfigError(ValueError):
+class ConfigError(BayesTeachError):
     """A recipe or config has an unknown key, a value of the wrong type, or inconsistent values."""
+
+
+class OutputDirInUseError(ConfigError, FileExistsError):
+    """The output directory already holds another run's checkpoints and the run was not asked to resume it."""
 
 # Fields that decide what a step computes: a resumed run must agree with its checkpoint on these, or the
 # "continue where it stopped" promise would be a lie.  (Budget, logging, checkpoint cadence, max_steps and
@@ -190,7 +196,11 @@ class TrainConfig:
 
     @classmethod
     def from_json_file(cls, path: str | Path) -> "TrainConfig":
-        return cls.from_dict(json.loads(Path(path).read_text()), str(path))
+        try:
+            values = json.loads(Path(path).read_text())
+        except json.JSONDecodeError as error:
+            raise ConfigError(f"{path}: not valid JSON ({error.msg}, line {error.lineno})") from None
+        return cls.from_dict(values, str(path))
 
     @classmethod
     def from_recipe(cls, path: str | Path, **overrides) -> "TrainConfig":

@@ -18,6 +18,7 @@ from pathlib import Path
 from eval.assistants import BayesianAssistant, RandomAssistant
 from eval.protocol import run_protocol
 from eval.report import build_report, plot_reports, save_report
+from eval.student_card import StudentDomainError
 from eval.transfer_report import build_transfer_table, format_transfer_table, plot_transfer_table
 from ppl_models import get_domain, pick_users
 
@@ -39,7 +40,7 @@ def eval_domains_for(teaching_domain: str, eval_domains, embedded: bool) -> list
     """The domains to evaluate on (as given: names or module:attribute), the teaching domain first (always
     included, once); every one is loaded now, so an
     unknown one fails before any work (UnknownDomainError, a ValueError).  With the embedded student any domain
-    other than the teaching one is a ValueError saying why and pointing to --model.  Empty ``eval_domains``:
+    other than the teaching one is a StudentDomainError saying why and pointing to --model.  Empty ``eval_domains``:
     [] (no transfer outputs)."""
     names = parse_domain_list(eval_domains)
     if not names:
@@ -48,7 +49,7 @@ def eval_domains_for(teaching_domain: str, eval_domains, embedded: bool) -> list
     teaching = get_domain(teaching_domain)
     others = {d.name: name for d, name in zip(domains, names) if d.name != teaching.name}  # name -> how it was given
     if embedded and others:
-        raise ValueError(EMBEDDED_TRANSFER_REFUSAL.format(others=", ".join(others), domain=teaching.name))
+        raise StudentDomainError(EMBEDDED_TRANSFER_REFUSAL.format(others=", ".join(others), domain=teaching.name))
     return [teaching_domain] + list(others.values())
 
 

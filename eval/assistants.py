@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from ppl_models import Domain, hypothesis_space, infer, predict, user_choice_log_probs
+from ppl_models.errors import BayesTeachError
 from ppl_models.rng import generator
 
 from .belief_scale import N_SCALE_POINTS, StatedBeliefs, belief_sites
@@ -200,7 +201,7 @@ class CheapestAssistant(Assistant):
     def recommend(self, request: RecommendRequest) -> Recommendation:
         domain = request.domain
         if domain.price_feature is None:
-            raise ValueError(f"domain {domain.name!r} has no price feature, so 'cheapest' is undefined")
+            raise BayesTeachError(f"domain {domain.name!r} has no price feature, so 'cheapest' is undefined")
         column = domain.feature_names.index(domain.price_feature)
         prices = torch.tensor(domain.features[column].normalised)[request.option_sets[..., column]]  # [D, M, O]
         is_cheapest = prices <= prices.amin(-1, keepdim=True) + 1e-9
@@ -212,7 +213,7 @@ class CheapestAssistant(Assistant):
         domain = request.domain
         belief_sites(domain)
         if domain.price_feature is None:
-            raise ValueError(f"domain {domain.name!r} has no price feature, so 'cheapest' is undefined")
+            raise BayesTeachError(f"domain {domain.name!r} has no price feature, so 'cheapest' is undefined")
         points = torch.full((request.history_choices.shape[0], len(domain.features)), N_SCALE_POINTS // 2)
         points[:, domain.feature_names.index(domain.price_feature)] = 0
         return StatedBeliefs.from_points(points, distribution=True)
@@ -228,5 +229,5 @@ BUILTIN_ASSISTANTS = {
 
 def make_assistant(name: str) -> Assistant:
     if name not in BUILTIN_ASSISTANTS:
-        raise ValueError(f"unknown assistant {name!r}; choose from {', '.join(BUILTIN_ASSISTANTS)}")
+        raise BayesTeachError(f"unknown assistant {name!r}; choose from {', '.join(BUILTIN_ASSISTANTS)}")
     return BUILTIN_ASSISTANTS[name]()

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from ppl_models import Domain
+from ppl_models.errors import BayesTeachError
 from ppl_models.linear import linear_utility
 
 from .dialogue_text import BELIEF_SCALE
@@ -23,7 +24,7 @@ from .dialogue_text import BELIEF_SCALE
 N_SCALE_POINTS = len(BELIEF_SCALE)
 
 
-class BeliefElicitationError(ValueError):
+class BeliefElicitationError(BayesTeachError):
     """The domain's preferences are not per-feature weights, so beliefs cannot be asked on the scale."""
 
 

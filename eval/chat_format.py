@@ -15,12 +15,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ppl_models.errors import BayesTeachError
+
 # The plain fallback for tokenizers without a chat template.  Append-only by construction.
 PLAIN_ROLE_HEADERS = {"system": "### System:\n", "user": "### User:\n", "assistant": "### Assistant:\n"}
 PLAIN_TURN_END = "\n\n"
 
 
-class ChatTemplateError(ValueError):
+class ChatTemplateError(BayesTeachError):
     """The tokenizer's chat template cannot be used as an append-only conversation format."""
 
 

@@ -18,6 +18,11 @@ from pathlib import Path
 import torch
 
 from ppl_models import Domain
+from ppl_models.errors import BayesTeachError
+
+
+class DialogueFileError(BayesTeachError):
+    """A dialogue file that cannot be read as the domain's dialogue; the message names the file, round and option."""
 
 
 def _value_index(feature, value, where: str) -> int:
@@ -25,7 +30,7 @@ def _value_index(feature, value, where: str) -> int:
         if value == raw or str(value) == feature.text(i) or str(value) == str(raw):
             return i
     examples = ", ".join(feature.text(i) for i in range(min(4, len(feature.values))))
-    raise ValueError(f"{where}: {value!r} is not a value of {feature.name!r} (e.g. {examples}, ...)")
+    raise DialogueFileError(f"{where}: {value!r} is not a value of {feature.name!r} (e.g. {examples}, ...)")
 
 
 def read_dialogue(domain: Domain, path) -> tuple[torch.Tensor, torch.Tensor]:
@@ -36,26 +41,27 @@ def read_dialogue(domain: Domain, path) -> tuple[torch.Tensor, torch.Tensor]:
     try:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as error:
-        raise ValueError(f"{path} is not valid JSON (line {error.lineno}: {error.msg})") from None
+        raise DialogueFileError(f"{path} is not valid JSON (line {error.lineno}: {error.msg})") from None
     rounds = data.get("rounds") if isinstance(data, dict) else None
     if not isinstance(rounds, list) or not rounds:
-        raise ValueError(f'{path}: expected {{"rounds": [{{"options": [...], "choice": N}}, ...]}}')
+        raise DialogueFileError(f'{path}: expected {{"rounds": [{{"options": [...], "choice": N}}, ...]}}')
     option_index, choices = [], []
     for r, round_ in enumerate(rounds, start=1):
         options = round_.get("options") if isinstance(round_, dict) else None
         if not isinstance(options, list) or len(options) != domain.n_options:
-            raise ValueError(f"{path}: round {r} must list {domain.n_options} options")
+            raise DialogueFileError(f"{path}: round {r} must list {domain.n_options} options")
         rows = []
         for o, option in enumerate(options, start=1):
             if not isinstance(option, dict):
-                raise ValueError(f"{path}: round {r}, option {o} must be an object of feature: value")
+                raise DialogueFileError(f"{path}: round {r}, option {o} must be an object of feature: value")
             missing = [f.name for f in domain.features if f.name not in option]
             if missing:
-                raise ValueError(f"{path}: round {r}, option {o} lacks feature(s) {missing}")
+                raise DialogueFileError(f"{path}: round {r}, option {o} lacks feature(s) {missing}")
             rows.append([_value_index(f, option[f.name], f"{path}: round {r}, option {o}") for f in domain.features])
         choice = round_.get("choice")
         if not isinstance(choice, int) or not 1 <= choice <= domain.n_options:
-            raise ValueError(f"{path}: round {r}: choice must be an option number from 1 to {domain.n_options}, got {choice!r}")
+            raise DialogueFileError(f"{path}: round {r}: choice must be an option number from 1 to {domain.n_options}, "
+                                    f"got {choice!r}")
         option_index.append(rows)
         choices.append(choice - 1)
     return torch.tensor(option_index, dtype=torch.long), torch.tensor(choices, dtype=torch.long)

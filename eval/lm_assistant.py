@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import torch
 
+from ppl_models.errors import BayesTeachError
 from ppl_models.rng import generator
 
 from .assistants import Assistant, Recommendation, RecommendRequest, pick_argmax, truncate_request
@@ -41,7 +42,7 @@ class LMAssistant(Assistant):
     def __init__(self, lm: LoadedLM, mode: str = "score", name: str | None = None, batch_size: int = 16,
                  template: PromptTemplate | None = None):
         if mode not in ("score", "generate"):
-            raise ValueError(f"mode must be 'score' or 'generate', not {mode!r}")
+            raise BayesTeachError(f"mode must be 'score' or 'generate', not {mode!r}")
         self.lm, self.mode = lm, mode
         self.template = template or default_template()
         self.scorer = ChoiceScorer(lm, batch_size=batch_size)

@@ -23,12 +23,13 @@ from pathlib import Path
 import torch
 
 from eval.chat_format import has_chat_template
+from ppl_models.errors import BayesTeachError
 
 # "org/name" or "name": what a Hugging Face hub id looks like (no leading "./", "/", "~", no "..").
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
 
 
-class LMLoadError(ValueError):
+class LMLoadError(BayesTeachError):
     """A model, tokenizer or adapter could not be loaded; the message says why in one line."""
 
 
@@ -148,7 +149,7 @@ DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16}
 def dtype_from_name(name: str) -> torch.dtype | None:
     """The torch dtype of a ``--dtype`` choice; "auto" (None) is float32 on CPU, bfloat16 (or float16) on CUDA."""
     if name not in DTYPES:
-        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, not {name!r}")
+        raise LMLoadError(f"dtype must be one of {', '.join(DTYPES)}, not {name!r}")
     return DTYPES[name]
 
 
@@ -232,7 +233,10 @@ def _read_adapter_config(adapter: str) -> dict:
         config_file = local / "adapter_config.json"
         if not config_file.is_file():
             raise LMLoadError(f"adapter {adapter!r} is not a PEFT adapter directory (no adapter_config.json)")
-        return json.loads(config_file.read_text())
+        try:
+            return json.loads(config_file.read_text())
+        except json.JSONDecodeError as error:
+            raise LMLoadError(f"adapter {adapter!r}: {config_file.name} is not valid JSON ({error.msg})") from None
     from peft import PeftConfig
 
     try:

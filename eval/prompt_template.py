@@ -20,6 +20,8 @@ import string
 from dataclasses import dataclass
 from pathlib import Path
 
+from ppl_models.errors import BayesTeachError
+
 DEFAULT_TEMPLATE_PATH = Path(__file__).parent / "templates" / "default.json"
 SAVED_TEMPLATE_NAME = "prompt_template.json"  # the template a model directory was trained with, saved beside it
 N_BELIEF_SCALE_POINTS = 5  # the belief scale's length is fixed: its points map to weight levels (belief_scale.py)
@@ -47,7 +49,7 @@ LIST_FIELDS = {"belief_scale": N_BELIEF_SCALE_POINTS}  # field -> its exact leng
 META_FIELDS = {"name": True, "description": False}  # field -> required
 
 
-class PromptTemplateError(ValueError):
+class PromptTemplateError(BayesTeachError):
     """A prompt template file that cannot be used (the message names the file and the field)."""
 
 

@@ -26,6 +26,8 @@ import json
 import os
 from pathlib import Path
 
+from ppl_models.errors import BayesTeachError
+
 from .beliefs import belief_report
 from .metrics import summarise_run
 from .protocol import EvaluationRun
@@ -94,9 +96,9 @@ def load_report(path) -> dict:
     except FileNotFoundError:
         raise FileNotFoundError(f"no report at {path}") from None
     except json.JSONDecodeError as error:
-        raise ValueError(f"{path} is not valid JSON: {error}") from None
+        raise BayesTeachError(f"{path} is not valid JSON: {error}") from None
     if "accuracy" not in report or "rounds" not in report:
-        raise ValueError(f"{path} is not a bayes-teach report (no 'accuracy'/'rounds')")
+        raise BayesTeachError(f"{path} is not a bayes-teach report (no 'accuracy'/'rounds')")
     return report
 
 

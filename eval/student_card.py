@@ -20,12 +20,13 @@ import json
 from pathlib import Path
 
 from ppl_models import Domain
+from ppl_models.errors import BayesTeachError
 
 STUDENT_CARD_NAME = "student.json"
 SCHEMA = "bayes-teach/student/v1"
 
 
-class StudentDomainError(ValueError):
+class StudentDomainError(BayesTeachError):
     """A model built for one domain was asked to play another's dialogues (one-line message)."""
 
 
@@ -61,7 +62,10 @@ def read_student_card(model_dir) -> dict | None:
     path = Path(str(model_dir)).expanduser() / STUDENT_CARD_NAME
     if not path.is_file():
         return None
-    return json.loads(path.read_text(encoding="utf-8"))
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise BayesTeachError(f"{path}: not valid JSON ({error.msg}, line {error.lineno})") from None
 
 
 def check_student_domain(card: dict | None, domain: Domain, model: str = "the student") -> None:

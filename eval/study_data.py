@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 
 from ppl_models import Domain, hypothesis_space, simulate_choices
+from ppl_models.errors import BayesTeachError
 from ppl_models.linear import linear_utility, linear_weight_prior
 from ppl_models.domain import Feature
 from ppl_models.rng import generator
@@ -45,7 +46,7 @@ HELDOUT_OF = {"flight_human": "flight"}  # release file -> the held-out file its
 VALUE_TOLERANCE = 1e-6  # option texts vs the file's scaled values
 
 
-class StudyDataError(ValueError):
+class StudyDataError(BayesTeachError):
     """A released file that cannot be read as the domain's data, naming the file, line and key or text."""
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from ppl_models import infer
+from ppl_models.errors import BayesTeachError
 
 from .assistants import Assistant, BayesianAssistant
 from .metrics import summarise
@@ -21,7 +22,7 @@ from .report import build_report
 from .study_data import StudyReplay
 
 
-class NoExactAssistantError(ValueError):
+class NoExactAssistantError(BayesTeachError):
     """The Bayesian assistant asked for data with no generative model to invert (webshop files)."""
 
 

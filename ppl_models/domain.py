@@ -32,13 +32,14 @@ import pyro
 import torch
 
 from .choice import UtilityChoice
+from .errors import BayesTeachError
 
 # Plates of user_model: dialogues at dim -2, rounds at dim -1; enumeration dims go to the left of these.
 MAX_PLATE_NESTING = 2
 CHOICE_SITE = "choice"
 
 
-class DomainError(ValueError):
+class DomainError(BayesTeachError):
     """A domain declaration that cannot work, with a message naming the problem."""
 
 

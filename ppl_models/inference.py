@@ -26,6 +26,7 @@ import torch
 
 from . import memory
 from .domain import CHOICE_SITE, Domain
+from .errors import BayesTeachError
 from .hypotheses import HypothesisSpace, hypothesis_space, observed_trace
 
 # Numbers per likelihood tensor of a chunk (hypotheses x dialogues x rounds x options): about 4 MB of float32
@@ -40,7 +41,7 @@ _PYRO_LOCK = threading.Lock()
 _SAFE_EVIDENCE = 2.0 ** -900
 
 
-class ImpossibleChoiceError(ValueError):
+class ImpossibleChoiceError(BayesTeachError):
     """An observed choice has zero probability under every hypothesis of the model."""
 
     def __init__(self, dialogue: int, round_: int, choice: int):

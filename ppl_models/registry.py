@@ -35,6 +35,8 @@ def _resolve(path: str):
         raise UnknownDomainError(f"module {module_name!r} has no attribute {attribute!r}")
     value = getattr(module, attribute)
     if argument is not None:
+        if not argument.strip().lstrip("+-").isdigit():
+            raise UnknownDomainError(f"domain {path!r}: the argument in parentheses must be a whole number")
         value = value(int(argument))
     elif callable(value) and not isinstance(value, Domain):
         value = value()

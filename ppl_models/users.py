@@ -8,6 +8,7 @@ import pyro.poutine as poutine
 import torch
 
 from .domain import CHOICE_SITE, Domain, user_model
+from .errors import BayesTeachError
 from .hypotheses import hypothesis_space
 from .rng import generator
 
@@ -25,7 +26,7 @@ def pick_users(domain: Domain, n_users: int | None, seed: int) -> torch.Tensor:
     if n_users is None or n_users >= len(support):
         return support
     if n_users < 1:
-        raise ValueError(f"n_users must be at least 1, got {n_users}")
+        raise BayesTeachError(f"n_users must be at least 1, got {n_users}")
     order = torch.randperm(len(support), generator=generator(seed, "users"))
     return support[order[:n_users].sort().values]
 

@@ -67,11 +67,15 @@ def test_posterior_shows_marginals_after_each_round(runner, tmp_path):
     "args,content,message",
     [
         (["simulate", "--domain", "boats"], None, "unknown domain 'boats'"),
+        (["simulate", "--domain", "ppl_models.domains.flight:flight_domain(9)"], None, "2 to 8 features, not 9"),
+        (["simulate", "--domain", "ppl_models.domains.flight:flight_domain(x)"], None, "must be a whole number"),
         (["posterior", "--dialogue", "MISSING"], None, "no dialogue file"),
         (["posterior", "--dialogue", "FILE"], "{not json", "is not valid JSON"),
         (["posterior", "--dialogue", "FILE"], json.dumps(_dialogue(choice=4)), "choice must be an option number from 1 to 3"),
         (["posterior", "--dialogue", "FILE"], json.dumps({"rounds": [{"options": [{}, {}, {}], "choice": 1}]}), "lacks feature"),
         (["plot", "MISSING", "--out", "x.png"], None, "no report at"),
+        (["plot", "FILE", "--out", "x.png"], json.dumps({"rounds": 5}), "is not a bayes-teach report"),
+        (["simulate", "--domain", "flight", "--catalog", "FILE"], "x", "--catalog only applies to --domain webshop"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_code_2(runner, tmp_path, args, content, message):
@@ -83,6 +87,75 @@ def test_bad_input_is_one_line_and_exit_code_2(runner, tmp_path, args, content, 
     assert result.exit_code == 2
     assert message in result.output
     assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("bug", [ValueError("bug"), KeyError("bug"), TypeError("bug"), RuntimeError("bug")])
+def test_a_bug_keeps_its_traceback_and_is_not_called_bad_input(runner, tmp_path, monkeypatch, bug):
+    import eval.dialogue_io
+
+    def broken(domain, path):
+        raise bug
+
+    monkeypatch.setattr(eval.dialogue_io, "read_dialogue", broken)
+    path = tmp_path / "dialogue.json"
+    path.write_text(json.dumps(_dialogue()))
+    result = runner.invoke(main, ["posterior", "--domain", "flight", "--dialogue", str(path)])
+    assert result.exit_code == 1  # an uncaught exception: CliRunner keeps it; python would print its traceback
+    assert result.exception is bug
+    assert "Error:" not in result.output
+
+
+def test_the_same_place_raising_a_project_error_is_bad_input(runner, tmp_path, monkeypatch):
+    import eval.dialogue_io
+    from ppl_models.errors import BayesTeachError
+
+    def rejects(domain, path):
+        raise BayesTeachError(f"{path}: not a dialogue\nsecond line")
+
+    monkeypatch.setattr(eval.dialogue_io, "read_dialogue", rejects)
+    path = tmp_path / "dialogue.json"
+    path.write_text(json.dumps(_dialogue()))
+    result = runner.invoke(main, ["posterior", "--domain", "flight", "--dialogue", str(path)])
+    assert result.exit_code == 2 and result.output.strip() == f"Error: {path}: not a dialogue"
+    debug = runner.invoke(main, ["--debug", "posterior", "--domain", "flight", "--dialogue", str(path)])
+    assert debug.exit_code == 1 and isinstance(debug.exception, BayesTeachError)
+
+
+def test_is_bad_input_takes_the_project_errors_and_user_paths_only():
+    from cli import is_bad_input
+    from distill.model_setup import QuantizationUnavailableError
+    from distill.train_config import OutputDirInUseError
+    from ppl_models import UnknownDomainError
+
+    for error in (UnknownDomainError("x"), QuantizationUnavailableError("x"), OutputDirInUseError("x"),
+                  FileNotFoundError("x"), IsADirectoryError("x"), NotADirectoryError("x"), PermissionError("x")):
+        assert is_bad_input(error), error
+    for error in (ValueError("x"), KeyError("x"), TypeError("x"), RuntimeError("x"), IndexError("x"),
+                  ImportError("x"), OSError("x"), json.JSONDecodeError("x", "doc", 0)):
+        assert not is_bad_input(error), error
+
+
+def test_every_project_error_class_derives_from_the_one_base():
+    import importlib
+    import inspect
+    import pkgutil
+
+    from ppl_models.errors import BayesTeachError
+
+    found = {}
+    for package in ("ppl_models", "eval", "distill"):
+        root = importlib.import_module(package)
+        for info in pkgutil.walk_packages(root.__path__, prefix=f"{package}."):
+            module = importlib.import_module(info.name)
+            for name, value in vars(module).items():
+                if inspect.isclass(value) and issubclass(value, BaseException) and value.__module__ == info.name:
+                    found[f"{info.name}.{name}"] = value
+    # the collection found the classes it should (a floor, so that a broken walk cannot pass by finding none)
+    for name in ("ppl_models.domain.DomainError", "eval.study_data.StudyDataError", "distill.train_config.ConfigError",
+                 "distill.model_setup.QuantizationUnavailableError", "eval.dialogue_io.DialogueFileError"):
+        assert name in found, name
+    assert [name for name, cls in found.items() if not issubclass(cls, BayesTeachError)] == []
+    assert issubclass(BayesTeachError, ValueError)  # ``except ValueError`` keeps catching every one of them
 
 
 def test_evaluate_a_local_language_model_in_both_modes(runner, tmp_path):

@@ -31,6 +31,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
     (["train", "--recipe", "MISSING"], "does not exist"),
     (["train", "--accelerate-config", "MISSING"], "accelerate config"),
     (["train", "--accelerate-config", "RECIPE:distributed_type: DEEPSPEED\nzero_stag: 3"], "unknown keys"),
+    (["train", "--accelerate-config", "RECIPE:distributed_type: [MULTI_CPU"], "file.yaml: while parsing"),
     (["train", "--model", "NOWHERE"], "does not exist (and is not a Hugging Face hub id)"),
     (["distill", "--budget", "0"], "the budget must be > 0 minutes"),
     (["distill", "--budget", "-1", "--model", "x"], "the budget must be > 0 minutes"),
@@ -51,6 +52,17 @@ def test_bad_training_input_is_one_line_and_exit_code_2(tmp_path, dataset, stude
     assert result.exit_code == 2, result.output
     assert message in result.output and "Traceback" not in result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+def test_lora_target_modules_the_model_lacks_are_one_error_line(tmp_path, dataset, student_dir):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("lora_target_modules: [no_such_layer]\n")
+    result = CliRunner().invoke(main, ["train", "--recipe", str(recipe), "--model", str(student_dir), "--method", "lora",
+                                       "--max-steps", "1", "--data", str(dataset), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2, result.output
+    last = result.output.strip().splitlines()[-1]  # after the weight-loading progress bar
+    assert last.startswith("Error: cannot add LoRA adapters with lora_target_modules=['no_such_layer']: Target modules")
+    assert "Traceback" not in result.output
 
 
 def test_a_bug_keeps_its_traceback(monkeypatch, dataset, student_dir, tmp_path):

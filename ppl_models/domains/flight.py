@@ -11,7 +11,7 @@ that file's order (``VARIANT_FEATURES``).  Each feature of an option is drawn in
 as in the release (so a 0-stop flight can have a layover).  Users: every weight vector of the grid but the
 all-zero one; the release lists the whole grid for 2-4 features and draws users at random for 5-8.
 """
-from ..domain import Domain, Feature
+from ..domain import Domain, DomainError, Feature
 from ..linear import linear_domain_parts
 
 
@@ -62,7 +62,8 @@ VARIANT_FEATURES = {
 def flight_domain(n_features: int = 4) -> Domain:
     """The flight domain with the features of the release's ``n_features``-feature file (the main task: 4)."""
     if n_features not in VARIANT_FEATURES:
-        raise ValueError(f"flight domains have {min(VARIANT_FEATURES)} to {max(VARIANT_FEATURES)} features, not {n_features}")
+        raise DomainError(f"flight domains have {min(VARIANT_FEATURES)} to {max(VARIANT_FEATURES)} features, "
+                          f"not {n_features}")
     features = tuple(FLIGHT_FEATURES[name] for name in VARIANT_FEATURES[n_features])
     return Domain(
         name="flight" if n_features == 4 else f"flight{n_features}",
