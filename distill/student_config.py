@@ -1,0 +1,108 @@
+"""The embedded student's settings: its shape, its tokenizer choices and its training defaults, in one
+``StudentConfig`` that extends the trainer's ``TrainConfig`` (the same fields, read by the same trainer), saved
+inside every run.  Why each default is what it is: the comment above it (measurements in ``distill/student.py``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .train_config import DEFAULT_BUDGET_MINUTES, TrainConfig
+
+
+@dataclass
+class StudentConfig(TrainConfig):
+    """The student's shape and tokenizer choices, and its training settings: a TrainConfig (the same fields,
+    read by the same trainer) whose defaults are the student's."""
+    # --- training: TrainConfig's fields with the student's defaults ----------------------------------
+    model_name_or_path: str = "embedded-student"
+    # every weight of a from-scratch model trains, in float32 (what every number below was measured with)
+    method: str = "full"
+    dtype: str = "float32"
+    # Longest sequence; a 6-round hotel dialogue is at most ~51 tokens with option tokens (one per option
+    # line), 512 leaves headroom for renderings without them and longer dialogues.  Also
+    # max_position_embeddings.
+    max_length: int = 512
+    # Peak AdamW learning rate: tiny from-scratch models tolerate (and, with few steps, need) ~1e-3.
+    learning_rate: float = 2e-3
+    # Conversations per optimizer step: averages over enough users for a stable gradient.
+    batch_size: int = 32
+    # Linear warm-up before the cosine decay (a cold Adam with a high lr diverges otherwise).
+    warmup_steps: int = 30
+    # Cosine decays to learning_rate * min_lr_ratio when the budget ends (the clock schedule).
+    min_lr_ratio: float = 0.05
+    # Mild decoupled weight decay for the from-scratch weights.
+    weight_decay: float = 0.01
+    # Adam's second-moment decay.  0.95 rather than the usual 0.999: with 0.999 a token seen once in a while
+    # gets a step of ~3x the learning rate per coordinate each time it appears (its second moment has decayed
+    # towards zero since its last appearance); 0.95 keeps such steps near the learning rate.  Measured with
+    # frozen option rows, 600 steps, same data: 73-75% agreement with 0.95, 64-69% with 0.999.
+    adam_beta2: float = 0.95
+    # The wall-clock budget of train_student (the whole call: tokenising, calibration and saving included).
+    budget_minutes: float | None = DEFAULT_BUDGET_MINUTES
+    # Log every 10 steps; keep one checkpoint (the run saves about four times).
+    log_every_steps: int = 10
+    keep_last_checkpoints: int = 1
+
+    # --- the model -----------------------------------------------------------------------------------
+    # Width of the residual stream.  At 128 (4 layers, ~0.92M parameters besides the embedding tables) a
+    # step of 32 six-round hotel dialogues takes ~0.13 s on 2 idle cores (0.19 s on one), so the main job
+    # fits ~4,100 steps, ~2.5 passes over its 52,400 dialogues; the task has few concepts (4 features x <= 11
+    # values).  Not tuned beyond that.
+    hidden_size: int = 128
+    # Transformer blocks.  Comparing options within a round and accumulating feedback across rounds needs
+    # a few hops of attention (option values -> option, choice -> chosen option, preference -> new options).
+    num_layers: int = 4
+    # Attention heads (head dim 32): several heads let one layer attend to different features at once.
+    num_heads: int = 4
+    # MLP width (3x hidden, LLaMA's SwiGLU usually uses ~2.7x).
+    intermediate_size: int = 384
+    # Option-line and restated-choice embeddings stay as initialised (header + ordinal value directions, see
+    # option_token_init): ~21,800 rows each seen ~30 times in a run would otherwise each take ~30 Adam steps
+    # of noise as large as their structure.  Measured (hotel, the 20,000 dialogues of teaching users 0-199,
+    # steps of 32, beta2 0.95, the previous option_token_init): frozen, the student agreed with the teacher
+    # on 73-75% of picks in rounds 1-5 after 600 steps (79/76/74/76/75% after 800); trained, on 42/46/51/54/52%
+    # after 600.  With beta2 0.999 and trained rows (all 52,400 dialogues, steps of 64) it stayed at chance
+    # (31-37%) for 800 steps.  Everything else, the digit and header rows included, trains.
+    freeze_option_embeddings: bool = True
+    # Soft-target KL weight (used only if the data has soft targets; the pipeline sets 1.0 for the soft
+    # teacher).  The answers are one token, so the trainer scores the candidates on the conversation's own
+    # row (no extra rows).  Measured (main job, hotel, 10 minutes): soft teaching fitted 3,331 steps (its
+    # candidates take ~2 minutes to tokenise) and reached 71.7% after round 5 (77.7% agreement); hard
+    # Bayesian picks fitted 4,150 steps and reached 74.3% (80.2%).
+    kl_weight: float = 0.0
+    # One token per "feature: value" (", price: $370"): ~5 tokens an option instead of ~12, so ~half the
+    # sequence length, and the answer needs to attend to fewer, more informative tokens.
+    merge_feature_values: bool = True
+    # One token per whole option description ("distance to downtown: 3 miles, price: $460, rating: 2 stars,
+    # amenities: free parking") when the domain has at most MAX_OPTION_TOKENS value combinations (flight 3,993,
+    # hotel 5,445); its embedding starts as the sum of its values' ordinal embeddings.  An option is then one
+    # position that attention can compare, pick or copy directly, instead of 4-8 positions to pool first.
+    option_tokens: bool = True
+    # The chat template restates, at the start of each feedback turn, the option the user says they prefer, as
+    # one "Chosen: <description>" token (with option tokens).  No information is added (the option is in the
+    # previous turn), but finding it there takes an attention hop keyed on the option number that a model
+    # trained from scratch does not find within a CPU budget.  Measured on a minimal rendering of the task
+    # (1,000 steps): with the chosen option restated, 81/80/77/77/77% agreement with the teacher in rounds
+    # 1-5; with only the option number, 81% in round 1 (no feedback needed) and ~40% after.
+    restate_choices: bool = True
+    # The answer's option number comes right after the last option line, with no question, end marker or
+    # "The best option is Hotel" in between (student_chat_template).  Measured on a minimal rendering of
+    # the same task: predicted at a separate "assistant" token, a 4-layer student agreed with the teacher on
+    # ~50% of picks after 2,000 steps; predicted at the last option's position, on ~77-82% after 1,000.  A
+    # constant token has nothing of its own to compute with in its first layer; the last option line has
+    # its features and number there to compare with the other options from layer one.
+    answer_after_options: bool = True
+    # Keep the "Round k." lines (with answer_after_options; see student_chat_template).  Measured when the
+    # teaching dialogues had 5 rounds (evaluation after round 5 then asked about a 6th, whose "Round 6."
+    # token no training example contained; the pipeline now teaches 6-round dialogues): with the lines,
+    # 66.8% accuracy and 71.6% agreement after round 5 (71.9 / 82.0 after round 4); without, 69.6% and 75.2%
+    # (71.4 / 82.7).
+    round_markers: bool = False
+    # Start value embeddings on an ordinal quarter circle (see the module docstring).
+    ordinal_value_init: bool = True
+    # Digit k starts as the embedding of "Hotel k:" (input and output); see tie_option_numbers.
+    tie_option_numbers: bool = True
+    # Keep only the longest prefix of each dialogue (see the module docstring).
+    longest_prefix_only: bool = True
+    # Fraction of the budget kept free for tokenisation, calibration and saving.
+    budget_margin: float = 0.08
