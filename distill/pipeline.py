@@ -20,6 +20,7 @@ import torch
 from eval.assistants import BayesianAssistant, RandomAssistant
 from eval.dialogue_text import load_template
 from eval.lm import load_causal_lm, prepare_loaded_lm
+from eval.lm_loading import dtype_from_name
 from eval.lm_assistant import LMAssistant
 from eval.protocol import run_protocol
 from eval.report import build_report, format_table, plot_reports, save_report
@@ -40,6 +41,10 @@ class DistillSettings:
     # Optimizer steps to train for instead of filling the budget (the schedule then follows the steps): equal
     # compute on a machine whose speed varies, e.g. to compare teachers at a fixed budget of steps.
     max_steps: int | None = None
+    # For --model: precision of the weights in training and in evaluation ("auto": float32 on CPU, bfloat16 on a
+    # GPU that has it), and activation recomputation in training (less memory, ~30-40% more compute).
+    dtype: str = "auto"
+    gradient_checkpointing: bool = False
     out_dir: str = "runs/distill"
     seed: int = 0
     # Dialogues per teaching user.  None: STUDY_DIALOGUES_PER_USER for a --model (every prefix an example),
@@ -65,6 +70,8 @@ class DistillSettings:
     def __post_init__(self) -> None:
         if not self.budget_minutes > 0:
             raise ConfigError(f"the budget must be > 0 minutes, got {self.budget_minutes}")
+        if self.model is None and (self.dtype != "auto" or self.gradient_checkpointing):
+            raise ConfigError("dtype and gradient checkpointing apply to --model; the embedded student trains in float32")
         if self.max_steps is not None and self.max_steps < 1:
             raise ConfigError(f"max_steps must be at least 1, got {self.max_steps}")
 
@@ -102,6 +109,7 @@ def run_distill(settings: DistillSettings, log=print) -> dict:
 
     # ---- 2. the student, before training ------------------------------------------------------------
     reports = {}
+    dtype = dtype_from_name(settings.dtype)
     if settings.model is None:
         from .student import StudentConfig, build_student, train_student
 
@@ -113,7 +121,8 @@ def run_distill(settings: DistillSettings, log=print) -> dict:
                                  template=template)
             reports["before"] = _evaluate(domain, before, eval_users, settings, "student before", log)
     elif settings.eval_before:
-        before = LMAssistant(load_causal_lm(settings.model, load_in_4bit=settings.method == "qlora"), name="student (before)",
+        before = LMAssistant(load_causal_lm(settings.model, load_in_4bit=settings.method == "qlora", dtype=dtype),
+                             name="student (before)",
                              template=template)
         reports["before"] = _evaluate(domain, before, eval_users, settings, "student before", log)
         before_elsewhere = evaluate_domains(before, others, settings.n_eval_users, settings.n_heldout, settings.seed,
@@ -123,17 +132,20 @@ def run_distill(settings: DistillSettings, log=print) -> dict:
     train_dir = out / "train"
     if settings.model is None:
         result = train_student(domain, data_path, train_dir, budget_minutes=settings.budget_minutes,
-                               max_steps=settings.max_steps, config=student_config, seed=settings.seed, resume=settings.resume, template=template)
+                               max_steps=settings.max_steps, dtype=settings.dtype,
+                             gradient_checkpointing=settings.gradient_checkpointing, config=student_config, seed=settings.seed, resume=settings.resume, template=template)
         after_lm = load_causal_lm(str(train_dir / "model"))
     else:
         config = TrainConfig(model_name_or_path=settings.model, method=settings.method, epochs=1.0,
-                             max_steps=settings.max_steps,
+                             max_steps=settings.max_steps, dtype=settings.dtype,
+                             gradient_checkpointing=settings.gradient_checkpointing,
                              budget_minutes=None if math.isinf(settings.budget_minutes) else settings.budget_minutes, kl_weight=kl_weight, seed=settings.seed)
         result = _train_hf(config, data_path, train_dir, settings.resume)
         if settings.method == "full":
-            after_lm = load_causal_lm(str(train_dir / "model"))
+            after_lm = load_causal_lm(str(train_dir / "model"), dtype=dtype)
         else:
-            after_lm = load_causal_lm(settings.model, adapter=str(train_dir / "adapter"), load_in_4bit=settings.method == "qlora")
+            after_lm = load_causal_lm(settings.model, adapter=str(train_dir / "adapter"), load_in_4bit=settings.method == "qlora",
+                                      dtype=dtype)
     log(f"trained: {result.summary()}")
 
     # ---- 4. the student after training, and the references -----------------------------------------

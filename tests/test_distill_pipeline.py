@@ -60,7 +60,16 @@ def test_distill_runs_on_webshop(tmp_path):
 @pytest.mark.parametrize("embedded", [True, False])
 def test_distill_for_a_number_of_steps_instead_of_the_clock(tmp_path, embedded):
     model = None if embedded else str(tiny_lm.save_tiny_lm(tmp_path / "tiny"))
+    hf_only = {} if embedded else {"dtype": "float32", "gradient_checkpointing": True}
     report = run_distill(_settings(tmp_path, model=model, method="lora", budget_minutes=math.inf, max_steps=3,
-                                   eval_before=False), log=lambda line: None)
+                                   eval_before=False, **hf_only), log=lambda line: None)
     training = report["extra"]["training"]
     assert training["steps"] == 3 and training["stop_reason"] == "max_steps"
+    if not embedded:  # the settings reach the trainer
+        saved = json.loads((tmp_path / "run" / "train" / "train_config.json").read_text())
+        assert saved["dtype"] == "float32" and saved["gradient_checkpointing"] is True and saved["max_steps"] == 3
+
+
+def test_distill_refuses_model_settings_for_the_embedded_student(tmp_path):
+    with pytest.raises(ValueError, match="apply to --model"):
+        _settings(tmp_path, dtype="bfloat16")
