@@ -1,6 +1,6 @@
 """Bayesian vs oracle teaching of a real pretrained LM on CPU, with transfer: the study's headline, measured.
 
-    python benchmarks/real_lm_teaching.py [--model smollm2] [--budget 45] [--users 8] [--heldout 20] \
+    python benchmarks/real_lm_teaching.py [--model smollm2] [--budget 45] [--users 12] [--heldout 10] \
         [--work runs/real_lm_teaching] [--parallel 2 --threads 1]
 
 Three models: the LM as released, LoRA-taught on the Bayesian assistant's picks, and LoRA-taught on the users'
@@ -44,8 +44,8 @@ def parse_args(argv=None):
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--gradient-checkpointing", action="store_true")
     parser.add_argument("--dialogues", type=int, default=2, help="teaching dialogues per teaching user")
-    parser.add_argument("--users", type=int, default=8, help="evaluation users per domain")
-    parser.add_argument("--heldout", type=int, default=20, help="held-out option sets per user and round")
+    parser.add_argument("--users", type=int, default=12, help="evaluation users per domain")
+    parser.add_argument("--heldout", type=int, default=10, help="held-out option sets per user and round")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--parallel", type=int, default=2, help="stages run at once")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per stage")

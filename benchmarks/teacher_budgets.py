@@ -1,0 +1,145 @@
+"""How fast each teacher teaches the embedded student: Bayesian vs oracle at equal budgets of optimizer steps.
+
+    python benchmarks/teacher_budgets.py [--domain hotel] [--bayesian-steps 500,1500] [--oracle-steps 1500,4500] \
+        [--work runs/teacher_budgets] [--parallel 2 --threads 1]
+
+Each point is ``python cli.py distill --domain D --teacher T --max-steps N`` (the embedded student, default
+settings, seed 0, evaluated on the 100 users the teaching set holds out x 20 held-out sets), run as a resumable
+stage (benchmarks/stage_runner.py).  Budgets are in steps, not minutes, so that points measured while other
+jobs share the CPU are comparable: the student sees the same number of examples whatever the machine's speed.
+For each point the JSON holds the accuracy and agreement with the Bayesian assistant after each round, and
+the loss curve's plateau: the first step at which the running mean of the training loss (50 steps) falls
+0.01 below ln 3, i.e. where the student starts to use what it reads.  Writes
+benchmarks/results/teacher_budgets.json and a plot (accuracy after the last round against steps, per teacher;
+loss curves) beside it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from stage_runner import REPO_ROOT, Stage, machine, round_metrics, run_stages  # noqa: E402
+
+RESULTS = REPO_ROOT / "benchmarks" / "results" / "teacher_budgets.json"
+PLATEAU_WINDOW = 50
+PLATEAU_DROP = 0.01
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--domain", default="hotel")
+    parser.add_argument("--bayesian-steps", default="500,1500", help="comma-separated step budgets")
+    parser.add_argument("--oracle-steps", default="1500,4500", help="comma-separated step budgets")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--parallel", type=int, default=2, help="runs at once")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    parser.add_argument("--work", type=Path, default=REPO_ROOT / "runs" / "teacher_budgets")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--dry-run", action="store_true", help="print the runs' commands and whether each is done")
+    return parser.parse_args(argv)
+
+
+def plateau_exit(losses: list[float]) -> int | None:
+    """The first step (1-based) at which the mean of the last PLATEAU_WINDOW losses is PLATEAU_DROP below ln 3."""
+    for end in range(PLATEAU_WINDOW, len(losses) + 1):
+        if sum(losses[end - PLATEAU_WINDOW:end]) / PLATEAU_WINDOW < math.log(3) - PLATEAU_DROP:
+            return end
+    return None
+
+
+def build_stages(args) -> list[Stage]:
+    stages = []
+    for teacher, budgets in (("bayesian", args.bayesian_steps), ("oracle", args.oracle_steps)):
+        for steps in (int(s) for s in budgets.split(",") if s):
+            out = args.work / f"{teacher}-{steps}"
+            stages.append(Stage(f"{teacher}-{steps}", ["distill", "--domain", args.domain, "--teacher", teacher,
+                                                        "--max-steps", str(steps), "--seed", str(args.seed),
+                                                        "--out", str(out)], out / "report.json"))
+    return sorted(stages, key=lambda s: -int(s.name.rsplit("-", 1)[1]))  # the longest first: it sets the wall time
+
+
+def read_losses(run_dir: Path) -> list[float]:
+    log_path = run_dir / "train" / "train_log.jsonl"
+    if not log_path.exists():
+        return []
+    return [entry["loss"] for entry in map(json.loads, log_path.read_text().splitlines()) if "loss" in entry]
+
+
+def collect(args, stages: list[Stage], record: dict) -> dict:
+    results = {"benchmark": "teacher_budgets", "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+               "machine": machine(), "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+               "ln3": math.log(3), "runs": {}}
+    for stage in stages:
+        if not stage.done.exists():
+            continue
+        run_dir = stage.done.parent
+        report = json.loads(stage.done.read_text())
+        losses = read_losses(run_dir)
+        entry = {"teacher": stage.name.rsplit("-", 1)[0], "steps": int(stage.name.rsplit("-", 1)[1]),
+                 "command": record.get(stage.name, {}).get("command"), "wall_s": record.get(stage.name, {}).get("wall_s"),
+                 "student": round_metrics(stage.done),
+                 "training": report.get("extra", {}).get("training"),
+                 "loss_first_50": sum(losses[:50]) / max(1, len(losses[:50])) if losses else None,
+                 "loss_last_50": sum(losses[-50:]) / max(1, len(losses[-50:])) if losses else None,
+                 "plateau_exit_step": plateau_exit(losses)}
+        curves = report.get("extra", {}).get("curves", {})
+        for name in ("bayesian", "random"):
+            if name in curves:
+                entry[f"{name}_assistant_accuracy"] = [round(100 * a, 1) for a in curves[name]["accuracy"]["mean"]]
+        results["runs"][stage.name] = entry
+    return results
+
+
+def plot(results: dict, work: Path, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    for teacher, colour in (("bayesian", "tab:blue"), ("oracle", "tab:orange")):
+        runs = sorted((r for r in results["runs"].values() if r["teacher"] == teacher), key=lambda r: r["steps"])
+        if runs:
+            left.plot([r["steps"] for r in runs], [r["student"]["accuracy"][-1] for r in runs], "o-", color=colour,
+                      label=f"{teacher}-taught")
+            longest = runs[-1]
+            losses = read_losses(work / f"{teacher}-{longest['steps']}")
+            window = [sum(losses[max(0, i - 49):i + 1]) / len(losses[max(0, i - 49):i + 1]) for i in range(len(losses))]
+            right.plot(range(1, len(window) + 1), window, color=colour, label=f"{teacher} ({longest['steps']} steps)")
+    left.axhline(100 / 3, color="grey", linestyle="--", label="chance")
+    left.set_xlabel("optimizer steps (32 dialogues each)")
+    left.set_ylabel("accuracy after the last round (%)")
+    left.legend()
+    right.axhline(math.log(3), color="grey", linestyle="--", label="ln 3")
+    right.set_xlabel("step")
+    right.set_ylabel("training loss (running mean of 50)")
+    right.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    stages = build_stages(args)
+    if args.dry_run:
+        for stage in stages:
+            print(f"{'done' if stage.done.exists() else 'todo'}  {stage.name:16s} {stage.command()}")
+        return
+    record = run_stages(stages, args.work, parallel=args.parallel, threads=args.threads)
+    results = collect(args, stages, record)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    plot(results, args.work, args.out.with_suffix(".png"))
+    for name, run in results["runs"].items():
+        print(f"{name:16s} accuracy {run['student']['accuracy']} plateau exit {run['plateau_exit_step']}")
+    print(f"-> {args.out}")
+
+
+if __name__ == "__main__":
+    main()
