@@ -132,8 +132,8 @@ def run_distill(settings: DistillSettings, log=print) -> dict:
     train_dir = out / "train"
     if settings.model is None:
         result = train_student(domain, data_path, train_dir, budget_minutes=settings.budget_minutes,
-                               max_steps=settings.max_steps, dtype=settings.dtype,
-                             gradient_checkpointing=settings.gradient_checkpointing, config=student_config, seed=settings.seed, resume=settings.resume, template=template)
+                               max_steps=settings.max_steps, config=student_config, seed=settings.seed,
+                               resume=settings.resume, template=template)
         after_lm = load_causal_lm(str(train_dir / "model"))
     else:
         config = TrainConfig(model_name_or_path=settings.model, method=settings.method, epochs=1.0,
