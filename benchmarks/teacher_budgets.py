@@ -1,6 +1,6 @@
 """How fast each teacher teaches the embedded student: Bayesian vs oracle at equal budgets of optimizer steps.
 
-    python benchmarks/teacher_budgets.py [--domain hotel] [--bayesian-steps 500,1500] [--oracle-steps 1500,4500] \
+    python benchmarks/teacher_budgets.py [--domain hotel] [--bayesian-steps 500,1500] [--oracle-steps 500,1500] \
         [--work runs/teacher_budgets] [--parallel 2 --threads 1]
 
 Each point is ``python cli.py distill --domain D --teacher T --max-steps N`` (the embedded student, default
@@ -35,7 +35,7 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--domain", default="hotel")
     parser.add_argument("--bayesian-steps", default="500,1500", help="comma-separated step budgets")
-    parser.add_argument("--oracle-steps", default="1500,4500", help="comma-separated step budgets")
+    parser.add_argument("--oracle-steps", default="500,1500", help="comma-separated step budgets")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--parallel", type=int, default=2, help="runs at once")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
