@@ -22,12 +22,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from stage_runner import REPO_ROOT, Stage, machine, round_metrics, run_stages  # noqa: E402
+from stage_runner import REPO_ROOT, Stage, print_plan, results_header, round_metrics, run_stages, write_json  # noqa: E402
 
 RESULTS = REPO_ROOT / "benchmarks" / "results" / "real_lm_teaching.json"
 TEACHERS = ("bayesian", "oracle")
@@ -100,9 +99,7 @@ def overlap(a: list[float], b: list[float]) -> bool:
 
 
 def collect(args, record: dict, rows: dict) -> dict:
-    results = {"benchmark": "real_lm_teaching", "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-               "machine": machine(), "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-               "training": {}, "rows": {}, "comparisons": {}}
+    results = {**results_header("real_lm_teaching", args), "training": {}, "rows": {}, "comparisons": {}}
     for teacher in TEACHERS:
         summary_path = args.work / f"train-{teacher}" / "summary.json"
         if summary_path.exists():
@@ -139,13 +136,10 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     stages, rows = build_stages(args)
     if args.dry_run:
-        for stage in stages:
-            print(f"{'done' if stage.done.exists() else 'todo'}  {stage.name:24s} {stage.command()}")
-        return
+        return print_plan(stages)
     record = run_stages(stages, args.work, parallel=args.parallel, threads=args.threads)
     results = collect(args, record, rows)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    write_json(results, args.out)
     print(json.dumps(results["comparisons"], indent=2))
     print(f"-> {args.out}")
 

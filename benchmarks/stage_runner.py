@@ -89,6 +89,24 @@ def run_stages(stages: list[Stage], work: Path, parallel: int = 1, threads: int 
     return record
 
 
+def print_plan(stages: list[Stage]) -> None:
+    """``--dry-run``: each stage's command and whether it is done."""
+    width = max(len(stage.name) for stage in stages) + 2
+    for stage in stages:
+        print(f"{'done' if stage.done.exists() else 'todo'}  {stage.name:{width}s}{stage.command()}")
+
+
+def results_header(benchmark: str, args) -> dict:
+    """The fields every teaching benchmark's JSON opens with: its name, when, the machine and the settings."""
+    return {"benchmark": benchmark, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": machine(),
+            "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}}
+
+
+def write_json(results: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2) + "\n")
+
+
 def round_metrics(report_path: Path) -> dict:
     """Accuracy and agreement with the Bayesian assistant per round (in %), with 95% intervals over users."""
     report = json.loads(report_path.read_text())

@@ -19,12 +19,11 @@ import argparse
 import json
 import math
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from stage_runner import REPO_ROOT, Stage, machine, round_metrics, run_stages  # noqa: E402
+from stage_runner import REPO_ROOT, Stage, print_plan, results_header, round_metrics, run_stages, write_json  # noqa: E402
 
 RESULTS = REPO_ROOT / "benchmarks" / "results" / "teacher_budgets.json"
 PLATEAU_WINDOW = 50
@@ -72,9 +71,7 @@ def read_losses(run_dir: Path) -> list[float]:
 
 
 def collect(args, stages: list[Stage], record: dict) -> dict:
-    results = {"benchmark": "teacher_budgets", "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-               "machine": machine(), "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-               "ln3": math.log(3), "runs": {}}
+    results = {**results_header("teacher_budgets", args), "ln3": math.log(3), "runs": {}}
     for stage in stages:
         if not stage.done.exists():
             continue
@@ -128,13 +125,10 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     stages = build_stages(args)
     if args.dry_run:
-        for stage in stages:
-            print(f"{'done' if stage.done.exists() else 'todo'}  {stage.name:16s} {stage.command()}")
-        return
+        return print_plan(stages)
     record = run_stages(stages, args.work, parallel=args.parallel, threads=args.threads)
     results = collect(args, stages, record)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    write_json(results, args.out)
     plot(results, args.work, args.out.with_suffix(".png"))
     for name, run in results["runs"].items():
         print(f"{name:16s} accuracy {run['student']['accuracy']} plateau exit {run['plateau_exit_step']}")
