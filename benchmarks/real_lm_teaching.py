@@ -45,6 +45,8 @@ def parse_args(argv=None):
     parser.add_argument("--dialogues", type=int, default=2, help="teaching dialogues per teaching user")
     parser.add_argument("--users", type=int, default=12, help="evaluation users per domain")
     parser.add_argument("--heldout", type=int, default=10, help="held-out option sets per user and round")
+    parser.add_argument("--transfer-users", type=int, default=None, help="evaluation users on the transfer domains "
+                        "(default: --users)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--parallel", type=int, default=2, help="stages run at once")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per stage")
@@ -71,7 +73,8 @@ def build_stages(args) -> tuple[list[Stage], dict]:
     domains = [args.domain] + [d for d in args.transfer.split(",") if d and d != args.domain]
     for domain in domains:
         # the teaching domain: the users both teaching sets held out (the same split); elsewhere: users at random
-        users = ["--users", str(args.users), "--heldout", str(args.heldout), "--seed", str(args.seed)]
+        n_users = args.users if domain == args.domain else (args.transfer_users or args.users)
+        users = ["--users", str(n_users), "--heldout", str(args.heldout), "--seed", str(args.seed)]
         if domain == args.domain:
             users += ["--users-of", str(work / "data-bayesian")]
         after = ["data-bayesian"] if domain == args.domain else []

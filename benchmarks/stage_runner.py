@@ -48,6 +48,28 @@ def machine() -> dict:
             "amx_bf16": " amx_bf16" in flags, "python": platform.python_version()}
 
 
+class AdoptedProcess:
+    """A stage started by another runner (its ``logs/NAME.pid`` names a live process): waited for, not rerun."""
+
+    def __init__(self, pid: int, done: Path):
+        self.pid, self.done, self.returncode = pid, done, None
+
+    def poll(self):
+        if Path(f"/proc/{self.pid}").exists():
+            return None
+        self.returncode = 0 if self.done.exists() else 1
+        return self.returncode
+
+
+def _adopt(pid_path: Path, done: Path):
+    """(process, start time) of a live stage another runner started, else None."""
+    try:
+        pid, started = pid_path.read_text().split()
+    except (OSError, ValueError):
+        return None
+    return (AdoptedProcess(int(pid), done), float(started)) if Path(f"/proc/{pid}").exists() else None
+
+
 def run_stages(stages: list[Stage], work: Path, parallel: int = 1, threads: int = 2, log=print) -> dict:
     """Run every stage whose ``done`` file is missing; returns the record {name: {command, wall_s, rc, log}}."""
     work.mkdir(parents=True, exist_ok=True)
@@ -59,6 +81,12 @@ def run_stages(stages: list[Stage], work: Path, parallel: int = 1, threads: int 
                                   "note": "output found, run outside this runner"}
     pending = [s for s in stages if not s.done.exists()]
     running: dict[str, tuple[subprocess.Popen, float, Stage]] = {}
+    for stage in list(pending):  # started by an earlier runner that was stopped: wait for it
+        adopted = _adopt(work / "logs" / f"{stage.name}.pid", stage.done)
+        if adopted:
+            pending.remove(stage)
+            running[stage.name] = (*adopted, stage)
+            log(f"[{time.strftime('%H:%M:%S')}] waiting for {stage.name} (pid {adopted[0].pid}, started elsewhere)")
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONPATH=str(REPO_ROOT))
     while pending or running:
         finished = {name for name, entry in record.items() if entry.get("rc") == 0}
@@ -71,7 +99,8 @@ def run_stages(stages: list[Stage], work: Path, parallel: int = 1, threads: int 
             log(f"[{time.strftime('%H:%M:%S')}] start {stage.name}: {stage.command()}")
             process = subprocess.Popen([sys.executable, str(REPO_ROOT / "cli.py"), *stage.args], cwd=REPO_ROOT,
                                        env=env, stdout=log_path.open("w"), stderr=subprocess.STDOUT)
-            running[stage.name] = (process, time.perf_counter(), stage)
+            running[stage.name] = (process, time.time(), stage)
+            (work / "logs" / f"{stage.name}.pid").write_text(f"{process.pid} {time.time()}\n")
         if not running:
             blocked = ", ".join(s.name for s in pending)
             raise RuntimeError(f"stages blocked by a failed stage: {blocked} (see {work / 'logs'})")
@@ -80,7 +109,7 @@ def run_stages(stages: list[Stage], work: Path, parallel: int = 1, threads: int 
             if process.poll() is None:
                 continue
             del running[name]
-            wall = time.perf_counter() - start
+            wall = time.time() - start
             record[name] = {"command": stage.command(), "wall_s": round(wall, 1), "rc": process.returncode,
                             "log": str(work / "logs" / f"{name}.log")}
             record_path.write_text(json.dumps(record, indent=2) + "\n")
