@@ -222,7 +222,7 @@ def run_smollm2_worker(args) -> None:
                              batch_size=4, warmup_steps=1, learning_rate=2e-4, save_every_steps=0, max_length=2048,
                              report_to="none")
         out_dir = Path(args.scratch) / f"out-smollm2-{args.config}"
-        result = train(config, args.data, out_dir, model=(model, tokenizer))
+        train(config, args.data, out_dir, model=(model, tokenizer))  # its per-step log is read below
         log = [json.loads(line) for line in (out_dir / "train_log.jsonl").read_text().splitlines()]
         step_tokens = [r["tokens"] for r in log]
         step_times = [r["tokens"] / r["tokens_per_s"] for r in log]
