@@ -8,8 +8,8 @@ settings, seed 0, evaluated on the 100 users the teaching set holds out x 20 hel
 stage (benchmarks/stage_runner.py).  Budgets are in steps, not minutes, so that points measured while other
 jobs share the CPU are comparable: the student sees the same number of examples whatever the machine's speed.
 For each point the JSON holds the accuracy and agreement with the Bayesian assistant after each round, and
-the loss curve's plateau: the first step at which the running mean of the training loss (50 steps) falls
-0.01 below ln 3, i.e. where the student starts to use what it reads.  Writes
+the loss curve's plateau: the first step at which the mean training loss over the last 50 steps falls 0.01
+below ln 3, i.e. where the student starts to use what it reads.  Writes
 benchmarks/results/teacher_budgets.json and a plot (accuracy after the last round against steps, per teacher;
 loss curves) beside it.
 """
@@ -44,11 +44,13 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def plateau_exit(losses: list[float]) -> int | None:
-    """The first step (1-based) at which the mean of the last PLATEAU_WINDOW losses is PLATEAU_DROP below ln 3."""
-    for end in range(PLATEAU_WINDOW, len(losses) + 1):
-        if sum(losses[end - PLATEAU_WINDOW:end]) / PLATEAU_WINDOW < math.log(3) - PLATEAU_DROP:
-            return end
+def plateau_exit(log: list[tuple[int, float]]) -> int | None:
+    """The first logged step at which the mean loss of the entries logged in the last PLATEAU_WINDOW steps is
+    PLATEAU_DROP below ln 3 (``log``: (step, loss) pairs, as train_log.jsonl records them every few steps)."""
+    for step, _ in log:
+        window = [loss for logged, loss in log if step - PLATEAU_WINDOW < logged <= step]
+        if sum(window) / len(window) < math.log(3) - PLATEAU_DROP:
+            return step
     return None
 
 
@@ -63,11 +65,13 @@ def build_stages(args) -> list[Stage]:
     return sorted(stages, key=lambda s: -int(s.name.rsplit("-", 1)[1]))  # the longest first: it sets the wall time
 
 
-def read_losses(run_dir: Path) -> list[float]:
+def read_losses(run_dir: Path) -> list[tuple[int, float]]:
+    """(step, loss) for every logged step of the run's training."""
     log_path = run_dir / "train" / "train_log.jsonl"
     if not log_path.exists():
         return []
-    return [entry["loss"] for entry in map(json.loads, log_path.read_text().splitlines()) if "loss" in entry]
+    return [(entry["step"], entry["loss"]) for entry in map(json.loads, log_path.read_text().splitlines())
+            if "loss" in entry]
 
 
 def collect(args, stages: list[Stage], record: dict) -> dict:
@@ -82,8 +86,9 @@ def collect(args, stages: list[Stage], record: dict) -> dict:
                  "command": record.get(stage.name, {}).get("command"), "wall_s": record.get(stage.name, {}).get("wall_s"),
                  "student": round_metrics(stage.done),
                  "training": report.get("extra", {}).get("training"),
-                 "loss_first_50": sum(losses[:50]) / max(1, len(losses[:50])) if losses else None,
-                 "loss_last_50": sum(losses[-50:]) / max(1, len(losses[-50:])) if losses else None,
+                 "loss_every_100_steps": [[step, round(loss, 4)] for step, loss in losses if step % 100 == 0],
+                 "loss_last_100_steps": _mean([loss for step, loss in losses if step > losses[-1][0] - 100])
+                 if losses else None,
                  "plateau_exit_step": plateau_exit(losses)}
         curves = report.get("extra", {}).get("curves", {})
         for name in ("bayesian", "random"):
@@ -91,6 +96,10 @@ def collect(args, stages: list[Stage], record: dict) -> dict:
                 entry[f"{name}_assistant_accuracy"] = [round(100 * a, 1) for a in curves[name]["accuracy"]["mean"]]
         results["runs"][stage.name] = entry
     return results
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values)
 
 
 def plot(results: dict, work: Path, path: Path) -> None:
@@ -107,15 +116,17 @@ def plot(results: dict, work: Path, path: Path) -> None:
                       label=f"{teacher}-taught")
             longest = runs[-1]
             losses = read_losses(work / f"{teacher}-{longest['steps']}")
-            window = [sum(losses[max(0, i - 49):i + 1]) / len(losses[max(0, i - 49):i + 1]) for i in range(len(losses))]
-            right.plot(range(1, len(window) + 1), window, color=colour, label=f"{teacher} ({longest['steps']} steps)")
+            running = [_mean([loss for logged, loss in losses if step - PLATEAU_WINDOW < logged <= step])
+                       for step, _ in losses]
+            right.plot([step for step, _ in losses], running, color=colour, label=f"{teacher} ({longest['steps']} steps)")
     left.axhline(100 / 3, color="grey", linestyle="--", label="chance")
     left.set_xlabel("optimizer steps (32 dialogues each)")
     left.set_ylabel("accuracy after the last round (%)")
     left.legend()
     right.axhline(math.log(3), color="grey", linestyle="--", label="ln 3")
     right.set_xlabel("step")
-    right.set_ylabel("training loss (running mean of 50)")
+    right.set_ylabel(f"training loss (mean over {PLATEAU_WINDOW} steps)")
+    right.set_ylim(0, 2)
     right.legend()
     figure.tight_layout()
     figure.savefig(path, dpi=120)
