@@ -211,26 +211,6 @@ def reference_reports(domain, n_users, seed, n_heldout, users=None):
     return reports
 
 
-def held_out_users(manifest_path, domain, n_users=None):
-    """The user ids a teaching set's manifest held out of teaching (its first ``n_users``), for ``domain``."""
-    import torch
-
-    from distill.teaching_data import MANIFEST
-
-    path = Path(manifest_path)
-    path = path / MANIFEST if path.is_dir() else path
-    try:
-        manifest = json.loads(path.read_text())
-        held_out, its_domain = manifest["eval_users"], manifest["domain"]
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        raise click.BadParameter(f"{path}: not a teaching set's manifest ({error})", param_hint="--users-of") from error
-    if its_domain != domain.name:
-        raise click.BadParameter(f"{path} held out {its_domain} users, not {domain.name} users", param_hint="--users-of")
-    if not held_out:
-        raise click.BadParameter(f"{path} held out no users (make-data --eval-users 0)", param_hint="--users-of")
-    return torch.tensor(held_out[:n_users] if n_users else held_out, dtype=torch.long)
-
-
 def lm_assistant(model, adapter, mode, load_in_4bit, label=None, template=None, dtype="auto"):
     from eval.lm import load_causal_lm
     from eval.lm_assistant import LMAssistant
@@ -307,7 +287,11 @@ def evaluate(domain, catalog, user_temperature, user_lapse, assistant, model, ad
     if users_of and study_dir:
         raise click.UsageError("--users-of and --study-data both choose the users: give one")
     loaded = load_domain(domain, catalog, user_temperature, user_lapse)
-    users = held_out_users(users_of, loaded, n_users) if users_of else None
+    users = None
+    if users_of:  # the users a teaching set held out of teaching
+        from distill.teaching_data import held_out_users
+
+        users = held_out_users(users_of, loaded, n_users)
     if model:  # an embedded student built for another domain: refused before it is loaded
         check_student_domain(read_student_card(model), loaded, model)
     template, warning = template_for_model(model, prompt_template) if model else (None, None)

@@ -159,6 +159,23 @@ def read_manifest(out_dir) -> dict:
     return _read_json(path)
 
 
+def held_out_users(manifest_path, domain: Domain, n_users: int | None = None) -> torch.Tensor:
+    """long [N]: the users a teaching set held out of teaching (its manifest's ``eval_users``, the first
+    ``n_users``), checked to be ``domain``'s.  ``manifest_path``: the manifest.json or the folder holding it."""
+    path = Path(manifest_path)
+    if path.is_dir():
+        manifest, path = read_manifest(path), path / MANIFEST
+    else:
+        manifest = _read_json(path)
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("eval_users"), list) or "domain" not in manifest:
+        raise BayesTeachError(f"{path}: not a teaching set's manifest (no eval_users / domain)")
+    if manifest["domain"] != domain.name:
+        raise BayesTeachError(f"{path} held out {manifest['domain']} users, not {domain.name} users")
+    if not manifest["eval_users"]:
+        raise BayesTeachError(f"{path} held out no users (make-data --eval-users 0)")
+    return torch.tensor(manifest["eval_users"][:n_users] if n_users else manifest["eval_users"], dtype=torch.long)
+
+
 def _read_json(path: Path) -> dict:
     """A manifest's contents; a damaged one is the user's file at fault (one line)."""
     try:

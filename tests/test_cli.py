@@ -205,6 +205,12 @@ def test_evaluate_on_the_users_a_teaching_set_held_out(runner, tmp_path):
     wrong = runner.invoke(main, ["evaluate", "--domain", "hotel", "--assistant", "bayesian", "--users-of", str(data),
                                  "--out", str(tmp_path / "h")])
     assert wrong.exit_code == 2 and "held out flight users, not hotel users" in wrong.output
+    (tmp_path / "list.json").write_text("[1, 2]")
+    (tmp_path / "empty.json").write_text(json.dumps({**manifest, "eval_users": []}))
+    for name, message in [("list.json", "not a teaching set's manifest"), ("empty.json", "held out no users")]:
+        bad = runner.invoke(main, ["evaluate", "--domain", "flight", "--assistant", "bayesian", "--users-of",
+                                   str(tmp_path / name), "--out", str(tmp_path / "b")])
+        assert bad.exit_code == 2 and message in bad.output and "Traceback" not in bad.output
 
 
 def test_webshop_runs_through_simulate_and_evaluate(runner, tmp_path):
