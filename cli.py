@@ -11,6 +11,8 @@ from pathlib import Path
 
 import click
 
+DTYPE_CHOICES = ("auto", "float32", "bfloat16")  # eval.lm_loading.DTYPES' names, without importing torch at start-up
+
 # Errors that mean "bad input": shown as one line with exit code 2 (``--debug`` shows the traceback).  They are the
 # project's own (ppl_models.errors.BayesTeachError and its subclasses: DomainError, DatasetFormatError, ConfigError,
 # ModelLoadError, ...) and the OSErrors of a path the user gave; click reports its own usage errors.  Anything else,
@@ -233,7 +235,7 @@ def lm_assistant(model, adapter, mode, load_in_4bit, label=None, template=None, 
 @click.option("--mode", type=click.Choice(["score", "generate"]), default="score", show_default=True,
               help="score: probability of each option's answer; generate: greedy decoding, then parse the option.")
 @click.option("--load-in-4bit", is_flag=True, help="Load --model in 4-bit NF4 (bitsandbytes).")
-@click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16"]), default="auto", show_default=True,
+@click.option("--dtype", type=click.Choice(DTYPE_CHOICES), default="auto", show_default=True,
               help="Precision of --model's weights and activations; auto is float32 on CPU and bfloat16 on a GPU.")
 @click.option("--users", "n_users", type=click.IntRange(min=1), default=None,
               help="How many users (default: all for built-in assistants, 50 for --model).")
@@ -440,7 +442,7 @@ def make_data(domain, catalog, user_temperature, user_lapse, teacher, dialogues,
                    "the options below override it.")
 @click.option("--method", type=click.Choice(["qlora", "lora", "full"]), default=None,
               help="qlora (default): 4-bit NF4 base + LoRA on all linear layers; lora: LoRA on an unquantised base; full: all weights.")
-@click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16"]), default=None,
+@click.option("--dtype", type=click.Choice(DTYPE_CHOICES), default=None,
               help="Precision of the base weights (default auto: bfloat16 on a GPU that has it, float32 otherwise).")
 @click.option("--gradient-checkpointing/--no-gradient-checkpointing", default=None,
               help="Recompute activations in the backward pass: less memory, more compute (default: off, or the recipe's).")
@@ -510,7 +512,7 @@ def train(data_path, model, domain, recipe, method, dtype, gradient_checkpointin
 @click.option("--max-steps", type=click.IntRange(min=1), default=None,
               help="Train for this many optimizer steps instead of filling the clock (the schedule follows the steps): "
                    "equal compute whatever else runs on the machine, e.g. to compare teachers; --budget still caps it.")
-@click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16"]), default="auto", show_default=True,
+@click.option("--dtype", type=click.Choice(DTYPE_CHOICES), default="auto", show_default=True,
               help="Precision of --model's weights in training and evaluation; auto is float32 on CPU, bfloat16 on a GPU.")
 @click.option("--gradient-checkpointing", is_flag=True,
               help="Recompute --model's activations in the backward pass: less memory, about a third more compute.")
@@ -530,8 +532,8 @@ def train(data_path, model, domain, recipe, method, dtype, gradient_checkpointin
                    "embedded student accepts its own domain only.")
 @prompt_template_option
 @click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False), help="Output directory (default: runs/<domain>-<teacher>).")
-def distill(domain, teacher, model, method, budget_minutes, max_steps, dtype, gradient_checkpointing, eval_users, heldout, dialogues, teach_rounds, seed, resume,
-            eval_domains, prompt_template, out_dir):
+def distill(domain, teacher, model, method, budget_minutes, max_steps, dtype, gradient_checkpointing, eval_users, heldout,
+            dialogues, teach_rounds, seed, resume, eval_domains, prompt_template, out_dir):
     """Teach a student the Bayesian strategy: data, training, and evaluation before and after.
 
     Prints a per-round table (student before, student after, Bayesian assistant, random) and writes

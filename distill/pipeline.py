@@ -122,8 +122,7 @@ def run_distill(settings: DistillSettings, log=print) -> dict:
             reports["before"] = _evaluate(domain, before, eval_users, settings, "student before", log)
     elif settings.eval_before:
         before = LMAssistant(load_causal_lm(settings.model, load_in_4bit=settings.method == "qlora", dtype=dtype),
-                             name="student (before)",
-                             template=template)
+                             name="student (before)", template=template)
         reports["before"] = _evaluate(domain, before, eval_users, settings, "student before", log)
         before_elsewhere = evaluate_domains(before, others, settings.n_eval_users, settings.n_heldout, settings.seed,
                                             "student before", log, model=settings.model)
@@ -139,7 +138,8 @@ def run_distill(settings: DistillSettings, log=print) -> dict:
         config = TrainConfig(model_name_or_path=settings.model, method=settings.method, epochs=1.0,
                              max_steps=settings.max_steps, dtype=settings.dtype,
                              gradient_checkpointing=settings.gradient_checkpointing,
-                             budget_minutes=None if math.isinf(settings.budget_minutes) else settings.budget_minutes, kl_weight=kl_weight, seed=settings.seed)
+                             budget_minutes=None if math.isinf(settings.budget_minutes) else settings.budget_minutes,
+                             kl_weight=kl_weight, seed=settings.seed)
         result = _train_hf(config, data_path, train_dir, settings.resume)
         if settings.method == "full":
             after_lm = load_causal_lm(str(train_dir / "model"), dtype=dtype)
