@@ -447,13 +447,13 @@ def make_data(domain, catalog, user_temperature, user_lapse, teacher, dialogues,
 @click.option("--gradient-checkpointing/--no-gradient-checkpointing", default=None,
               help="Recompute activations in the backward pass: less memory, more compute (default: off, or the recipe's).")
 @click.option("--epochs", type=click.FloatRange(min=0, min_open=True), default=None, help="Passes over the data (default 1, as the study).")
-@click.option("--max-steps", type=click.IntRange(min=1), default=None, help="Stop after this many optimizer steps.")
+@click.option("--max-steps", type=click.IntRange(min=1), default=None, help="Stop after this many optimizer steps (the learning-rate schedule follows them).")
 @click.option("--lr", "learning_rate", type=float, default=None,
               help="Peak learning rate after the warm-up, then cosine (default: TrainConfig's 2e-4; StudentConfig's for the student).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Conversations per process per micro-batch (default: the config's).")
 @click.option("--kl-weight", type=float, default=None, help="Weight of the KL loss on soft targets (soft teaching sets; default 0).")
 @click.option("--budget", "budget_minutes", type=float, default=None,
-              help="Stop cleanly (and save) after this many minutes of training (must be > 0; default: none for --model, 10 for the student).")
+              help="Stop cleanly (and save) after this many minutes of training (must be > 0; default: none for --model, 10 for the student, none for the student with --max-steps).")
 @click.option("--merge", is_flag=True, default=None, help="Also save the base model with the adapter merged in.")
 @click.option("--accelerate-config", type=click.Path(dir_okay=False), default=None,
               help="Run this command under `accelerate launch --config_file FILE` (configs/accelerate/ddp.yaml, fsdp.yaml, "
@@ -486,8 +486,12 @@ def train(data_path, model, domain, recipe, method, dtype, gradient_checkpointin
 
         template = teaching_set_template(data_path, prompt_template)
         config = StudentConfig.from_recipe(recipe, **overrides) if recipe else StudentConfig(**overrides)
-        result = train_student(load_domain(domain), data_path, out_dir, config=config, seed=config.seed, resume=resume,
-                               template=template)
+        # as distill: with a step count and no budget given (here or in the recipe), the steps end the run and
+        # shape the schedule, instead of the default 10 minutes' clock
+        budget = math.inf if config.max_steps and config.budget_minutes == StudentConfig().budget_minutes \
+            and budget_minutes is None else None
+        result = train_student(load_domain(domain), data_path, out_dir, budget_minutes=budget, config=config,
+                               seed=config.seed, resume=resume, max_steps=config.max_steps, template=template)
     else:
         if prompt_template:
             raise click.UsageError("--prompt-template is for the embedded student; a --model reads the teaching set's text as it is")

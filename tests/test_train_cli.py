@@ -54,6 +54,22 @@ def test_bad_training_input_is_one_line_and_exit_code_2(tmp_path, dataset, stude
     assert len(result.output.strip().splitlines()) == 1
 
 
+def test_train_the_embedded_student_for_a_number_of_steps(tmp_path, dataset):
+    """`train --max-steps` with no --model: the steps end the run (not the student's 10-minute clock)."""
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text("hidden_size: 32\nnum_layers: 2\nnum_heads: 2\nintermediate_size: 64\nbatch_size: 2\n")
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["train", "--data", str(dataset), "--domain", "hotel", "--recipe", str(recipe),
+                                       "--max-steps", "3", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == 3 and summary["stop_reason"] == "max_steps"
+    plan = json.loads((out / "student_plan.json").read_text())
+    assert plan["max_steps"] == 3 and plan["budget_minutes"] == float("inf")
+    saved = json.loads((out / "train_config.json").read_text())
+    assert saved["max_steps"] == 3 and saved["budget_minutes"] is None and saved["hidden_size"] == 32
+
+
 def test_lora_target_modules_the_model_lacks_are_one_error_line(tmp_path, dataset, student_dir):
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text("lora_target_modules: [no_such_layer]\n")
