@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import re
 
+from eval.chat_format import mark_own_chat_template
 from eval.dialogue_text import (
     PromptTemplate, answer_text, default_template, noun_title, option_line, question_text, round_header,
     task_instructions,
@@ -254,5 +255,6 @@ def build_tokenizer(domain: Domain, merge_values: bool = True, option_tokens: bo
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", pad_token="<pad>",
                                         eos_token="<|end|>", additional_special_tokens=SPECIAL_TOKENS[3:])
     tokenizer.chat_template = student_chat_template(domain, restate, answer_after_options, round_markers, template)
+    mark_own_chat_template(tokenizer)  # rendered without transformers' sandbox in this process (eval/chat_format.py)
     tokenizer.model_max_length = 10**6
     return tokenizer

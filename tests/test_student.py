@@ -201,3 +201,38 @@ def test_without_round_markers_a_sixth_round_reads_like_the_others():
     assert not [t for t in prompt_tokens if t.startswith("Round")]
     assert prompt_tokens[-3:] == [f"Hotel {k + 1}: {domain.option_text(options[0, k].tolist())}" for k in range(3)]
     assert prompt_tokens[:len(tokens)] == tokens
+
+
+@pytest.mark.parametrize("restate, answer_after_options, round_markers",
+                         [(False, False, True), (True, True, True), (True, True, False), (False, True, False)])
+def test_own_template_renders_as_transformers_sandbox_does(tmp_path, restate, answer_after_options, round_markers):
+    """The student's template, rendered with plain Jinja (eval.chat_format's fast path for templates this process
+    built), gives exactly transformers' sandboxed rendering; a tokenizer read from disk keeps the sandbox."""
+    from transformers import AutoTokenizer
+
+    from eval.chat_format import OWN_TEMPLATE_ATTRIBUTE, encode_segment, render_chat, tokenize_segments
+
+    domain = get_domain("hotel")
+    tokenizer = build_tokenizer(domain, option_tokens=True, restate_choices=restate,
+                                answer_after_options=answer_after_options, round_markers=round_markers)
+    assert getattr(tokenizer, OWN_TEMPLATE_ATTRIBUTE) == tokenizer.chat_template
+    conversations = []
+    for seed in range(3):
+        options, picks, choices = _dialogue(domain, seed)
+        picks[1] = -1  # the "I am not sure" answer and its feedback
+        conversations.append(dialogue_messages(domain, options, picks, choices))
+        conversations.append(heldout_prompt_messages(domain, options[:2], picks[:2], choices[:2], options[3]))
+    for messages in conversations:
+        for end in range(1, len(messages) + 1):
+            for prompt in (False, True):
+                sandboxed = tokenizer.apply_chat_template(messages[:end], tokenize=False, add_generation_prompt=prompt)
+                assert render_chat(tokenizer, messages[:end], add_generation_prompt=prompt) == sandboxed
+        # the segments' ids, encoded in one call, are each segment's own encoding
+        for segment, ids in tokenize_segments(tokenizer, messages):
+            assert ids == encode_segment(tokenizer, segment.text)
+    tokenizer.save_pretrained(tmp_path / "tok")
+    loaded = AutoTokenizer.from_pretrained(tmp_path / "tok")
+    assert loaded.chat_template == tokenizer.chat_template and getattr(loaded, OWN_TEMPLATE_ATTRIBUTE, None) is None
+    assert render_chat(loaded, conversations[0]) == render_chat(tokenizer, conversations[0])
+    tokenizer.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"  # changed after marking: sandboxed
+    assert render_chat(tokenizer, conversations[0]) == "".join(m["content"] for m in conversations[0])
