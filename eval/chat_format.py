@@ -101,21 +101,45 @@ def chat_segments(tokenizer, messages) -> list[ChatSegment]:
     """
     segments: list[ChatSegment] = []
     done = ""
+    render = _prefix_renderer(tokenizer, messages)
     for index, message in enumerate(messages):
         if message["role"] == "assistant":
             # The generation prompt ("<|assistant|>" or similar) goes with what precedes the answer.
-            with_prompt = render_chat(tokenizer, messages[:index], add_generation_prompt=True)
+            with_prompt = render(index, True)
             _check_prefix(done, with_prompt, index)
             if segments:
                 segments[-1] = ChatSegment(segments[-1].text + with_prompt[len(done):], segments[-1].role)
             else:
                 segments.append(ChatSegment(with_prompt, "prompt"))
             done = with_prompt
-        rendered = render_chat(tokenizer, messages[: index + 1], add_generation_prompt=False)
+        rendered = render(index + 1, False)
         _check_prefix(done, rendered, index)
         segments.append(ChatSegment(rendered[len(done):], message["role"]))
         done = rendered
     return segments
+
+
+# Renderings of conversation prefixes, kept because evaluation renders the same history again and again: every
+# held-out option set of a round (20 by default), and every candidate answer of each, shares the rounds before
+# it.  Keyed by the tokenizer object (held here, so its id is never reused while cached), its chat template as
+# it is now and the messages as (role, content) pairs.
+PREFIX_CACHE_SIZE = 4096
+
+
+@functools.lru_cache(maxsize=PREFIX_CACHE_SIZE)
+def _render_prefix(tokenizer, chat_template, messages: tuple, add_generation_prompt: bool) -> str:
+    return render_chat(tokenizer, [{"role": role, "content": content} for role, content in messages], add_generation_prompt)
+
+
+def _prefix_renderer(tokenizer, messages):
+    """``render(n, add_generation_prompt)``: the rendering of ``messages[:n]``, cached when every message is
+    exactly a role and a string content (anything else is rendered afresh)."""
+    if all(isinstance(m, dict) and len(m) == 2 and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+           for m in messages):
+        pairs = tuple((m["role"], m["content"]) for m in messages)
+        template = getattr(tokenizer, "chat_template", None)
+        return lambda n, prompt: _render_prefix(tokenizer, template, pairs[:n], prompt)
+    return lambda n, prompt: render_chat(tokenizer, messages[:n], add_generation_prompt=prompt)
 
 
 def _check_prefix(shorter: str, longer: str, index: int) -> None:
@@ -145,10 +169,36 @@ def encode_segment(tokenizer, text: str) -> list[int]:
 def tokenize_segments(tokenizer, messages) -> list[tuple[ChatSegment, list[int]]]:
     """Each segment of the conversation (``chat_segments``) with its token ids."""
     segments = chat_segments(tokenizer, messages)
-    texts = [segment.text for segment in segments if segment.text]
-    # one call for all segments (each is encoded on its own, exactly as encode_segment would)
-    encoded = iter(tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else [])
-    return [(segment, list(next(encoded)) if segment.text else []) for segment in segments]
+    cache = _segment_ids_cache(tokenizer)
+    missing = list(dict.fromkeys(segment.text for segment in segments if segment.text and segment.text not in cache))
+    # one call for the segments not seen before (each is encoded on its own, exactly as encode_segment would)
+    for text, ids in zip(missing, tokenizer(missing, add_special_tokens=False)["input_ids"] if missing else []):
+        cache[text] = ids
+    return [(segment, list(cache[segment.text]) if segment.text else []) for segment in segments]
+
+
+SEGMENT_CACHE_SIZE = 8192
+
+
+class _SegmentIds(dict):
+    """Ids of recently encoded segment texts (a held-out prompt's history is encoded once, not 60 times); at
+    SEGMENT_CACHE_SIZE entries it starts afresh."""
+
+    def __setitem__(self, text, ids):
+        if len(self) >= SEGMENT_CACHE_SIZE:
+            self.clear()
+        super().__setitem__(text, tuple(ids))
+
+
+def _segment_ids_cache(tokenizer) -> _SegmentIds:
+    """The tokenizer's own cache of segment ids (its vocabulary decides them, so it lives on the tokenizer
+    object and goes with it; tokens added since, e.g. a pad token, start it afresh)."""
+    size = len(tokenizer)
+    cached = getattr(tokenizer, "_bayes_teach_segment_ids", None)
+    if cached is None or cached[0] != size:
+        cached = (size, _SegmentIds())
+        tokenizer._bayes_teach_segment_ids = cached
+    return cached[1]
 
 
 def join_segments(segments: list[tuple[ChatSegment, list[int]]]) -> tuple[list[int], list[bool]]:

@@ -98,3 +98,39 @@ def test_non_append_only_template_is_refused():
     messages = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}, {"role": "user", "content": "c"}]
     with pytest.raises(ChatTemplateError, match="append-only"):
         tokenize_chat(tokenizer, messages)
+
+
+def test_cached_prefix_renderings_follow_the_template_and_the_vocabulary():
+    """chat_segments/tokenize_chat reuse renderings and ids of prefixes seen before; a changed chat template
+    or an added token is never answered from the cache."""
+    tokenizer = build_tokenizer(chat_template=True)
+    messages = full_conversation()
+
+    def uncached_segments(messages):  # the definition, rendering every prefix afresh
+        texts, done = [], ""
+        for index, message in enumerate(messages):
+            if message["role"] == "assistant":
+                with_prompt = render_chat(tokenizer, messages[:index], add_generation_prompt=True)
+                texts[-1] += with_prompt[len(done):]
+                done = with_prompt
+            rendered = render_chat(tokenizer, messages[: index + 1])
+            texts.append(rendered[len(done):])
+            done = rendered
+        return texts
+
+    for _ in range(2):  # the second time from the cache
+        assert [s.text for s in chat_segments(tokenizer, messages)] == uncached_segments(messages)
+    ids, _ = tokenize_chat(tokenizer, messages)
+    assert ids == [t for text in uncached_segments(messages) for t in tokenizer(text, add_special_tokens=False)["input_ids"]]
+    # a message with more than role and content is rendered afresh, with the same result
+    tagged = [dict(m, name="x") for m in messages]
+    assert [s.text for s in chat_segments(tokenizer, tagged)] == [s.text for s in chat_segments(tokenizer, messages)]
+    # another template: other text
+    tokenizer.chat_template = tokenizer.chat_template.replace("<|end|>", "<|end|><|end|>")
+    assert [s.text for s in chat_segments(tokenizer, messages)] == uncached_segments(messages)
+    assert "<|end|><|end|>" in chat_segments(tokenizer, messages)[0].text
+    # a token added to the vocabulary: the same text, new ids
+    before, _ = tokenize_chat(tokenizer, messages)
+    tokenizer.add_tokens(["Flight 2"])
+    after, _ = tokenize_chat(tokenizer, messages)
+    assert after != before and tokenizer.convert_tokens_to_ids("Flight 2") in after
