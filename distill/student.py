@@ -137,14 +137,20 @@ def option_token_init(model, tokenizer, domain: Domain, planes: list[torch.Tenso
             embeddings[chosen_ids] = total[: len(chosen_ids)] + marker  # option 1 lines: same combination order
 
 
+def student_tokenizer(domain: Domain, config: StudentConfig = StudentConfig(), template: PromptTemplate | None = None):
+    """The student's tokenizer for ``domain`` and ``config`` (build_student's), its chat template marked as
+    this process's own (rendered without transformers' sandbox, eval/chat_format.py)."""
+    return build_tokenizer(domain, config.merge_feature_values, config.option_tokens, config.restate_choices,
+                           config.answer_after_options, config.round_markers, template)
+
+
 def build_student(domain: Domain, config: StudentConfig = StudentConfig(), seed: int = 0,
                   template: PromptTemplate | None = None):
     """(model, tokenizer): a randomly initialised LlamaForCausalLM sized by ``config`` and the domain's
     tokenizer (see the module docstring) for the text of prompt ``template`` (default: the shipped one)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    tokenizer = build_tokenizer(domain, config.merge_feature_values, config.option_tokens, config.restate_choices,
-                                config.answer_after_options, config.round_markers, template)
+    tokenizer = student_tokenizer(domain, config, template)
     model_config = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=config.hidden_size, intermediate_size=config.intermediate_size,
         num_hidden_layers=config.num_layers, num_attention_heads=config.num_heads,
