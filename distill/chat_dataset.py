@@ -147,6 +147,9 @@ class TokenizedExample:
     soft_targets: list[TokenizedSoftTarget] = field(default_factory=list)
     truncated_tokens: int = 0
     dropped_soft_targets: int = 0
+    # [T] True on the answer tokens that tell the teaching set's answers apart (mark_choice_tokens): the option
+    # number of "The best option is Flight 2.", not its fixed words.  Logged apart, never weighted.
+    choice_mask: list[bool] = field(default_factory=list)
 
 
 @dataclass
@@ -261,6 +264,7 @@ def tokenize_dataset(tokenizer, examples: list[ChatExample], max_length: int, wi
             f"{len(empty)} conversation(s) have no assistant tokens within max_length={max_length}, so there "
             f"would be nothing to train on; dataset indices: {names}. Raise max_length or shorten them."
         )
+    mark_choice_tokens(tokenized)
     cut = [t for t in tokenized if t.truncated_tokens or t.dropped_soft_targets]
     report = TruncationReport(
         max_length,
@@ -269,6 +273,39 @@ def tokenize_dataset(tokenizer, examples: list[ChatExample], max_length: int, wi
         sum(t.dropped_soft_targets for t in cut),
     )
     return tokenized, report
+
+
+def answer_spans(target_mask: list[bool]) -> list[tuple[int, int]]:
+    """(start, length) of each run of target tokens: one per assistant answer."""
+    spans, start = [], None
+    for position, target in enumerate(list(target_mask) + [False]):
+        if target and start is None:
+            start = position
+        elif not target and start is not None:
+            spans.append((start, position - start))
+            start = None
+    return spans
+
+
+def mark_choice_tokens(tokenized: list[TokenizedExample]) -> None:
+    """Set each example's ``choice_mask``: among the dataset's answers of the same length in tokens, the
+    offsets where they do not all have the same token.  A teaching set's answers differ only in the option
+    they name, so these are its option-number tokens; the loss on them alone shows whether a model learns
+    the choice while the answer's fixed words, learnt in a few steps, dominate the mean.  An answer whose
+    length no other answer shares has none."""
+    seen: dict[tuple[int, int], set] = {}  # (answer length, offset) -> its tokens (two are enough)
+    for example in tokenized:
+        for start, length in answer_spans(example.target_mask):
+            for offset in range(length):
+                tokens = seen.setdefault((length, offset), set())
+                if len(tokens) < 2:
+                    tokens.add(example.input_ids[start + offset])
+    for example in tokenized:
+        mask = [False] * len(example.input_ids)
+        for start, length in answer_spans(example.target_mask):
+            for offset in range(length):
+                mask[start + offset] = len(seen[(length, offset)]) > 1
+        example.choice_mask = mask
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -290,6 +327,8 @@ class ChatBatch:
     inline_position: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))  # [H] predicting position
     inline_tokens: torch.Tensor = field(default_factory=lambda: torch.zeros((0, 0), dtype=torch.long))  # [H, K] (-1 = pad)
     inline_probs: torch.Tensor = field(default_factory=lambda: torch.zeros((0, 0)))  # [H, K] target probabilities
+    # [R, T] bool: the targets that are choice tokens (TokenizedExample.choice_mask); empty: none marked
+    choice_mask: torch.Tensor = field(default_factory=lambda: torch.zeros((0, 0), dtype=torch.bool))
 
     @property
     def num_tokens(self) -> int:
@@ -305,6 +344,7 @@ class ChatBatch:
             move(self.input_ids), move(self.attention_mask), move(self.target_mask), move(self.candidate_mask),
             move(self.candidate_row), move(self.target_probs), self.example_indices, self.num_conversations,
             move(self.inline_row), move(self.inline_position), move(self.inline_tokens), move(self.inline_probs),
+            move(self.choice_mask),
         )
 
 
@@ -333,11 +373,15 @@ def collate(examples: list[TokenizedExample], pad_id: int, inline_single_tokens:
     attention_mask = torch.zeros((len(rows), length), dtype=torch.long)
     target_mask = torch.zeros((len(rows), length), dtype=torch.bool)
     candidate_mask = torch.zeros((len(rows), length), dtype=torch.bool)
+    choice_mask = torch.zeros((len(rows), length), dtype=torch.bool)
     for r, (ids, targets, candidates) in enumerate(rows):
         input_ids[r, : len(ids)] = torch.tensor(ids, dtype=torch.long)
         attention_mask[r, : len(ids)] = 1
         target_mask[r, : len(ids)] = torch.tensor(targets, dtype=torch.bool)
         candidate_mask[r, : len(ids)] = torch.tensor(candidates, dtype=torch.bool)
+    for r, example in enumerate(examples):  # conversation rows come first
+        if example.choice_mask:
+            choice_mask[r, : len(example.choice_mask)] = torch.tensor(example.choice_mask, dtype=torch.bool)
 
     candidate_row, target_probs = _padded_groups(groups)
     inline_tokens, inline_probs = _padded_groups([(tokens, probs) for _, _, tokens, probs in inline])
@@ -345,7 +389,7 @@ def collate(examples: list[TokenizedExample], pad_id: int, inline_single_tokens:
                      [e.index for e in examples], len(examples),
                      torch.tensor([row for row, _, _, _ in inline], dtype=torch.long),
                      torch.tensor([position for _, position, _, _ in inline], dtype=torch.long),
-                     inline_tokens, inline_probs)
+                     inline_tokens, inline_probs, choice_mask)
 
 
 def _padded_groups(groups: list[tuple[list[int], list[float]]]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -81,11 +81,19 @@ def _kl_sum(scores, valid, target_probs) -> torch.Tensor:
     return terms.sum()
 
 
-def micro_batch_loss(model, batch: ChatBatch, step_targets: int, step_soft_targets: int, kl_weight: float):
+def micro_batch_loss(model, batch: ChatBatch, step_targets: int, step_soft_targets: int, kl_weight: float,
+                     choice_parts: torch.Tensor | None = None):
     """Loss whose gradients, summed over a step's micro-batches, are those of the step-mean loss.
-    Returns (loss, sft part, kl part)."""
+    Returns (loss, sft part, kl part).  ``choice_parts`` (float64 [2]), if given, gains the summed negative
+    log-likelihood of the batch's choice tokens (``ChatBatch.choice_mask``) and their number: a diagnostic."""
     logits, positions = loss_logits(model, batch)  # [R, T or K, V]
     log_probs, _ = next_token_log_probs(logits, batch.input_ids, batch.target_mask, positions)
+    if choice_parts is not None and batch.choice_mask.numel():
+        predicted = batch.target_mask[:, 1:] if positions is None else batch.target_mask[:, 1:][:, positions]
+        chosen = batch.choice_mask[:, 1:] if positions is None else batch.choice_mask[:, 1:][:, positions]
+        is_choice = chosen[predicted]  # [N], aligned with log_probs
+        choice_parts += torch.tensor([-float(log_probs.detach()[is_choice].sum()), float(is_choice.sum())],
+                                     dtype=torch.float64)
     sft = -log_probs.sum() / step_targets
     kl = logits.new_zeros((), dtype=torch.float32)
     if kl_weight > 0 and batch.candidate_row.numel():

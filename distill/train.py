@@ -25,7 +25,8 @@ summed log-probs of the candidates; logits are computed only at the positions th
 Output directory::
 
     out_dir/train_config.json        the TrainConfig of the run
-    out_dir/train_log.jsonl          one line per logged step: step, loss, sft_loss, kl_loss, lr, tokens/s
+    out_dir/train_log.jsonl          one line per logged step: step, loss, sft_loss, kl_loss, choice_loss (the
+                                     cross-entropy on the answers' option-number tokens alone), lr, tokens/s
     out_dir/tensorboard/             the Trainer's event files (loss, learning rate, grad norm); loss.png beside
     out_dir/summary.json             steps, tokens, tokens/s, peak RSS memory, truncation report
     out_dir/adapter/                 qlora/lora: PEFT adapter + tokenizer (PeftModel.from_pretrained loads it)
@@ -101,6 +102,7 @@ class DistillTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.kl_weight, self.lr_lambda = kl_weight, lr_lambda
         self.step_parts = torch.zeros(3, dtype=torch.float64)  # this process's [sft, kl, tokens] of the step
+        self.choice_parts = torch.zeros(2, dtype=torch.float64)  # [NLL sum, count] of the step's choice tokens
 
     def get_batch_samples(self, epoch_iterator, num_batches, device):
         batches = []
@@ -122,7 +124,8 @@ class DistillTrainer(Trainer):
         if num_items_in_batch is None:  # outside a training step (e.g. trainer.evaluate)
             num_items_in_batch = torch.tensor([float(batch.target_mask[:, 1:].sum()), float(batch.num_soft_targets)])
         step_targets, step_soft = num_items_in_batch.tolist()
-        loss, sft, kl = micro_batch_loss(model, batch, max(1, int(step_targets)), max(1, int(step_soft)), self.kl_weight)
+        loss, sft, kl = micro_batch_loss(model, batch, max(1, int(step_targets)), max(1, int(step_soft)), self.kl_weight,
+                                         choice_parts=self.choice_parts)
         self.step_parts += torch.tensor([float(sft), float(kl), float(batch.num_tokens)], dtype=torch.float64)
         # data parallelism averages gradients over processes; each process's loss is its share of the step sum
         loss = loss * self.accelerator.num_processes

@@ -87,6 +87,8 @@ class StepRecorder(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         sft, kl, tokens = _all_processes_sum(self.trainer.step_parts).tolist()
         self.trainer.step_parts.zero_()
+        choice_nll, choice_count = _all_processes_sum(self.trainer.choice_parts).tolist()
+        self.trainer.choice_parts.zero_()
         now = time.perf_counter()
         seconds, self.last_end = now - self.last_end, now  # from the last step's end: data loading included
         loss = sft + self.kl_weight * kl
@@ -95,6 +97,7 @@ class StepRecorder(TrainerCallback):
         self.step_seconds += seconds
         if state.is_world_process_zero and (state.global_step % args.logging_steps == 0 or state.global_step == state.max_steps):
             record = {"step": state.global_step, "epoch": state.epoch, "loss": loss, "sft_loss": sft, "kl_loss": kl,
+                      "choice_loss": choice_nll / choice_count if choice_count else None,
                       "lr": self.lr, "tokens": int(tokens), "tokens_per_s": tokens / seconds}
             with self.log_path.open("a") as log:
                 log.write(json.dumps(record) + "\n")
@@ -165,6 +168,10 @@ class LossPlotCallback(TrainerCallback):
         if any(r["kl_loss"] for r in records):
             axis.plot([r["step"] for r in records], [r["sft_loss"] for r in records], label="cross-entropy", alpha=0.7)
             axis.plot([r["step"] for r in records], [r["kl_loss"] for r in records], label="KL", alpha=0.7)
+        choice = [r for r in records if r.get("choice_loss") is not None]
+        if choice and any(r["choice_loss"] != r["sft_loss"] for r in choice):  # the answers have fixed words too
+            axis.plot([r["step"] for r in choice], [r["choice_loss"] for r in choice], label="choice tokens only", alpha=0.7)
+        if len(axis.get_lines()) > 1:
             axis.legend()
         axis.set_xlabel("optimizer step")
         axis.set_ylabel("training loss")

@@ -84,6 +84,45 @@ def test_targets_are_exactly_the_assistant_tokens_and_padding_changes_nothing():
         _, sft, _ = micro_batch_loss(model, batch, total, 1, 0.0)
     assert sft.item() == pytest.approx(sum(loss * n for loss, n in per_example) / total, abs=1e-5)
 
+def test_choice_tokens_are_the_answer_tokens_that_differ_and_their_loss_is_logged_apart(tmp_path):
+    """mark_choice_tokens: the answers' fixed words are not choice tokens, the option number is; the loss on
+    the choice tokens equals a direct log-softmax at those positions; the trainer logs it every step."""
+    from distill.chat_dataset import answer_spans
+
+    tokenizer = build_tiny_tokenizer()
+    conversations = [hotel_conversation(s, rounds=2) for s in range(6)]
+    examples = [parse_example(c, f"mem:{i}") for i, c in enumerate(conversations)]
+    data, _ = tokenize_dataset(tokenizer, examples, max_length=1024, with_soft_targets=False)
+    fixed, numbers = set(), []
+    for tokenized, conversation in zip(data, conversations):
+        answers = [m["content"] for m in conversation["messages"] if m["role"] == "assistant"]
+        spans = answer_spans(tokenized.target_mask)
+        assert len(spans) == len(answers)
+        for (start, length), answer in zip(spans, answers):
+            ids = tokenized.input_ids[start:start + length]
+            marks = tokenized.choice_mask[start:start + length]
+            fixed.add(tuple(i for i, m in zip(ids, marks) if not m))
+            numbers.append((answer[-2], tokenizer.decode([i for i, m in zip(ids, marks) if m])))
+    assert len(fixed) == 1  # every answer's other tokens are the same words
+    assert "The best option is" in tokenizer.decode(list(next(iter(fixed))))
+    assert all(digit in choice for digit, choice in numbers) and len({c for _, c in numbers}) == 3
+    # the diagnostic against a direct computation
+    model = build_tiny_llama(len(tokenizer))
+    batch = collate(data, tokenizer.pad_token_id)
+    parts = torch.zeros(2, dtype=torch.float64)
+    with torch.no_grad():
+        micro_batch_loss(model, batch, int(batch.target_mask[:, 1:].sum()), 1, 0.0, choice_parts=parts)
+        log_probs = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits.log_softmax(-1)
+    rows, positions = batch.choice_mask.nonzero(as_tuple=True)
+    expected = -log_probs[rows, positions - 1, batch.input_ids[rows, positions]].double()
+    assert parts[1] == len(expected) and parts[0].item() == pytest.approx(expected.sum().item(), rel=1e-5)
+    # in the training log, every step
+    data_path = write_jsonl(tmp_path / "train.jsonl", conversations)
+    train(small_config(max_steps=2, kl_weight=0.0), data_path, tmp_path / "run", model=(model, tokenizer))
+    records = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    assert records and all(0 < r["choice_loss"] != r["sft_loss"] for r in records)
+
+
 def test_tokenising_in_forked_workers_gives_the_serial_result():
     tokenizer = build_tiny_tokenizer(chat_template=True)
     examples = [parse_example(hotel_conversation(s, rounds=1 + s % 3), f"mem:{s}") for s in range(240)]
