@@ -170,11 +170,12 @@ def tokenize_segments(tokenizer, messages) -> list[tuple[ChatSegment, list[int]]
     """Each segment of the conversation (``chat_segments``) with its token ids."""
     segments = chat_segments(tokenizer, messages)
     cache = _segment_ids_cache(tokenizer)
-    missing = list(dict.fromkeys(segment.text for segment in segments if segment.text and segment.text not in cache))
+    found = {segment.text: cache.get(segment.text) for segment in segments if segment.text}
+    missing = [text for text, ids in found.items() if ids is None]
     # one call for the segments not seen before (each is encoded on its own, exactly as encode_segment would)
     for text, ids in zip(missing, tokenizer(missing, add_special_tokens=False)["input_ids"] if missing else []):
-        cache[text] = ids
-    return [(segment, list(cache[segment.text]) if segment.text else []) for segment in segments]
+        found[text] = cache[text] = tuple(ids)
+    return [(segment, list(found[segment.text]) if segment.text else []) for segment in segments]
 
 
 SEGMENT_CACHE_SIZE = 8192
@@ -187,7 +188,7 @@ class _SegmentIds(dict):
     def __setitem__(self, text, ids):
         if len(self) >= SEGMENT_CACHE_SIZE:
             self.clear()
-        super().__setitem__(text, tuple(ids))
+        super().__setitem__(text, ids)
 
 
 def _segment_ids_cache(tokenizer) -> _SegmentIds:

@@ -134,3 +134,16 @@ def test_cached_prefix_renderings_follow_the_template_and_the_vocabulary():
     tokenizer.add_tokens(["Flight 2"])
     after, _ = tokenize_chat(tokenizer, messages)
     assert after != before and tokenizer.convert_tokens_to_ids("Flight 2") in after
+
+
+def test_a_full_segment_cache_starts_afresh_without_losing_a_conversation(monkeypatch):
+    import eval.chat_format as chat_format
+
+    tokenizer = build_tokenizer(chat_template=True)
+    monkeypatch.setattr(chat_format, "SEGMENT_CACHE_SIZE", 2)  # fewer entries than one conversation's segments
+    for n_rounds in (2, 3, 2, 3):
+        messages = full_conversation(n_rounds=n_rounds)
+        ids, _ = tokenize_chat(tokenizer, messages)
+        segments = chat_segments(tokenizer, messages)
+        assert len(segments) > 2
+        assert ids == [t for s in segments for t in tokenizer(s.text, add_special_tokens=False)["input_ids"]]
