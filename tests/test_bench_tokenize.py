@@ -1,0 +1,19 @@
+"""benchmarks/bench_tokenize.py on tiny arguments: its baseline (the earlier tokenising path, rebuilt) and the
+current eval.chat_format give the same ids on both workloads, and it writes its JSON."""
+import importlib.util
+import json
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_tokenize.py"
+
+
+def test_bench_tokenize_compares_equal_ids(tmp_path):
+    spec = importlib.util.spec_from_file_location("bench_tokenize", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = module.main(["--dialogues", "3", "--users", "1", "--heldout", "1", "--repeats", "1",
+                       "--out", str(tmp_path / "t.json")])
+    assert json.loads((tmp_path / "t.json").read_text()) == out
+    teaching, evaluation = out["workloads"]["teaching"], out["workloads"]["evaluation"]
+    assert teaching["conversations"] == 3 and teaching["same_ids"]
+    assert evaluation["conversations"] == 6 * 1 * 3  # rounds 0-5 x 1 held-out set x 3 candidate answers
