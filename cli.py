@@ -42,6 +42,8 @@ class FriendlyGroup(click.Group):
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
+        except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
+            raise  # click's own: --help, usage errors, Ctrl-C (judged without importing the package)
         except Exception as error:
             if ctx.params.get("debug") or not is_bad_input(error):
                 raise
