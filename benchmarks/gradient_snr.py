@@ -9,7 +9,8 @@ for each teaching set, the trainer's loss (distill.loss.micro_batch_loss, the st
 kept frozen) is differentiated on K disjoint mini-batches of B whole dialogues (the student's longest
 prefixes, the first K x B of the file).  With g_k the k-th mini-batch gradient over the trainable weights:
 
-    signal^2 = ||E g||^2       estimated without bias as ||mean_k g_k||^2 - tr Var(g) / K
+    signal^2 = ||E g||^2       estimated without bias as the mean of g_i . g_j over pairs i != j, with its
+                               jackknife standard error (leaving out one batch at a time)
     noise^2  = tr Var(g)       the per-coordinate sample variance of g_k, summed
     snr      = signal^2 / noise^2
 
@@ -76,12 +77,21 @@ def batch_gradients(model, batches, part: str) -> torch.Tensor:
 
 
 def signal_and_noise(grads: torch.Tensor) -> dict:
-    """Unbiased ||E g||^2, tr Var(g) and their ratio from K independent samples g_k (rows of ``grads``)."""
+    """From K independent samples g_k (rows of ``grads``): the unbiased ||E g||^2 (the mean of g_i . g_j over
+    pairs i != j), its jackknife standard error, tr Var(g) (unbiased) and their ratio.  All from the K x K Gram
+    matrix, so the error costs nothing: with a few dozen batches the signal of a plateau is often within two
+    standard errors of zero, and only an estimate clear of its error says anything."""
     k = grads.shape[0]
-    variance = grads.var(dim=0)  # [P], unbiased
-    noise_sq = float(variance.sum())
-    signal_sq = float(grads.mean(dim=0).pow(2).sum()) - noise_sq / k
-    return {"signal_sq": signal_sq, "noise_sq": noise_sq, "snr": signal_sq / noise_sq if noise_sq else float("inf")}
+    gram = grads @ grads.T  # [K, K]
+    total, trace = float(gram.sum()), float(gram.trace())
+    signal_sq = (total - trace) / (k * (k - 1))
+    noise_sq = (trace - total / k) / (k - 1)
+    # leave batch i out: the pairs among the other K - 1
+    rows, diagonal = gram.sum(1), gram.diagonal()
+    left_out = ((total - trace) - 2 * (rows - diagonal)) / ((k - 1) * (k - 2))  # [K]
+    error = float(((k - 1) / k * (left_out - left_out.mean()).pow(2).sum()).sqrt())
+    return {"signal_sq": signal_sq, "signal_sq_se": error, "noise_sq": noise_sq,
+            "snr": signal_sq / noise_sq if noise_sq else float("inf")}
 
 
 def measure(model_dir: Path, data: dict[str, Path], batch_size: int, n_batches: int) -> dict:
@@ -128,10 +138,11 @@ def main(argv=None) -> dict:
            "command": "python benchmarks/gradient_snr.py " + " ".join(argv if argv is not None else sys.argv[1:])}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=2) + "\n")
-    print(f"{'teacher':10s} {'part':10s} {'signal^2':>10s} {'noise^2':>9s} {'snr':>10s}")
+    print(f"{'teacher':10s} {'part':10s} {'signal^2':>10s} {'+- se':>9s} {'noise^2':>9s} {'snr':>10s}")
     for teacher, parts in results.items():
         for part, row in parts.items():
-            print(f"{teacher:10s} {part:10s} {row['signal_sq']:10.2e} {row['noise_sq']:9.3f} {row['snr']:10.2e}")
+            print(f"{teacher:10s} {part:10s} {row['signal_sq']:10.2e} {row['signal_sq_se']:9.1e} {row['noise_sq']:9.3f} "
+                  f"{row['snr']:10.2e}")
     return out
 
 

@@ -80,8 +80,18 @@ def test_identical_batches_have_no_noise(script, student):
     result = script.signal_and_noise(grads)
     assert result["noise_sq"] == pytest.approx(0, abs=1e-12)
     assert result["signal_sq"] == pytest.approx(float(grads[0].pow(2).sum()), rel=1e-9)
-    samples = torch.tensor([[1.0, 0.0], [3.0, 2.0]], dtype=torch.float64)  # mean (2, 1), variances (2, 2)
-    assert script.signal_and_noise(samples) == {"signal_sq": 5.0 - 4.0 / 2, "noise_sq": 4.0, "snr": 3.0 / 4.0}
+
+    # against the per-coordinate formulas and a direct leave-one-out
+    samples = torch.randn(7, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) + 0.3
+    result = script.signal_and_noise(samples)
+    variance = samples.var(dim=0)
+    assert result["noise_sq"] == pytest.approx(float(variance.sum()), rel=1e-12)
+    assert result["signal_sq"] == pytest.approx(float(samples.mean(0).pow(2).sum() - variance.sum() / 7), rel=1e-12)
+    left_out = torch.tensor([float(samples[[j for j in range(7) if j != i]].mean(0).pow(2).sum()
+                                   - samples[[j for j in range(7) if j != i]].var(dim=0).sum() / 6) for i in range(7)],
+                            dtype=torch.float64)
+    jackknife = float((6 / 7 * (left_out - left_out.mean()).pow(2).sum()).sqrt())
+    assert result["signal_sq_se"] == pytest.approx(jackknife, rel=1e-9)
 
 
 def test_the_script_writes_one_row_per_teacher_and_part(script, student, tmp_path):
