@@ -3,13 +3,22 @@
     python benchmarks/teacher_budgets.py [--domain hotel] [--bayesian-steps 500,1500] [--oracle-steps 500,1500] \
         [--work runs/teacher_budgets] [--parallel 2 --threads 1]
 
-Each point is ``python cli.py distill --domain D --teacher T --max-steps N`` (the embedded student, default
-settings, seed 0, evaluated on the 100 users the teaching set holds out x 20 held-out sets), run as a resumable
-stage (benchmarks/stage_runner.py).  Budgets are in steps, not minutes, so that points measured while other
-jobs share the CPU are comparable: the student sees the same number of examples whatever the machine's speed.
-For each point the JSON holds the accuracy and agreement with the Bayesian assistant after each round, and
-the loss curve's plateau: the first step at which the mean training loss over the last 50 steps falls 0.01
-below ln 3, i.e. where the student starts to use what it reads.  Writes
+Resumable stages (benchmarks/stage_runner.py) of ``cli.py`` commands, seed 0:
+
+* ``data-T``: ``make-data --domain D --teacher T --dialogues 100 --rounds 7 --prefixes longest`` once per teacher
+  (what ``distill`` writes for the embedded student; --rounds is the domain's + 1),
+* ``T-N-train``: ``train --data WORK/data-T/train-T.jsonl --domain D --max-steps N --out WORK/T-N/train``,
+* ``T-N``: ``evaluate --model WORK/T-N/train/model --users-of WORK/data-T --heldout 20 --out WORK/T-N``: the
+  100 users the teaching set holds out x 20 held-out sets, exactly distill's evaluation after training,
+* ``ref-bayesian``, ``ref-random``: the Bayesian assistant and random on the same users and sets.
+
+(Points measured before this layout were one ``distill --max-steps N`` each, same data, training and evaluation,
+plus an evaluation before training; their output has the same layout, so they are kept as they are and the
+JSON quotes the command that made them.)  Budgets are in steps, not minutes, so that points measured while
+other jobs share the CPU are comparable: the student sees the same number of examples whatever the machine's
+speed.  For each point the JSON holds the accuracy and agreement with the Bayesian assistant after each
+round, and the loss curve's plateau: the first step at which the mean training loss over the last 50 steps
+falls 0.01 below ln 3, i.e. where the student starts to use what it reads.  Writes
 benchmarks/results/teacher_budgets.json and a plot (accuracy after the last round against steps, per teacher;
 loss curves) beside it.
 """
@@ -22,6 +31,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
 
 from stage_runner import REPO_ROOT, Stage, print_plan, results_header, round_metrics, run_stages, write_json  # noqa: E402
 
@@ -55,14 +65,38 @@ def plateau_exit(log: list[tuple[int, float]]) -> int | None:
 
 
 def build_stages(args) -> list[Stage]:
-    stages = []
+    from ppl_models import get_domain
+
+    rounds = get_domain(args.domain).n_rounds + 1  # the embedded student is also taught the round evaluation asks
+    seed = ["--seed", str(args.seed)]
+    stages, points = [], []
     for teacher, budgets in (("bayesian", args.bayesian_steps), ("oracle", args.oracle_steps)):
-        for steps in (int(s) for s in budgets.split(",") if s):
+        steps_list = [int(s) for s in budgets.split(",") if s]
+        if not steps_list:
+            continue
+        data = args.work / f"data-{teacher}"
+        stages.append(Stage(f"data-{teacher}", ["make-data", "--domain", args.domain, "--teacher", teacher,
+                                                 "--dialogues", "100", "--rounds", str(rounds), "--prefixes", "longest",
+                                                 *seed, "--out", str(data)], data / "manifest.json"))
+        for steps in steps_list:
             out = args.work / f"{teacher}-{steps}"
-            stages.append(Stage(f"{teacher}-{steps}", ["distill", "--domain", args.domain, "--teacher", teacher,
-                                                        "--max-steps", str(steps), "--seed", str(args.seed),
-                                                        "--out", str(out)], out / "report.json"))
-    return sorted(stages, key=lambda s: -int(s.name.rsplit("-", 1)[1]))  # the longest first: it sets the wall time
+            stages.append(Stage(f"{teacher}-{steps}-train",
+                                ["train", "--data", str(data / f"train-{teacher}.jsonl"), "--domain", args.domain,
+                                 "--max-steps", str(steps), *seed, "--out", str(out / "train")],
+                                out / "train" / "model" / "COMPLETE", after=[f"data-{teacher}"]))
+            points.append(Stage(f"{teacher}-{steps}", ["evaluate", "--domain", args.domain, "--model",
+                                                        str(out / "train" / "model"), "--users-of", str(data),
+                                                        "--heldout", "20", *seed, "--out", str(out)],
+                                out / "report.json", after=[f"{teacher}-{steps}-train"]))
+    if points:  # the same held-out users whatever the teacher: the first teaching set's
+        data_stage = stages[0]
+        for assistant in ("bayesian", "random"):
+            stages.append(Stage(f"ref-{assistant}", ["evaluate", "--domain", args.domain, "--assistant", assistant,
+                                                     "--users-of", str(data_stage.done.parent), "--heldout", "20", *seed,
+                                                     "--out", str(args.work / f"ref-{assistant}")],
+                                args.work / f"ref-{assistant}" / "report.json", after=[data_stage.name]))
+    # the longest first: it sets the wall time
+    return stages + sorted(points, key=lambda s: -int(s.name.rsplit("-", 1)[1]))
 
 
 def read_losses(run_dir: Path) -> list[tuple[int, float]]:
@@ -75,25 +109,33 @@ def read_losses(run_dir: Path) -> list[tuple[int, float]]:
 
 
 def collect(args, stages: list[Stage], record: dict) -> dict:
-    results = {**results_header("teacher_budgets", args), "ln3": math.log(3), "runs": {}}
+    results = {**results_header("teacher_budgets", args), "ln3": math.log(3), "references": {}, "runs": {}}
     for stage in stages:
-        if not stage.done.exists():
+        if not stage.done.exists() or stage.name.startswith("data-") or stage.name.endswith("-train"):
+            continue
+        if stage.name.startswith("ref-"):
+            results["references"][stage.name[len("ref-"):]] = {**round_metrics(stage.done),
+                                                               "command": record.get(stage.name, {}).get("command")}
             continue
         run_dir = stage.done.parent
         report = json.loads(stage.done.read_text())
         losses = read_losses(run_dir)
+        evaluated, trained = record.get(stage.name, {}), record.get(f"{stage.name}-train", {})
+        if (evaluated.get("command") or "").startswith("python cli.py distill"):  # a point of the one-command layout
+            commands, wall = [evaluated["command"]], evaluated.get("wall_s")
+        else:
+            commands = [c for c in (trained.get("command"), evaluated.get("command")) if c]
+            walls = [trained.get("wall_s"), evaluated.get("wall_s")]
+            wall = sum(walls) if None not in walls else None  # None: a stage run outside the runner
+        summary_path = run_dir / "train" / "summary.json"
         entry = {"teacher": stage.name.rsplit("-", 1)[0], "steps": int(stage.name.rsplit("-", 1)[1]),
-                 "command": record.get(stage.name, {}).get("command"), "wall_s": record.get(stage.name, {}).get("wall_s"),
+                 "commands": commands, "wall_s": wall,
                  "student": round_metrics(stage.done),
-                 "training": report.get("extra", {}).get("training"),
+                 "training": json.loads(summary_path.read_text()) if summary_path.exists() else None,
                  "loss_every_100_steps": [[step, round(loss, 4)] for step, loss in losses if step % 100 == 0],
                  "loss_last_100_steps": _mean([loss for step, loss in losses if step > losses[-1][0] - 100])
                  if losses else None,
                  "plateau_exit_step": plateau_exit(losses)}
-        curves = report.get("extra", {}).get("curves", {})
-        for name in ("bayesian", "random"):
-            if name in curves:
-                entry[f"{name}_assistant_accuracy"] = [round(100 * a, 1) for a in curves[name]["accuracy"]["mean"]]
         results["runs"][stage.name] = entry
     return results
 
