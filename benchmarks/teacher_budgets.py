@@ -127,6 +127,10 @@ def collect(args, stages: list[Stage], record: dict) -> dict:
             commands = [c for c in (trained.get("command"), evaluated.get("command")) if c]
             walls = [trained.get("wall_s"), evaluated.get("wall_s")]
             wall = sum(walls) if None not in walls else None  # None: a stage run outside the runner
+        if trained.get("note"):  # trained outside the runner: its own wall time is in its summary.json
+            entry_note = f"training: {trained['note']}"
+        else:
+            entry_note = None
         summary_path = run_dir / "train" / "summary.json"
         entry = {"teacher": stage.name.rsplit("-", 1)[0], "steps": int(stage.name.rsplit("-", 1)[1]),
                  "commands": commands, "wall_s": wall,
@@ -136,6 +140,8 @@ def collect(args, stages: list[Stage], record: dict) -> dict:
                  "loss_last_100_steps": _mean([loss for step, loss in losses if step > losses[-1][0] - 100])
                  if losses else None,
                  "plateau_exit_step": plateau_exit(losses)}
+        if entry_note:
+            entry["note"] = entry_note
         results["runs"][stage.name] = entry
     return results
 
@@ -151,6 +157,8 @@ def plot(results: dict, work: Path, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    # near ln 3 at the plateau's scale: where a curve leaves it is invisible on the whole loss range
+    zoom = right.inset_axes([0.45, 0.45, 0.5, 0.33])
     for teacher, colour in (("bayesian", "tab:blue"), ("oracle", "tab:orange")):
         runs = sorted((r for r in results["runs"].values() if r["teacher"] == teacher), key=lambda r: r["steps"])
         if runs:
@@ -161,6 +169,9 @@ def plot(results: dict, work: Path, path: Path) -> None:
             running = [_mean([loss for logged, loss in losses if step - PLATEAU_WINDOW < logged <= step])
                        for step, _ in losses]
             right.plot([step for step, _ in losses], running, color=colour, label=f"{teacher} ({longest['steps']} steps)")
+            zoom.plot([step for step, _ in losses], running, color=colour)
+            if longest["plateau_exit_step"] is not None:
+                zoom.axvline(longest["plateau_exit_step"], color=colour, linestyle=":")
     left.axhline(100 / 3, color="grey", linestyle="--", label="chance")
     left.set_xlabel("optimizer steps (32 dialogues each)")
     left.set_ylabel("accuracy after the last round (%)")
@@ -169,7 +180,11 @@ def plot(results: dict, work: Path, path: Path) -> None:
     right.set_xlabel("step")
     right.set_ylabel(f"training loss (mean over {PLATEAU_WINDOW} steps)")
     right.set_ylim(0, 2)
-    right.legend()
+    right.legend(loc="lower right")
+    zoom.axhline(math.log(3), color="grey", linestyle="--")
+    zoom.set_ylim(math.log(3) - 0.04, math.log(3) + 0.015)
+    zoom.set_title(f"near ln 3 (dotted: leaves it, {PLATEAU_DROP} below)", fontsize=8)
+    zoom.tick_params(labelsize=7)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
 
