@@ -121,13 +121,13 @@ def chat_segments(tokenizer, messages) -> list[ChatSegment]:
 
 # Renderings of conversation prefixes, kept because evaluation renders the same history again and again: every
 # held-out option set of a round (20 by default), and every candidate answer of each, shares the rounds before
-# it.  Keyed by the tokenizer object (held here, so its id is never reused while cached), its chat template as
-# it is now and the messages as (role, content) pairs.
+# it.  Keyed by the tokenizer object (held here, so its id is never reused while cached), its chat template and
+# special tokens as they are now, and the messages as (role, content) pairs.
 PREFIX_CACHE_SIZE = 4096
 
 
 @functools.lru_cache(maxsize=PREFIX_CACHE_SIZE)
-def _render_prefix(tokenizer, chat_template, messages: tuple, add_generation_prompt: bool) -> str:
+def _render_prefix(tokenizer, template_key: tuple, messages: tuple, add_generation_prompt: bool) -> str:
     return render_chat(tokenizer, [{"role": role, "content": content} for role, content in messages], add_generation_prompt)
 
 
@@ -137,8 +137,9 @@ def _prefix_renderer(tokenizer, messages):
     if all(isinstance(m, dict) and len(m) == 2 and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
            for m in messages):
         pairs = tuple((m["role"], m["content"]) for m in messages)
-        template = getattr(tokenizer, "chat_template", None)
-        return lambda n, prompt: _render_prefix(tokenizer, template, pairs[:n], prompt)
+        # what else the rendering reads: the template and the special tokens it may write (bos, eos, ...)
+        template_key = (getattr(tokenizer, "chat_template", None), repr(sorted(tokenizer.special_tokens_map.items())))
+        return lambda n, prompt: _render_prefix(tokenizer, template_key, pairs[:n], prompt)
     return lambda n, prompt: render_chat(tokenizer, messages[:n], add_generation_prompt=prompt)
 
 

@@ -129,6 +129,11 @@ def test_cached_prefix_renderings_follow_the_template_and_the_vocabulary():
     tokenizer.chat_template = tokenizer.chat_template.replace("<|end|>", "<|end|><|end|>")
     assert [s.text for s in chat_segments(tokenizer, messages)] == uncached_segments(messages)
     assert "<|end|><|end|>" in chat_segments(tokenizer, messages)[0].text
+    # another end-of-sequence token, which the plain fallback writes after each answer: other text
+    plain = build_tokenizer(chat_template=False)
+    first = "".join(s.text for s in chat_segments(plain, messages))
+    plain.eos_token = "<|end|>"
+    assert "".join(s.text for s in chat_segments(plain, messages)) == render_chat(plain, messages) != first
     # a token added to the vocabulary: the same text, new ids
     before, _ = tokenize_chat(tokenizer, messages)
     tokenizer.add_tokens(["Flight 2"])
