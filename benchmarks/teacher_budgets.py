@@ -43,8 +43,10 @@ PLATEAU_DROP = 0.01
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--domain", default="hotel")
-    parser.add_argument("--bayesian-steps", default="500,1500", help="comma-separated step budgets")
-    parser.add_argument("--oracle-steps", default="500,1500", help="comma-separated step budgets")
+    parser.add_argument("--bayesian-steps", default="500,1500",
+                        help="comma-separated step budgets, each N (batches of the student's 32 dialogues) or NxB "
+                             "(N steps of B dialogues)")
+    parser.add_argument("--oracle-steps", default="500,1500", help="as --bayesian-steps")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--parallel", type=int, default=2, help="runs at once")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
@@ -64,6 +66,16 @@ def plateau_exit(log: list[tuple[int, float]]) -> int | None:
     return None
 
 
+STUDENT_BATCH = 32  # StudentConfig.batch_size
+
+
+def parse_point(name: str) -> tuple[str, int, int]:
+    """(teacher, steps, dialogues a step) of a point named "oracle-8000" or "oracle-800x128"."""
+    teacher, budget = name.split("-", 1)
+    steps, _, batch = budget.partition("x")
+    return teacher, int(steps), int(batch or STUDENT_BATCH)
+
+
 def build_stages(args) -> list[Stage]:
     from ppl_models import get_domain
 
@@ -71,23 +83,26 @@ def build_stages(args) -> list[Stage]:
     seed = ["--seed", str(args.seed)]
     stages, points = [], []
     for teacher, budgets in (("bayesian", args.bayesian_steps), ("oracle", args.oracle_steps)):
-        steps_list = [int(s) for s in budgets.split(",") if s]
+        steps_list = [s.strip() for s in budgets.split(",") if s.strip()]
         if not steps_list:
             continue
         data = args.work / f"data-{teacher}"
         stages.append(Stage(f"data-{teacher}", ["make-data", "--domain", args.domain, "--teacher", teacher,
                                                  "--dialogues", "100", "--rounds", str(rounds), "--prefixes", "longest",
                                                  *seed, "--out", str(data)], data / "manifest.json"))
-        for steps in steps_list:
-            out = args.work / f"{teacher}-{steps}"
-            stages.append(Stage(f"{teacher}-{steps}-train",
+        for budget in steps_list:
+            name = f"{teacher}-{budget}"
+            _, steps, batch = parse_point(name)
+            out = args.work / name
+            batch_args = ["--batch-size", str(batch)] if batch != STUDENT_BATCH else []
+            stages.append(Stage(f"{name}-train",
                                 ["train", "--data", str(data / f"train-{teacher}.jsonl"), "--domain", args.domain,
-                                 "--max-steps", str(steps), *seed, "--out", str(out / "train")],
+                                 "--max-steps", str(steps), *batch_args, *seed, "--out", str(out / "train")],
                                 out / "train" / "model" / "COMPLETE", after=[f"data-{teacher}"]))
-            points.append(Stage(f"{teacher}-{steps}", ["evaluate", "--domain", args.domain, "--model",
-                                                        str(out / "train" / "model"), "--users-of", str(data),
-                                                        "--heldout", "20", *seed, "--out", str(out)],
-                                out / "report.json", after=[f"{teacher}-{steps}-train"]))
+            points.append(Stage(name, ["evaluate", "--domain", args.domain, "--model",
+                                       str(out / "train" / "model"), "--users-of", str(data),
+                                       "--heldout", "20", *seed, "--out", str(out)],
+                                out / "report.json", after=[f"{name}-train"]))
     if points:  # the same held-out users whatever the teacher: the first teaching set's
         data_stage = stages[0]
         for assistant in ("bayesian", "random"):
@@ -96,7 +111,7 @@ def build_stages(args) -> list[Stage]:
                                                      "--out", str(args.work / f"ref-{assistant}")],
                                 args.work / f"ref-{assistant}" / "report.json", after=[data_stage.name]))
     # the longest first: it sets the wall time
-    return stages + sorted(points, key=lambda s: -int(s.name.rsplit("-", 1)[1]))
+    return stages + sorted(points, key=lambda s: -parse_point(s.name)[1])
 
 
 def read_losses(run_dir: Path) -> list[tuple[int, float]]:
@@ -132,7 +147,8 @@ def collect(args, stages: list[Stage], record: dict) -> dict:
         else:
             entry_note = None
         summary_path = run_dir / "train" / "summary.json"
-        entry = {"teacher": stage.name.rsplit("-", 1)[0], "steps": int(stage.name.rsplit("-", 1)[1]),
+        teacher, steps, batch = parse_point(stage.name)
+        entry = {"teacher": teacher, "steps": steps, "batch_size": batch, "dialogues": steps * batch,
                  "commands": commands, "wall_s": wall,
                  "student": round_metrics(stage.done),
                  "training": json.loads(summary_path.read_text()) if summary_path.exists() else None,
@@ -160,24 +176,31 @@ def plot(results: dict, work: Path, path: Path) -> None:
     # near ln 3 at the plateau's scale: where a curve leaves it is invisible on the whole loss range
     zoom = right.inset_axes([0.45, 0.45, 0.5, 0.33])
     for teacher, colour in (("bayesian", "tab:blue"), ("oracle", "tab:orange")):
-        runs = sorted((r for r in results["runs"].values() if r["teacher"] == teacher), key=lambda r: r["steps"])
-        if runs:
-            left.plot([r["steps"] for r in runs], [r["student"]["accuracy"][-1] for r in runs], "o-", color=colour,
-                      label=f"{teacher}-taught")
-            longest = runs[-1]
-            losses = read_losses(work / f"{teacher}-{longest['steps']}")
+        for batch, style in ((STUDENT_BATCH, "-"), *((b, "--") for b in sorted({r["batch_size"] for r in
+                                                                              results["runs"].values()} - {STUDENT_BATCH}))):
+            runs = sorted((name, r) for name, r in results["runs"].items()
+                          if r["teacher"] == teacher and r["batch_size"] == batch)
+            runs.sort(key=lambda item: item[1]["steps"])
+            if not runs:
+                continue
+            label = f"{teacher}" + ("" if batch == STUDENT_BATCH else f", batch {batch}")
+            left.plot([r["dialogues"] / 1000 for _, r in runs], [r["student"]["accuracy"][-1] for _, r in runs], "o" + style,
+                      color=colour, label=f"{label}-taught")
+            name, longest = runs[-1]
+            losses = read_losses(work / name)
             running = [_mean([loss for logged, loss in losses if step - PLATEAU_WINDOW < logged <= step])
                        for step, _ in losses]
-            right.plot([step for step, _ in losses], running, color=colour, label=f"{teacher} ({longest['steps']} steps)")
-            zoom.plot([step for step, _ in losses], running, color=colour)
+            seen = [step * batch / 1000 for step, _ in losses]
+            right.plot(seen, running, style, color=colour, label=f"{label} ({longest['steps']} steps)")
+            zoom.plot(seen, running, style, color=colour)
             if longest["plateau_exit_step"] is not None:
-                zoom.axvline(longest["plateau_exit_step"], color=colour, linestyle=":")
+                zoom.axvline(longest["plateau_exit_step"] * batch / 1000, color=colour, linestyle=":")
     left.axhline(100 / 3, color="grey", linestyle="--", label="chance")
-    left.set_xlabel("optimizer steps (32 dialogues each)")
+    left.set_xlabel("dialogues seen in training (thousands)")
     left.set_ylabel("accuracy after the last round (%)")
     left.legend()
     right.axhline(math.log(3), color="grey", linestyle="--", label="ln 3")
-    right.set_xlabel("step")
+    right.set_xlabel("dialogues seen in training (thousands)")
     right.set_ylabel(f"training loss (mean over {PLATEAU_WINDOW} steps)")
     right.set_ylim(0, 2)
     right.legend(loc="lower right")
