@@ -15,8 +15,8 @@ prefixes, the first K x B of the file).  With g_k the k-th mini-batch gradient o
     snr      = signal^2 / noise^2
 
 per part of the target: every answer, round 1's answers only, and the later rounds' answers only (answer r is
-the r-th run of target tokens in a row).  Noise^2 falls as 1/B, so a teacher whose snr is c times smaller needs
-about c times the batch (or, with Adam near a saddle, about c times the examples) to get the same push out of
+the r-th run of target tokens in a row, distill.chat_dataset.answer_spans).  Noise^2 falls as 1/B, so a teacher
+whose snr is c times smaller needs about c times the batch (or, with Adam near a saddle, about c times the examples) to get the same push out of
 it.  Give teaching sets of the same dialogues (make-data with the same seed: only the assistant turns differ)
 so that the teachers differ in their answers only.  Not a timing; both teachers are measured in the same run.
 """
@@ -33,21 +33,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from distill.chat_dataset import collate, parse_example, tokenize_dataset  # noqa: E402
+from distill.chat_dataset import answer_spans, collate, parse_example, tokenize_dataset  # noqa: E402
 from distill.loss import micro_batch_loss  # noqa: E402
 from distill.student import freeze_option_embeddings, longest_prefixes  # noqa: E402
 from eval.student_card import read_student_card  # noqa: E402
 
 PARTS = ("all", "round 1", "rounds 2+")
-
-
-def answer_runs(mask: torch.Tensor) -> list[torch.Tensor]:
-    """The positions of each contiguous run of True in a 1-D mask, in order (one run per answer)."""
-    positions = mask.nonzero().flatten()
-    if len(positions) == 0:
-        return []
-    breaks = (positions[1:] != positions[:-1] + 1).nonzero().flatten() + 1
-    return list(torch.tensor_split(positions, breaks.tolist()))
 
 
 def part_mask(target_mask: torch.Tensor, part: str) -> torch.Tensor:
@@ -56,9 +47,10 @@ def part_mask(target_mask: torch.Tensor, part: str) -> torch.Tensor:
         return target_mask
     first = torch.zeros_like(target_mask)
     for row in range(target_mask.shape[0]):
-        runs = answer_runs(target_mask[row])
-        if runs:
-            first[row, runs[0]] = True
+        spans = answer_spans(target_mask[row].tolist())  # (start, length) per answer
+        if spans:
+            start, length = spans[0]
+            first[row, start:start + length] = True
     return first if part == "round 1" else target_mask & ~first
 
 

@@ -44,9 +44,11 @@ def student():
 
 
 def test_answer_runs_and_part_masks(script):
+    from distill.chat_dataset import answer_spans
+
     mask = torch.tensor([[0, 1, 1, 0, 0, 1, 0, 1], [1, 0, 0, 0, 0, 0, 1, 1]], dtype=torch.bool)
-    assert [r.tolist() for r in script.answer_runs(mask[0])] == [[1, 2], [5], [7]]
-    assert [r.tolist() for r in script.answer_runs(mask[1])] == [[0], [6, 7]]
+    assert answer_spans(mask[0].tolist()) == [(1, 2), (5, 1), (7, 1)]  # positions [1, 2], [5], [7]
+    assert answer_spans(mask[1].tolist()) == [(0, 1), (6, 2)]  # positions [0], [6, 7]
     first = script.part_mask(mask, "round 1")
     later = script.part_mask(mask, "rounds 2+")
     assert first.tolist() == [[0, 1, 1, 0, 0, 0, 0, 0], [1, 0, 0, 0, 0, 0, 0, 0]]
