@@ -112,7 +112,7 @@ def run_distill(settings: DistillSettings, log=print) -> dict:
     reports = {}
     dtype = dtype_from_name(settings.dtype)
     if settings.model is None:
-        from .student import StudentConfig, build_student, student_tokenizer, train_student
+        from .student import StudentConfig, build_student, train_student
 
         student_config = dataclasses.replace(StudentConfig(), kl_weight=kl_weight)
 
@@ -135,8 +135,8 @@ def run_distill(settings: DistillSettings, log=print) -> dict:
                                max_steps=settings.max_steps, config=student_config, seed=settings.seed,
                                resume=settings.resume, template=template)
         after_lm = load_causal_lm(str(train_dir / "model"))
-        if after_lm.tokenizer.chat_template == student_tokenizer(domain, student_config, template).chat_template:
-            mark_own_chat_template(after_lm.tokenizer)  # the template this run wrote: rendered without the sandbox
+        if result.tokenizer is not None and after_lm.tokenizer.chat_template == result.tokenizer.chat_template:
+            mark_own_chat_template(after_lm.tokenizer)  # the template this run built: rendered without the sandbox
     else:
         config = TrainConfig(model_name_or_path=settings.model, method=settings.method, epochs=1.0,
                              max_steps=settings.max_steps, dtype=settings.dtype,
