@@ -122,7 +122,7 @@ def test_the_same_place_raising_a_project_error_is_bad_input(runner, tmp_path, m
 
 
 def test_is_bad_input_takes_the_project_errors_and_user_paths_only():
-    from cli import is_bad_input
+    from commands.errors import is_bad_input
     from distill.model_setup import QuantizationUnavailableError
     from distill.train_config import OutputDirInUseError
     from ppl_models import UnknownDomainError

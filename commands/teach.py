@@ -1,0 +1,165 @@
+"""Commands that teach: ``make-data`` (a teaching set), ``train`` (a model on it) and ``distill`` (the whole
+loop: data, training, evaluation before and after, transfer)."""
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import click
+
+from commands.common import DTYPE_CHOICES, TEACHER_HELP, domain_options, load_domain, prompt_template_option
+
+CLI_SCRIPT = Path(__file__).resolve().parents[1] / "cli.py"  # what `accelerate launch` runs for train
+
+
+@click.command("make-data")
+@domain_options
+@click.option("--teacher", type=click.Choice(["bayesian", "oracle", "soft"]), default="bayesian", show_default=True, help=TEACHER_HELP)
+@click.option("--dialogues", type=click.IntRange(min=1), default=10, show_default=True, help="Simulated dialogues per teaching user.")
+@click.option("--eval-users", type=click.IntRange(min=0), default=100, show_default=True,
+              help="Users held out of the teaching data for evaluation (listed in the manifest).")
+@click.option("--prefixes", type=click.Choice(["all", "longest"]), default="all", show_default=True,
+              help="all: every prefix of a dialogue is an example (the study); longest: one example per whole dialogue "
+                   "(the same assistant turns for a trainer that learns every turn, a fifth of the text).")
+@click.option("--rounds", type=click.IntRange(min=1), default=None,
+              help="Rounds per teaching dialogue (default: the domain's, 5, as in the study).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed; the same seed gives byte-identical files.")
+@prompt_template_option
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Directory for the JSONL file and manifest.json.")
+def make_data(domain, catalog, user_temperature, user_lapse, teacher, dialogues, eval_users, prefixes, rounds, seed,
+              prompt_template, out_dir):
+    """Write a teaching set: every prefix of every simulated dialogue as a chat example (JSONL)."""
+    from distill.teaching_data import write_teaching_set
+    from eval.dialogue_text import load_template
+
+    template = load_template(prompt_template)
+    loaded = load_domain(domain, catalog, user_temperature, user_lapse)
+    manifest = write_teaching_set(loaded, teacher, out_dir, n_dialogues=dialogues, n_eval_users=eval_users, seed=seed,
+                                  prefixes=prefixes, n_rounds=rounds, template=template)
+    click.echo(f"{manifest['counts']['examples']} examples ({teacher}) from {manifest['counts']['train_users']} users -> {out_dir}")
+
+
+@click.command()
+@click.option("--data", "data_path", required=True, type=click.Path(dir_okay=False), help="A chat JSONL teaching set (from make-data or your own).")
+@click.option("--model", default=None, help="The causal LM to fine-tune (local path or hub id); omit for the embedded student.")
+@click.option("--domain", default=None, help="With no --model: the domain the embedded student's tokenizer is made for.")
+@click.option("--recipe", type=click.Path(dir_okay=False), default=None,
+              help="A YAML or JSON file of training settings (TrainConfig fields), e.g. configs/recipes/study_full_ft.yaml; "
+                   "the options below override it.")
+@click.option("--method", type=click.Choice(["qlora", "lora", "full"]), default=None,
+              help="qlora (default): 4-bit NF4 base + LoRA on all linear layers; lora: LoRA on an unquantised base; full: all weights.")
+@click.option("--dtype", type=click.Choice(DTYPE_CHOICES), default=None,
+              help="Precision of the base weights (default auto: bfloat16 on a GPU that has it, float32 otherwise).")
+@click.option("--gradient-checkpointing/--no-gradient-checkpointing", default=None,
+              help="Recompute activations in the backward pass: less memory, more compute (default: off, or the recipe's).")
+@click.option("--epochs", type=click.FloatRange(min=0, min_open=True), default=None, help="Passes over the data (default 1, as the study).")
+@click.option("--max-steps", type=click.IntRange(min=1), default=None, help="Stop after this many optimizer steps (the learning-rate schedule follows them).")
+@click.option("--lr", "learning_rate", type=float, default=None,
+              help="Peak learning rate after the warm-up, then cosine (default: TrainConfig's 2e-4; StudentConfig's for the student).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Conversations per process per micro-batch (default: the config's).")
+@click.option("--kl-weight", type=float, default=None, help="Weight of the KL loss on soft targets (soft teaching sets; default 0).")
+@click.option("--budget", "budget_minutes", type=float, default=None,
+              help="Stop cleanly (and save) after this many minutes of training (must be > 0; default: none for --model, 10 for the student, none for the student with --max-steps).")
+@click.option("--merge", is_flag=True, default=None, help="Also save the base model with the adapter merged in.")
+@click.option("--accelerate-config", type=click.Path(dir_okay=False), default=None,
+              help="Run this command under `accelerate launch --config_file FILE` (configs/accelerate/ddp.yaml, fsdp.yaml, "
+                   "zero3.yaml); the file is checked first.")
+@click.option("--resume", is_flag=True, help="Continue from the last complete checkpoint in --out.")
+@click.option("--seed", type=int, default=None, help="Seed for initialisation and data order (default 0).")
+@click.option("--prompt-template", type=click.Path(dir_okay=False), default=None,
+              help="With no --model: the prompt template the teaching set was written with (the embedded student's "
+                   "tokenizer is made for its text); default: the one its manifest.json records, else the default.")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Directory for checkpoints, logs and the adapter or model.")
+def train(data_path, model, domain, recipe, method, dtype, gradient_checkpointing, epochs, max_steps, learning_rate,
+          batch_size, kl_weight, budget_minutes, merge, accelerate_config, resume, seed, prompt_template, out_dir):
+    """Fine-tune a model on a teaching set (QLoRA by default; `accelerate launch` or --accelerate-config for several GPUs)."""
+    import os
+
+    if accelerate_config is not None and "LOCAL_RANK" not in os.environ:  # not yet launched: check, then launch
+        from distill.launch import check_accelerate_config, relaunch, without_option
+
+        check_accelerate_config(accelerate_config)
+        sys.exit(relaunch(accelerate_config, str(CLI_SCRIPT), ["train", *without_option(sys.argv[sys.argv.index("train") + 1:], "--accelerate-config")]))
+    overrides = {key: value for key, value in dict(
+        method=method, dtype=dtype, gradient_checkpointing=gradient_checkpointing, epochs=epochs, max_steps=max_steps,
+        learning_rate=learning_rate, batch_size=batch_size, kl_weight=kl_weight, budget_minutes=budget_minutes,
+        merge_adapter=merge, seed=seed).items() if value is not None}
+    if model is None:
+        if domain is None:
+            raise click.UsageError("give --model, or --domain for the embedded student")
+        from distill.student import StudentConfig, train_student
+        from distill.teaching_data import teaching_set_template
+
+        template = teaching_set_template(data_path, prompt_template)
+        config = StudentConfig.from_recipe(recipe, **overrides) if recipe else StudentConfig(**overrides)
+        # as distill: with a step count and no budget given (here or in the recipe), the steps end the run and
+        # shape the schedule, instead of the default 10 minutes' clock
+        budget = math.inf if config.max_steps and config.budget_minutes == StudentConfig().budget_minutes \
+            and budget_minutes is None else None
+        result = train_student(load_domain(domain), data_path, out_dir, budget_minutes=budget, config=config,
+                               seed=config.seed, resume=resume, max_steps=config.max_steps, template=template)
+    else:
+        if prompt_template:
+            raise click.UsageError("--prompt-template is for the embedded student; a --model reads the teaching set's text as it is")
+        from distill.train import train as run_training
+        from distill.train_config import TrainConfig
+
+        overrides["model_name_or_path"] = model
+        config = TrainConfig.from_recipe(recipe, **overrides) if recipe else TrainConfig(**overrides)
+        result = run_training(config, data_path, out_dir, resume=resume)
+    if int(os.environ.get("RANK", "0")) == 0:  # one line, not one per process
+        click.echo(f"trained: {result.summary()}")
+
+
+@click.command()
+@click.option("--domain", default="hotel", show_default=True, help="A built-in domain name or module:attribute.")
+@click.option("--teacher", type=click.Choice(["bayesian", "oracle", "soft"]), default="bayesian", show_default=True, help=TEACHER_HELP)
+@click.option("--model", default=None, help="A causal LM to teach (local path or hub id); omit for the embedded small student.")
+@click.option("--method", type=click.Choice(["qlora", "lora", "full"]), default="qlora", show_default=True, help="How --model is fine-tuned.")
+@click.option("--budget", "budget_minutes", type=float, default=None,
+              help="Training time budget in minutes (must be > 0; default 10, distill.train_config.DEFAULT_BUDGET_MINUTES, "
+                   "or none with --max-steps).")
+@click.option("--max-steps", type=click.IntRange(min=1), default=None,
+              help="Train for this many optimizer steps instead of filling the clock (the schedule follows the steps): "
+                   "equal compute whatever else runs on the machine, e.g. to compare teachers; --budget still caps it.")
+@click.option("--dtype", type=click.Choice(DTYPE_CHOICES), default="auto", show_default=True,
+              help="Precision of --model's weights in training and evaluation; auto is float32 on CPU, bfloat16 on a GPU.")
+@click.option("--gradient-checkpointing", is_flag=True,
+              help="Recompute --model's activations in the backward pass: less memory, about a third more compute.")
+@click.option("--eval-users", type=click.IntRange(min=1), default=100, show_default=True, help="Users held out of teaching for evaluation.")
+@click.option("--heldout", type=click.IntRange(min=1), default=20, show_default=True, help="Held-out option sets per evaluation user and round.")
+@click.option("--dialogues", type=click.IntRange(min=1), default=None,
+              help="Simulated dialogues per teaching user (default: 10, every prefix an example, as in the study, for "
+                   "--model; 100 whole dialogues for the embedded student, which memorises fewer).")
+@click.option("--teach-rounds", type=click.IntRange(min=1), default=None,
+              help="Rounds per teaching dialogue (default: 5, as in the study, for --model; 6 for the embedded student, "
+                   "so that the question after round 5, which evaluation asks, is taught too).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for data, training and evaluation.")
+@click.option("--resume", is_flag=True, help="Resume an interrupted training run in --out.")
+@click.option("--eval-domains", default="",
+              help="Comma-separated domains to evaluate the model on before and after teaching, e.g. hotel,webshop (the "
+                   "teaching domain is always included): one report per domain and a transfer table and plot. The "
+                   "embedded student accepts its own domain only.")
+@prompt_template_option
+@click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False), help="Output directory (default: runs/<domain>-<teacher>).")
+def distill(domain, teacher, model, method, budget_minutes, max_steps, dtype, gradient_checkpointing, eval_users, heldout,
+            dialogues, teach_rounds, seed, resume, eval_domains, prompt_template, out_dir):
+    """Teach a student the Bayesian strategy: data, training, and evaluation before and after.
+
+    Prints a per-round table (student before, student after, Bayesian assistant, random) and writes
+    DIR/data, DIR/train, DIR/report.json and DIR/accuracy.png.  With --eval-domains also DIR/eval/<domain>/report.json
+    for every domain, DIR/transfer.json and DIR/transfer.png (rows: model before, model after, Bayesian assistant,
+    random; columns: domains).
+    """
+    from distill.pipeline import DistillSettings, run_distill
+    from distill.train_config import DEFAULT_BUDGET_MINUTES
+
+    if budget_minutes is None:  # with --max-steps the steps end the run, not the clock
+        budget_minutes = math.inf if max_steps else DEFAULT_BUDGET_MINUTES
+    settings = DistillSettings(domain=domain, teacher=teacher, model=model, method=method, budget_minutes=budget_minutes,
+                               max_steps=max_steps, dtype=dtype, gradient_checkpointing=gradient_checkpointing,
+                               out_dir=out_dir or f"runs/{domain}-{teacher}", seed=seed, n_eval_users=eval_users,
+                               n_heldout=heldout, n_dialogues=dialogues, teach_rounds=teach_rounds, resume=resume,
+                               prompt_template=prompt_template, eval_domains=eval_domains)
+    run_distill(settings, log=click.echo)
