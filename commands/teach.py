@@ -95,8 +95,8 @@ def train(data_path, model, domain, recipe, method, dtype, gradient_checkpointin
         config = StudentConfig.from_recipe(recipe, **overrides) if recipe else StudentConfig(**overrides)
         # as distill: with a step count and no budget given (here or in the recipe), the steps end the run and
         # shape the schedule, instead of the default 10 minutes' clock
-        budget = math.inf if config.max_steps and config.budget_minutes == StudentConfig().budget_minutes \
-            and budget_minutes is None else None
+        budget_given = budget_minutes is not None or (recipe and "budget_minutes" in StudentConfig.recipe_values(recipe))
+        budget = math.inf if config.max_steps and not budget_given else None
         result = train_student(load_domain(domain), data_path, out_dir, budget_minutes=budget, config=config,
                                seed=config.seed, resume=resume, max_steps=config.max_steps, template=template)
     else:

@@ -205,6 +205,13 @@ class TrainConfig:
     @classmethod
     def from_recipe(cls, path: str | Path, **overrides) -> "TrainConfig":
         """A recipe file (YAML or JSON) of fields, then ``overrides`` (the command line's) on top."""
+        checked = cls.from_dict(cls.recipe_values(path), str(path))
+        return dataclasses.replace(checked, **overrides) if overrides else checked
+
+    @classmethod
+    def recipe_values(cls, path: str | Path) -> dict:
+        """The fields a recipe file (YAML or JSON) sets, as written (numbers YAML read as strings made numbers),
+        without the defaults of those it leaves out; ``from_recipe`` checks them."""
         import yaml
 
         path = Path(path)
@@ -217,8 +224,7 @@ class TrainConfig:
         if isinstance(values, dict):  # YAML 1.1 reads 2e-6 (no dot) as a string: take it as the number it is
             hints = typing.get_type_hints(cls)
             values = {k: _yaml_float(v) if hints.get(k) in (float, float | None) else v for k, v in values.items()}
-        checked = cls.from_dict(values, str(path))
-        return dataclasses.replace(checked, **overrides) if overrides else checked
+        return values
 
     def resume_mismatches(self, saved: "TrainConfig") -> list[str]:
         """Fields that differ from a checkpoint's config but must not (see RESUME_MUST_MATCH)."""

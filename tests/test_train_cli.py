@@ -70,6 +70,19 @@ def test_train_the_embedded_student_for_a_number_of_steps(tmp_path, dataset):
     assert saved["max_steps"] == 3 and saved["budget_minutes"] is None and saved["hidden_size"] == 32
 
 
+def test_a_recipe_that_states_the_default_budget_keeps_its_clock_with_max_steps(tmp_path, dataset):
+    """A budget the recipe states (even the student's default 10 minutes) still caps a --max-steps run."""
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text("hidden_size: 32\nnum_layers: 2\nnum_heads: 2\nintermediate_size: 64\nbatch_size: 2\n"
+                      "budget_minutes: 10\n")
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["train", "--data", str(dataset), "--domain", "hotel", "--recipe", str(recipe),
+                                       "--max-steps", "2", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    plan = json.loads((out / "student_plan.json").read_text())
+    assert plan["max_steps"] == 2 and plan["budget_minutes"] == 10
+
+
 def test_lora_target_modules_the_model_lacks_are_one_error_line(tmp_path, dataset, student_dir):
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text("lora_target_modules: [no_such_layer]\n")
