@@ -66,7 +66,7 @@ from .student_config import StudentConfig
 
 # The text side lives in student_tokenizer; its names are re-exported here for callers of this module.
 from .student_tokenizer import (  # noqa: F401
-    CHOSEN_PREFIX, FALLBACK_PATTERN, MAX_OPTION_TOKENS, MAX_ROUND_PHRASES, SPECIAL_TOKENS, build_tokenizer,
+    CHOSEN_PREFIX, FALLBACK_PATTERN, REJECTED_PREFIX, MAX_OPTION_TOKENS, MAX_ROUND_PHRASES, SPECIAL_TOKENS, build_tokenizer,
     chosen_descriptions, description_pattern, domain_phrases, feature_value_phrases, option_description_pattern,
     option_descriptions, option_header, split_pattern, student_chat_template, value_combinations, value_texts,
 )
@@ -135,13 +135,20 @@ def option_token_init(model, tokenizer, domain: Domain, planes: list[torch.Tenso
         if len(chosen_ids) and bool((chosen_ids != tokenizer.unk_token_id).all()):
             marker = embeddings[tokenizer.convert_tokens_to_ids("<|user|>")].clone()
             embeddings[chosen_ids] = total[: len(chosen_ids)] + marker  # option 1 lines: same combination order
+        rejected = chosen_descriptions(domain, prefix=REJECTED_PREFIX)
+        rejected_ids = torch.tensor(tokenizer.convert_tokens_to_ids([text for text, _ in rejected or []]), dtype=torch.long)
+        if len(rejected_ids) and bool((rejected_ids != tokenizer.unk_token_id).all()):
+            # a marker of its own: a row no rendering reads (the generation prompt is empty with answer_after_options)
+            marker = embeddings[tokenizer.convert_tokens_to_ids("<|assistant|>")].clone()
+            embeddings[rejected_ids] = total[: len(rejected_ids)] + marker
 
 
 def student_tokenizer(domain: Domain, config: StudentConfig = StudentConfig(), template: PromptTemplate | None = None):
     """The student's tokenizer for ``domain`` and ``config`` (build_student's), its chat template marked as
     this process's own (rendered without transformers' sandbox, eval/chat_format.py)."""
     return build_tokenizer(domain, config.merge_feature_values, config.option_tokens, config.restate_choices,
-                           config.answer_after_options, config.round_markers, template)
+                           config.answer_after_options, config.round_markers, template,
+                           restate_rejected=config.restate_rejected)
 
 
 def build_student(domain: Domain, config: StudentConfig = StudentConfig(), seed: int = 0,
@@ -188,6 +195,7 @@ def freeze_option_embeddings(model, tokenizer, domain: Domain, template: PromptT
     run).  Returns the frozen token ids (None when the tokenizer has no option tokens)."""
     texts = [text for text, _, _ in option_descriptions(domain, template=template) or []]
     texts += [text for text, _ in chosen_descriptions(domain) or []]
+    texts += [text for text, _ in chosen_descriptions(domain, prefix=REJECTED_PREFIX) or []]
     ids = torch.tensor(tokenizer.convert_tokens_to_ids(texts), dtype=torch.long)
     ids = ids[ids != tokenizer.unk_token_id]
     if not len(ids):

@@ -85,6 +85,11 @@ class StudentConfig(TrainConfig):
     # (1,000 steps): with the chosen option restated, 81/80/77/77/77% agreement with the teacher in rounds
     # 1-5; with only the option number, 81% in round 1 (no feedback needed) and ~40% after.
     restate_choices: bool = True
+    # With restate_choices: the options the user did not choose follow it, as "Rejected: <description>" tokens
+    # (frozen, like the option lines, with a marker of their own), so that each comparison the feedback
+    # reveals (chosen over rejected) sits at adjacent positions instead of behind a search of the turn before.
+    # No information is added.  Not measured yet: off.
+    restate_rejected: bool = False
     # The answer's option number comes right after the last option line, with no question, end marker or
     # "The best option is Hotel" in between (student_chat_template).  Measured on a minimal rendering of
     # the same task: predicted at a separate "assistant" token, a 4-layer student agreed with the teacher on

@@ -25,6 +25,7 @@ FALLBACK_PATTERN = r"[A-Za-z]+(?:'[a-z]+)?|\d|[^\sA-Za-z\d]"
 MAX_ROUND_PHRASES = 20  # "Round 1." ... "Round 20." are single tokens (later rounds fall back to pieces)
 MAX_OPTION_TOKENS = 30_000  # whole option lines become single tokens when a domain has at most this many
 CHOSEN_PREFIX = "Chosen: "  # the restated chosen option (see student_chat_template)
+REJECTED_PREFIX = "Rejected: "  # a restated option the user did not choose (restate_rejected)
 
 
 def split_at(text: str, placeholder: str) -> tuple[str, str]:
@@ -99,23 +100,26 @@ def option_descriptions(domain: Domain, limit: int = MAX_OPTION_TOKENS, template
             for k in range(domain.n_options) for index in combinations]
 
 
-def chosen_descriptions(domain: Domain, limit: int = MAX_OPTION_TOKENS):
+def chosen_descriptions(domain: Domain, limit: int = MAX_OPTION_TOKENS, prefix: str = CHOSEN_PREFIX):
     """The restated chosen options, "Chosen: distance to downtown: 3 miles, ...", with their value indices,
-    in the order of ``value_combinations``; None when there are too many option lines."""
+    in the order of ``value_combinations``; None when there are too many option lines.  ``prefix``
+    REJECTED_PREFIX: the restated options not chosen ("Rejected: ...")."""
     combinations = value_combinations(domain, limit)
     if combinations is None:
         return None
-    return [(CHOSEN_PREFIX + domain.option_text(index), index) for index in combinations]
+    return [(prefix + domain.option_text(index), index) for index in combinations]
 
 
 def student_chat_template(domain: Domain, restate: bool = False, answer_after_options: bool = True,
-                          round_markers: bool = True, template: PromptTemplate | None = None) -> str:
+                          round_markers: bool = True, template: PromptTemplate | None = None,
+                          restate_rejected: bool = False) -> str:
     """The student's chat template: ``<|role|>content<|end|>`` per message and ``<|assistant|>`` as the
     generation prompt, with optional changes.  Each turn's text depends only on the turns before it, so the
     template stays append-only whatever the options.
 
     ``restate``: a user turn whose feedback says "I prefer <Noun> k." starts with "Chosen: " and option k's
-    description, copied from the options of the user turn before it.
+    description, copied from the options of the user turn before it.  ``restate_rejected`` (with ``restate``):
+    then "Rejected: " and the description of each other option of that turn, in option order.
 
     ``answer_after_options``: the answer's option number follows the last option line directly: the user
     turn drops its closing question and end marker, the generation prompt is empty, and an answer "The best
@@ -147,7 +151,11 @@ def student_chat_template(domain: Domain, restate: bool = False, answer_after_op
         f"{{% if {says_prefer} %}}"
         f"{{% set after = ns.previous.split({chr(10) + header_before!r} ~ k ~ {header_after!r}, 1) %}}"
         f"{{% if after|length == 2 %}}{{{{ '{CHOSEN_PREFIX}' + after[1].split('\\n', 1)[0] + ' ' }}}}{{% endif %}}"
-        "{% endif %}{% endfor %}"
+        + (f"{{% for j in range(1, {domain.n_options + 1}) %}}{{% if j != k %}}"
+           f"{{% set other = ns.previous.split({chr(10) + header_before!r} ~ j ~ {header_after!r}, 1) %}}"
+           f"{{% if other|length == 2 %}}{{{{ '{REJECTED_PREFIX}' + other[1].split('\\n', 1)[0] + ' ' }}}}{{% endif %}}"
+           "{% endif %}{% endfor %}" if restate_rejected else "")
+        + "{% endif %}{% endfor %}"
     ) if restate else ""
     if answer_after_options:
         suffix_cut = f" | replace({answer_suffix!r}, '')" if answer_suffix else ""
@@ -223,10 +231,11 @@ def split_pattern(phrases: list[str], first: tuple[str, ...] = ()) -> str:
 
 def build_tokenizer(domain: Domain, merge_values: bool = True, option_tokens: bool = False,
                     restate_choices: bool = False, answer_after_options: bool = False, round_markers: bool = True,
-                    template: PromptTemplate | None = None):
+                    template: PromptTemplate | None = None, restate_rejected: bool = False):
     """A word/phrase-level PreTrainedTokenizerFast for ``domain`` with an append-only chat template; with
     ``option_tokens`` every whole option line is one token too (when there are few enough), and with
-    ``restate_choices`` too, the template restates each chosen option; ``answer_after_options``: the answer's
+    ``restate_choices`` too, the template restates each chosen option (and with ``restate_rejected`` the
+    others of its round); ``answer_after_options``: the answer's
     option number follows the last option line; ``round_markers=False``: no "Round k." lines (all three:
     ``student_chat_template``); ``template``: the prompt template whose text it reads (default: the shipped one)."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
@@ -236,8 +245,11 @@ def build_tokenizer(domain: Domain, merge_values: bool = True, option_tokens: bo
     descriptions = option_descriptions(domain, template=template) if option_tokens else None
     restate = bool(descriptions) and restate_choices
     chosen = chosen_descriptions(domain) if restate else []
+    rejected = chosen_descriptions(domain, prefix=REJECTED_PREFIX) if restate and restate_rejected else []
     line_pattern = option_description_pattern(domain, template)
     first = (line_pattern, re.escape(CHOSEN_PREFIX) + description_pattern(domain)) if restate else (line_pattern,)
+    if rejected:
+        first += (re.escape(REJECTED_PREFIX) + description_pattern(domain),)
     pattern = split_pattern(phrases, first=first if descriptions else ())
     # Vocabulary: the phrases plus every fallback piece of the fixed texts, single digits, letters-words of
     # the noun, and ASCII punctuation, so nothing the dialogue module writes for this domain is unknown.
@@ -248,13 +260,14 @@ def build_tokenizer(domain: Domain, merge_values: bool = True, option_tokens: bo
     for phrase in phrases + [domain.noun, noun_title(domain), "Round", "option"] + around_numbers:
         pieces += fallback.findall(phrase)
     vocab_list = list(dict.fromkeys(SPECIAL_TOKENS + phrases + pieces + [text for text, _, _ in descriptions or []]
-                                    + [text for text, _ in chosen]))
+                                    + [text for text, _ in chosen + rejected]))
     backend = Tokenizer(models.WordLevel({t: i for i, t in enumerate(vocab_list)}, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.Split(Regex(pattern), behavior="removed", invert=True)
     backend.decoder = decoders.WordPiece(prefix="##", cleanup=True)  # joins tokens with spaces
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", pad_token="<pad>",
                                         eos_token="<|end|>", additional_special_tokens=SPECIAL_TOKENS[3:])
-    tokenizer.chat_template = student_chat_template(domain, restate, answer_after_options, round_markers, template)
+    tokenizer.chat_template = student_chat_template(domain, restate, answer_after_options, round_markers, template,
+                                                    restate_rejected=bool(rejected))
     mark_own_chat_template(tokenizer)  # rendered without transformers' sandbox in this process (eval/chat_format.py)
     tokenizer.model_max_length = 10**6
     return tokenizer

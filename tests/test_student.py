@@ -1,6 +1,8 @@
 """The embedded default student (distill/student.py): its domain tokenizer, chat template and training."""
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -123,11 +125,11 @@ def test_domains_with_too_many_option_lines_keep_value_tokens():
     assert len(tokenizer) < 1000 and tokenizer.unk_token_id not in ids
 
 
-@pytest.mark.parametrize("answer_after_options", [False, True])
-def test_the_template_restates_each_chosen_option_and_stays_append_only(answer_after_options):
+@pytest.mark.parametrize("answer_after_options, restate_rejected", [(False, False), (True, False), (True, True)])
+def test_the_template_restates_each_chosen_option_and_stays_append_only(answer_after_options, restate_rejected):
     domain = get_domain("hotel")
     tokenizer = build_tokenizer(domain, option_tokens=True, restate_choices=True,
-                                answer_after_options=answer_after_options)
+                                answer_after_options=answer_after_options, restate_rejected=restate_rejected)
     options, picks, choices = _dialogue(domain, seed=3)
     messages = dialogue_messages(domain, options, picks, choices)
     chat_segments(tokenizer, messages)  # raises ChatTemplateError unless append-only
@@ -135,6 +137,15 @@ def test_the_template_restates_each_chosen_option_and_stays_append_only(answer_a
     restated = [t for t in tokens if t.startswith("Chosen: ")]
     # one per feedback turn (rounds 1..4 are followed by a user turn), naming the user's choice of that round
     assert restated == [f"Chosen: {domain.option_text(options[r, choices[r]].tolist())}" for r in range(domain.n_rounds - 1)]
+    # with restate_rejected, each restated choice is followed by the round's other options, in option order
+    expected = []
+    for r in range(domain.n_rounds - 1):
+        expected.append(restated[r])
+        if restate_rejected:
+            expected += [f"Rejected: {domain.option_text(options[r, k].tolist())}"
+                         for k in range(domain.n_options) if k != choices[r]]
+    assert [t for t in tokens if t.startswith(("Chosen: ", "Rejected: "))] == expected
+    assert tokenizer.unk_token_id not in tokenizer.convert_tokens_to_ids(tokens)
     prompt = heldout_prompt_messages(domain, options[:2], picks[:2], choices[:2], options[4])
     prompt_tokens = tokenizer.convert_ids_to_tokens(tokenize_chat(tokenizer, prompt)[0])
     assert [t for t in prompt_tokens if t.startswith("Chosen: ")] == restated[:2]
@@ -165,11 +176,13 @@ def test_without_option_tokens_the_template_keeps_every_message_text(answer_afte
             assert message["content"] in segment.text
 
 
-def test_option_line_embeddings_stay_fixed_while_the_rest_trains():
-    from distill.student import chosen_descriptions, option_descriptions
+@pytest.mark.parametrize("restate_rejected", [False, True])
+def test_option_line_embeddings_stay_fixed_while_the_rest_trains(restate_rejected):
+    from distill.student import REJECTED_PREFIX, chosen_descriptions, option_descriptions
 
     domain = get_domain("hotel")
-    model, tokenizer = build_student(domain, TINY)  # restated choices and frozen option rows by default
+    # restated choices and frozen option rows by default
+    model, tokenizer = build_student(domain, dataclasses.replace(TINY, restate_rejected=restate_rejected))
     options, picks, choices = _dialogue(domain)
     ids = torch.tensor([tokenize_chat(tokenizer, dialogue_messages(domain, options, picks, choices))[0]])
     before = model.get_input_embeddings().weight.detach().clone()
@@ -178,10 +191,13 @@ def test_option_line_embeddings_stay_fixed_while_the_rest_trains():
     optimizer.step()
     after = model.get_input_embeddings().weight.detach()
     frozen = torch.tensor(tokenizer.convert_tokens_to_ids(
-        [t for t, _, _ in option_descriptions(domain)] + [t for t, _ in chosen_descriptions(domain)]))
+        [t for t, _, _ in option_descriptions(domain)] + [t for t, _ in chosen_descriptions(domain)]
+        + [t for t, _ in chosen_descriptions(domain, prefix=REJECTED_PREFIX)]))
+    frozen = frozen[frozen != tokenizer.unk_token_id]
     used = ids[0].unique()
     used_frozen, used_others = used[torch.isin(used, frozen)], used[~torch.isin(used, frozen)]
-    assert len(used_frozen) >= 3 * domain.n_rounds  # option lines and restated choices
+    # option lines and restated choices (and the rejected options)
+    assert len(used_frozen) >= 3 * domain.n_rounds + (domain.n_rounds - 1) * 2 * restate_rejected
     assert torch.equal(after[used_frozen], before[used_frozen])
     assert (after[used_others] - before[used_others]).abs().amax(1).gt(0).all()
 
@@ -203,9 +219,11 @@ def test_without_round_markers_a_sixth_round_reads_like_the_others():
     assert prompt_tokens[:len(tokens)] == tokens
 
 
-@pytest.mark.parametrize("restate, answer_after_options, round_markers",
-                         [(False, False, True), (True, True, True), (True, True, False), (False, True, False)])
-def test_own_template_renders_as_transformers_sandbox_does(tmp_path, restate, answer_after_options, round_markers):
+@pytest.mark.parametrize("restate, answer_after_options, round_markers, rejected",
+                         [(False, False, True, False), (True, True, True, False), (True, True, False, False),
+                          (False, True, False, False), (True, True, False, True)])
+def test_own_template_renders_as_transformers_sandbox_does(tmp_path, restate, answer_after_options, round_markers,
+                                                           rejected):
     """The student's template, rendered with plain Jinja (eval.chat_format's fast path for templates this process
     built), gives exactly transformers' sandboxed rendering; a tokenizer read from disk keeps the sandbox."""
     from transformers import AutoTokenizer
@@ -214,7 +232,8 @@ def test_own_template_renders_as_transformers_sandbox_does(tmp_path, restate, an
 
     domain = get_domain("hotel")
     tokenizer = build_tokenizer(domain, option_tokens=True, restate_choices=restate,
-                                answer_after_options=answer_after_options, round_markers=round_markers)
+                                answer_after_options=answer_after_options, round_markers=round_markers,
+                                restate_rejected=rejected)
     assert getattr(tokenizer, OWN_TEMPLATE_ATTRIBUTE) == tokenizer.chat_template
     conversations = []
     for seed in range(3):
