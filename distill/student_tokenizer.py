@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import re
 
-from eval.chat_format import mark_own_chat_template
+from eval.chat_format import SEGMENT_MARKER, mark_own_chat_template, register_segmented_template
 from eval.dialogue_text import (
     PromptTemplate, answer_text, default_template, noun_title, option_line, question_text, round_header,
     task_instructions,
@@ -112,7 +112,7 @@ def chosen_descriptions(domain: Domain, limit: int = MAX_OPTION_TOKENS, prefix: 
 
 def student_chat_template(domain: Domain, restate: bool = False, answer_after_options: bool = True,
                           round_markers: bool = True, template: PromptTemplate | None = None,
-                          restate_rejected: bool = False) -> str:
+                          restate_rejected: bool = False, segment_marker: str = "") -> str:
     """The student's chat template: ``<|role|>content<|end|>`` per message and ``<|assistant|>`` as the
     generation prompt, with optional changes.  Each turn's text depends only on the turns before it, so the
     template stays append-only whatever the options.
@@ -132,6 +132,9 @@ def student_chat_template(domain: Domain, restate: bool = False, answer_after_op
 
     The texts these edits look for (the feedback, option headers, answer, question, round header) are the
     prompt template's (``template_parts``; the default's are quoted above).
+
+    ``segment_marker``: written after each message's text (the segmented twin that
+    ``eval.chat_format.register_segmented_template`` takes: one rendering gives every message's segment).
     """
     parts = template_parts(domain, template)
     question = "\n" + question_text(domain, template)
@@ -183,7 +186,7 @@ def student_chat_template(domain: Domain, restate: bool = False, answer_after_op
         "{% set ns = namespace(previous='') %}"
         "{% for message in messages %}" + opening +
         "{% if message['role'] == 'user' %}" + restated + "{% set ns.previous = message['content'] %}{% endif %}"
-        + content + "{% endfor %}" + prompt
+        + content + (f"{{{{ {segment_marker!r} }}}}" if segment_marker else "") + "{% endfor %}" + prompt
     )
 
 
@@ -266,8 +269,10 @@ def build_tokenizer(domain: Domain, merge_values: bool = True, option_tokens: bo
     backend.decoder = decoders.WordPiece(prefix="##", cleanup=True)  # joins tokens with spaces
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", pad_token="<pad>",
                                         eos_token="<|end|>", additional_special_tokens=SPECIAL_TOKENS[3:])
-    tokenizer.chat_template = student_chat_template(domain, restate, answer_after_options, round_markers, template,
-                                                    restate_rejected=bool(rejected))
+    options = dict(restate_rejected=bool(rejected))
+    tokenizer.chat_template = student_chat_template(domain, restate, answer_after_options, round_markers, template, **options)
+    register_segmented_template(tokenizer.chat_template, student_chat_template(
+        domain, restate, answer_after_options, round_markers, template, **options, segment_marker=SEGMENT_MARKER))
     mark_own_chat_template(tokenizer)  # rendered without transformers' sandbox in this process (eval/chat_format.py)
     tokenizer.model_max_length = 10**6
     return tokenizer

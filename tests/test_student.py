@@ -219,6 +219,26 @@ def test_without_round_markers_a_sixth_round_reads_like_the_others():
     assert prompt_tokens[:len(tokens)] == tokens
 
 
+def _prefix_cuts(tokenizer, messages):
+    """[(text, role)] per message: where transformers' rendering of each prefix ends; an answer's generation
+    prompt joins the segment before it (a conversation opening with an answer: a "prompt" segment)."""
+    cuts, done = [], ""
+    for index, message in enumerate(messages):
+        if message["role"] == "assistant":
+            prompt = tokenizer.apply_chat_template(messages[:index], tokenize=False, add_generation_prompt=True) \
+                if index else tokenizer.apply_chat_template([], tokenize=False, add_generation_prompt=True)
+            if cuts:
+                cuts[-1] = (cuts[-1][0] + prompt[len(done):], cuts[-1][1])
+            else:
+                cuts.append((prompt, "prompt"))
+            done = prompt
+        rendered = tokenizer.apply_chat_template(messages[:index + 1], tokenize=False)
+        assert rendered.startswith(done)
+        cuts.append((rendered[len(done):], message["role"]))
+        done = rendered
+    return cuts
+
+
 @pytest.mark.parametrize("restate, answer_after_options, round_markers, rejected",
                          [(False, False, True, False), (True, True, True, False), (True, True, False, False),
                           (False, True, False, False), (True, True, False, True)])
@@ -246,6 +266,9 @@ def test_own_template_renders_as_transformers_sandbox_does(tmp_path, restate, an
             for prompt in (False, True):
                 sandboxed = tokenizer.apply_chat_template(messages[:end], tokenize=False, add_generation_prompt=prompt)
                 assert render_chat(tokenizer, messages[:end], add_generation_prompt=prompt) == sandboxed
+        # the segments (from one rendering of the template's segmented twin) are the cuts of the prefixes'
+        # sandboxed renderings, the generation prompt going with the text before each answer
+        assert [(s.text, s.role) for s in chat_segments(tokenizer, messages)] == _prefix_cuts(tokenizer, messages)
         # the segments' ids, encoded in one call, are each segment's own encoding
         for segment, ids in tokenize_segments(tokenizer, messages):
             assert ids == encode_segment(tokenizer, segment.text)
