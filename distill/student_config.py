@@ -88,7 +88,9 @@ class StudentConfig(TrainConfig):
     # With restate_choices: the options the user did not choose follow it, as "Rejected: <description>" tokens
     # (frozen, like the option lines, with a marker of their own), so that each comparison the feedback
     # reveals (chosen over rejected) sits at adjacent positions instead of behind a search of the turn before.
-    # No information is added.  Not measured yet: off.
+    # No information is added.  Measured (hotel, 1,500 steps of 32, the same 52,400 dialogues, 100 held-out users x
+    # 20 sets): after round 5, seed 0: 74.0% (80.5% agreement) against 72.2% (79.7%) without; seed 1: 71.6%
+    # (79.7%) against 72.0% (80.2%).  No reliable gain, ~20% longer sequences: off.
     restate_rejected: bool = False
     # The answer's option number comes right after the last option line, with no question, end marker or
     # "The best option is Hotel" in between (student_chat_template).  Measured on a minimal rendering of
