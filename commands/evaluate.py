@@ -22,14 +22,22 @@ def reference_reports(domain, n_users, seed, n_heldout, users=None):
     return reports
 
 
-def lm_assistant(model, adapter, mode, load_in_4bit, label=None, template=None, dtype="auto"):
+def lm_assistant(model, adapter, mode, load_in_4bit, label=None, template=None, dtype="auto", domain=None):
+    """An LMAssistant for ``model``; an embedded student saved with its template's options (student card) gets
+    its chat template rendered as this process's own (the same text, without the sandbox's cost)."""
     from eval.lm import load_causal_lm
     from eval.lm_assistant import LMAssistant
     from eval.lm_loading import dtype_from_name
+    from eval.student_card import read_student_card
 
     lm = load_causal_lm(model, adapter=adapter, load_in_4bit=load_in_4bit, dtype=dtype_from_name(dtype))
     for warning in lm.warnings:
         click.echo(f"warning: {warning}", err=True)
+    card = read_student_card(model)
+    if card is not None and domain is not None and card.get("domain") == domain.name:
+        from distill.student_tokenizer import adopt_saved_template
+
+        adopt_saved_template(lm.tokenizer, domain, card.get("chat_template_options"), template)
     return LMAssistant(lm, mode=mode, name=label, template=template)
 
 
@@ -113,7 +121,7 @@ def evaluate(domain, catalog, user_temperature, user_lapse, assistant, model, ad
                               elicit_beliefs, study_dir, study_file, out_dir, template, dtype)
     if model:
         n_users, heldout = n_users or 50, heldout or 20
-        chosen = lm_assistant(model, adapter, mode, load_in_4bit, template=template, dtype=dtype)
+        chosen = lm_assistant(model, adapter, mode, load_in_4bit, template=template, dtype=dtype, domain=loaded)
     else:
         heldout = heldout or 100
         chosen = make_assistant(assistant)
@@ -158,7 +166,7 @@ def evaluate_study(loaded, assistant, model, adapter, mode, load_in_4bit, n_user
     if model:
         n_users, heldout = n_users or 50, heldout or 20
     study = load_study(loaded, study_dir, study_file, n_users=n_users, n_heldout=heldout, seed=seed)
-    chosen = (lm_assistant(model, adapter, mode, load_in_4bit, template=template, dtype=dtype) if model
+    chosen = (lm_assistant(model, adapter, mode, load_in_4bit, template=template, dtype=dtype, domain=study.domain) if model
               else make_assistant(assistant))
     bar = progress_bar(study.domain.n_rounds + 1 + int(bool(elicit_beliefs)), f"{chosen.name} on {study.domain.name}")
     try:

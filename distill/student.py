@@ -321,5 +321,6 @@ def train_student(domain: Domain, dataset_path, out_dir, budget_minutes: float |
     result = train(run_config, data_path, out_dir, model=(model, tokenizer), resume=resume, lr_lambda=schedule)
     if (out_dir / "model").is_dir():  # its tokenizer is made for this text: evaluate prompts it with the same
         save_template(template or default_template(), out_dir / "model")
-        save_student_card(domain, out_dir / "model")  # its tokenizer is made for this domain's words: evaluate checks
+        # its tokenizer is made for this domain's words (evaluate checks) and its template from these options
+        save_student_card(domain, out_dir / "model", getattr(tokenizer, "bayes_teach_template_options", None))
     return result

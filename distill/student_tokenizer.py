@@ -190,6 +190,31 @@ def student_chat_template(domain: Domain, restate: bool = False, answer_after_op
     )
 
 
+def own_chat_template(domain: Domain, options: dict, template: PromptTemplate | None = None) -> str:
+    """``student_chat_template(domain, **options)``, with its segmented twin registered
+    (``eval.chat_format.register_segmented_template``): the student's template as this process builds it."""
+    built = student_chat_template(domain, **options, template=template)
+    register_segmented_template(built, student_chat_template(domain, **options, template=template,
+                                                             segment_marker=SEGMENT_MARKER))
+    return built
+
+
+def adopt_saved_template(tokenizer, domain: Domain, options: dict | None, template: PromptTemplate | None = None) -> bool:
+    """Mark a student tokenizer read from disk as rendering this process's own template (plain Jinja, one
+    rendering of the segmented twin per conversation), when its chat template is exactly the one ``options``
+    (the student card's ``chat_template_options``) and ``template`` build for ``domain``; whether it was.  Any
+    other template, edited or foreign, keeps transformers' sandbox."""
+    if not isinstance(options, dict) or set(options) != {"restate", "answer_after_options", "round_markers",
+                                                         "restate_rejected"}:
+        return False
+    if not all(isinstance(value, bool) for value in options.values()):
+        return False
+    if getattr(tokenizer, "chat_template", None) != own_chat_template(domain, options, template):
+        return False
+    mark_own_chat_template(tokenizer)
+    return True
+
+
 def description_pattern(domain: Domain) -> str:
     """A regex matching exactly the option descriptions of ``domain`` (one alternation per feature)."""
     return re.escape(", ").join(
@@ -269,10 +294,10 @@ def build_tokenizer(domain: Domain, merge_values: bool = True, option_tokens: bo
     backend.decoder = decoders.WordPiece(prefix="##", cleanup=True)  # joins tokens with spaces
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", pad_token="<pad>",
                                         eos_token="<|end|>", additional_special_tokens=SPECIAL_TOKENS[3:])
-    options = dict(restate_rejected=bool(rejected))
-    tokenizer.chat_template = student_chat_template(domain, restate, answer_after_options, round_markers, template, **options)
-    register_segmented_template(tokenizer.chat_template, student_chat_template(
-        domain, restate, answer_after_options, round_markers, template, **options, segment_marker=SEGMENT_MARKER))
+    # what the chat template is built from (saved in the student card, so that a later process can rebuild it)
+    tokenizer.bayes_teach_template_options = dict(restate=restate, answer_after_options=answer_after_options,
+                                                  round_markers=round_markers, restate_rejected=bool(rejected))
+    tokenizer.chat_template = own_chat_template(domain, tokenizer.bayes_teach_template_options, template)
     mark_own_chat_template(tokenizer)  # rendered without transformers' sandbox in this process (eval/chat_format.py)
     tokenizer.model_max_length = 10**6
     return tokenizer

@@ -45,10 +45,14 @@ def domain_fingerprint(domain: Domain) -> str:
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
-def save_student_card(domain: Domain, directory) -> Path:
-    """Write ``directory/student.json``: the domain's name, words and fingerprint."""
+def save_student_card(domain: Domain, directory, chat_template_options: dict | None = None) -> Path:
+    """Write ``directory/student.json``: the domain's name, words and fingerprint, and what the student's chat
+    template was built from (``chat_template_options``, if given: a later process that rebuilds the same template
+    renders it without the sandbox, see ``distill.student_tokenizer.adopt_saved_template``)."""
     card = {"schema": SCHEMA, "domain": domain.name, **domain_description(domain),
             "fingerprint": domain_fingerprint(domain)}
+    if chat_template_options is not None:
+        card["chat_template_options"] = dict(chat_template_options)
     path = Path(directory) / STUDENT_CARD_NAME
     path.write_text(json.dumps(card, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return path

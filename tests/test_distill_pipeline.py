@@ -49,6 +49,16 @@ def test_distill_the_embedded_student(tmp_path):
     assert (tmp_path / "run" / "train" / "model" / "config.json").is_file()
     card = json.loads((tmp_path / "run" / "train" / "model" / "student.json").read_text())  # the domain it knows
     assert card["domain"] == "hotel" and [f["name"] for f in card["features"]] == [f.name for f in get_domain("hotel").features]
+    # the card records what the chat template was built from: a later process rebuilds exactly the saved template
+    from transformers import AutoTokenizer
+
+    from distill.student_tokenizer import adopt_saved_template
+    from eval.prompt_template import template_for_model
+
+    model_dir = tmp_path / "run" / "train" / "model"
+    template, _ = template_for_model(str(model_dir))
+    assert adopt_saved_template(AutoTokenizer.from_pretrained(model_dir), get_domain("hotel"),
+                                card["chat_template_options"], template)
 
 
 def test_distill_runs_on_webshop(tmp_path):

@@ -219,6 +219,39 @@ def test_without_round_markers_a_sixth_round_reads_like_the_others():
     assert prompt_tokens[:len(tokens)] == tokens
 
 
+def test_a_saved_student_template_is_adopted_only_when_this_process_rebuilds_it_exactly(tmp_path):
+    """A student tokenizer read from disk renders without the sandbox (and from the segmented twin) only when its
+    template is exactly what the card's options build for the domain; the segments are the sandbox's cuts."""
+    from transformers import AutoTokenizer
+
+    from distill.student_tokenizer import adopt_saved_template
+    from eval.chat_format import OWN_TEMPLATE_ATTRIBUTE
+
+    domain = get_domain("hotel")
+    _, tokenizer = build_student(domain, TINY)
+    options = dict(tokenizer.bayes_teach_template_options)
+    tokenizer.save_pretrained(tmp_path / "tok")
+
+    def loaded():
+        return AutoTokenizer.from_pretrained(tmp_path / "tok")
+
+    for wrong in (None, {**options, "round_markers": not options["round_markers"]}, {**options, "extra": True},
+                  {**options, "restate": "yes"}):
+        assert not adopt_saved_template(loaded(), domain, wrong)
+    assert not adopt_saved_template(loaded(), flight_domain(), options)  # another domain's words: another template
+    edited = loaded()
+    edited.chat_template += " "
+    assert not adopt_saved_template(edited, domain, options)
+    assert getattr(edited, OWN_TEMPLATE_ATTRIBUTE, None) is None
+    adopted = loaded()
+    assert adopt_saved_template(adopted, domain, options)
+    assert getattr(adopted, OWN_TEMPLATE_ATTRIBUTE) == adopted.chat_template
+    options_, picks, choices = _dialogue(domain, seed=2)
+    messages = dialogue_messages(domain, options_, picks, choices)
+    assert [(s.text, s.role) for s in chat_segments(adopted, messages)] == _prefix_cuts(adopted, messages)
+    assert tokenize_chat(adopted, messages) == tokenize_chat(tokenizer, messages)
+
+
 def _prefix_cuts(tokenizer, messages):
     """[(text, role)] per message: where transformers' rendering of each prefix ends; an answer's generation
     prompt joins the segment before it (a conversation opening with an answer: a "prompt" segment)."""
