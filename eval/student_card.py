@@ -6,7 +6,9 @@ value texts; read another domain's dialogue it sees unknown tokens and answers a
 warning.  So ``train_student`` writes ``student.json`` into the model directory::
 
     {"schema": "bayes-teach/student/v1", "domain": "hotel", "noun": "Hotel",
-     "features": [{"name": ..., "values": [value texts]}, ...], "fingerprint": sha256 of noun + features}
+     "features": [{"name": ..., "values": [value texts]}, ...], "fingerprint": sha256 of noun + features,
+     "chat_template_options": {"restate": true, ...}}   # what its chat template was built from
+
 
 and evaluation (``LMAssistant``, ``evaluate --model``) calls ``check_student_domain`` before it prompts the
 model: another domain name, or the same name with other feature names or value texts (e.g. a webshop built
