@@ -130,17 +130,15 @@ def option_token_init(model, tokenizer, domain: Domain, planes: list[torch.Tenso
             total += ordinal_direction(basis, normalised[f][index[:, f]])  # [N, H]
         total *= scale
         embeddings[ids] = total + embeddings[headers]
-        chosen = chosen_descriptions(domain)
-        chosen_ids = torch.tensor(tokenizer.convert_tokens_to_ids([text for text, _ in chosen or []]), dtype=torch.long)
-        if len(chosen_ids) and bool((chosen_ids != tokenizer.unk_token_id).all()):
-            marker = embeddings[tokenizer.convert_tokens_to_ids("<|user|>")].clone()
-            embeddings[chosen_ids] = total[: len(chosen_ids)] + marker  # option 1 lines: same combination order
-        rejected = chosen_descriptions(domain, prefix=REJECTED_PREFIX)
-        rejected_ids = torch.tensor(tokenizer.convert_tokens_to_ids([text for text, _ in rejected or []]), dtype=torch.long)
-        if len(rejected_ids) and bool((rejected_ids != tokenizer.unk_token_id).all()):
-            # a marker of its own: a row no rendering reads (the generation prompt is empty with answer_after_options)
-            marker = embeddings[tokenizer.convert_tokens_to_ids("<|assistant|>")].clone()
-            embeddings[rejected_ids] = total[: len(rejected_ids)] + marker
+        # restated options: the same directions plus a marker per kind ("<|assistant|>": a row no rendering reads,
+        # the generation prompt being empty with answer_after_options)
+        for prefix, marker_token in ((CHOSEN_PREFIX, "<|user|>"), (REJECTED_PREFIX, "<|assistant|>")):
+            restated = chosen_descriptions(domain, prefix=prefix)
+            restated_ids = torch.tensor(tokenizer.convert_tokens_to_ids([text for text, _ in restated or []]),
+                                        dtype=torch.long)
+            if len(restated_ids) and bool((restated_ids != tokenizer.unk_token_id).all()):
+                marker = embeddings[tokenizer.convert_tokens_to_ids(marker_token)].clone()
+                embeddings[restated_ids] = total[: len(restated_ids)] + marker  # option 1 lines: same order
 
 
 def student_tokenizer(domain: Domain, config: StudentConfig = StudentConfig(), template: PromptTemplate | None = None):

@@ -26,6 +26,8 @@ MAX_ROUND_PHRASES = 20  # "Round 1." ... "Round 20." are single tokens (later ro
 MAX_OPTION_TOKENS = 30_000  # whole option lines become single tokens when a domain has at most this many
 CHOSEN_PREFIX = "Chosen: "  # the restated chosen option (see student_chat_template)
 REJECTED_PREFIX = "Rejected: "  # a restated option the user did not choose (restate_rejected)
+# what student_chat_template is built from beyond the domain and prompt template (saved in the student card)
+TEMPLATE_OPTION_NAMES = ("restate", "answer_after_options", "round_markers", "restate_rejected")
 
 
 def split_at(text: str, placeholder: str) -> tuple[str, str]:
@@ -204,8 +206,7 @@ def adopt_saved_template(tokenizer, domain: Domain, options: dict | None, templa
     rendering of the segmented twin per conversation), when its chat template is exactly the one ``options``
     (the student card's ``chat_template_options``) and ``template`` build for ``domain``; whether it was.  Any
     other template, edited or foreign, keeps transformers' sandbox."""
-    if not isinstance(options, dict) or set(options) != {"restate", "answer_after_options", "round_markers",
-                                                         "restate_rejected"}:
+    if not isinstance(options, dict) or set(options) != set(TEMPLATE_OPTION_NAMES):
         return False
     if not all(isinstance(value, bool) for value in options.values()):
         return False
@@ -295,8 +296,8 @@ def build_tokenizer(domain: Domain, merge_values: bool = True, option_tokens: bo
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", pad_token="<pad>",
                                         eos_token="<|end|>", additional_special_tokens=SPECIAL_TOKENS[3:])
     # what the chat template is built from (saved in the student card, so that a later process can rebuild it)
-    tokenizer.bayes_teach_template_options = dict(restate=restate, answer_after_options=answer_after_options,
-                                                  round_markers=round_markers, restate_rejected=bool(rejected))
+    tokenizer.bayes_teach_template_options = dict(zip(TEMPLATE_OPTION_NAMES, (
+        restate, answer_after_options, round_markers, bool(rejected))))
     tokenizer.chat_template = own_chat_template(domain, tokenizer.bayes_teach_template_options, template)
     mark_own_chat_template(tokenizer)  # rendered without transformers' sandbox in this process (eval/chat_format.py)
     tokenizer.model_max_length = 10**6
