@@ -18,13 +18,13 @@ from pathlib import Path
 import torch
 
 from eval.assistants import BayesianAssistant, RandomAssistant
-from eval.chat_format import mark_own_chat_template
 from eval.dialogue_text import load_template
 from eval.lm import load_causal_lm, prepare_loaded_lm
 from eval.lm_loading import dtype_from_name
 from eval.lm_assistant import LMAssistant
 from eval.protocol import run_protocol
 from eval.report import build_report, format_table, plot_reports, save_report
+from eval.student_card import read_student_card
 from ppl_models import get_domain
 
 from .teaching_data import EMBEDDED_DIALOGUES_PER_USER, STUDY_DIALOGUES_PER_USER, write_teaching_set
@@ -113,6 +113,7 @@ def run_distill(settings: DistillSettings, log=print) -> dict:
     dtype = dtype_from_name(settings.dtype)
     if settings.model is None:
         from .student import StudentConfig, build_student, train_student
+        from .student_tokenizer import adopt_saved_template
 
         student_config = dataclasses.replace(StudentConfig(), kl_weight=kl_weight)
 
@@ -135,8 +136,9 @@ def run_distill(settings: DistillSettings, log=print) -> dict:
                                max_steps=settings.max_steps, config=student_config, seed=settings.seed,
                                resume=settings.resume, template=template)
         after_lm = load_causal_lm(str(train_dir / "model"))
-        if result.tokenizer is not None and after_lm.tokenizer.chat_template == result.tokenizer.chat_template:
-            mark_own_chat_template(after_lm.tokenizer)  # the template this run built: rendered without the sandbox
+        # the template this run built (as evaluate --model does for a saved student): rendered without the sandbox
+        card = read_student_card(train_dir / "model") or {}
+        adopt_saved_template(after_lm.tokenizer, domain, card.get("chat_template_options"), template)
     else:
         config = TrainConfig(model_name_or_path=settings.model, method=settings.method, epochs=1.0,
                              max_steps=settings.max_steps, dtype=settings.dtype,

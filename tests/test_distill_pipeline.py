@@ -42,9 +42,19 @@ def test_distill_a_hugging_face_model_with_lora(tmp_path):
     assert "student before" in table and "student after" in table and "bayesian" in table
 
 
-def test_distill_the_embedded_student(tmp_path):
+def test_distill_the_embedded_student(tmp_path, monkeypatch):
     pytest.importorskip("distill.student")
+    import distill.student_tokenizer as student_tokenizer
+
+    adopted, adopt = [], student_tokenizer.adopt_saved_template
+
+    def recording(*args, **kwargs):
+        adopted.append(adopt(*args, **kwargs))
+        return adopted[-1]
+
+    monkeypatch.setattr(student_tokenizer, "adopt_saved_template", recording)
     report = run_distill(_settings(tmp_path, teacher="soft"), log=lambda line: None)
+    assert adopted == [True]  # the trained student, read back for the evaluation after, renders as this run's own
     _check_outputs(tmp_path, report, "soft")
     assert (tmp_path / "run" / "train" / "model" / "config.json").is_file()
     card = json.loads((tmp_path / "run" / "train" / "model" / "student.json").read_text())  # the domain it knows
