@@ -40,6 +40,9 @@ def parse_args(argv=None):
     parser.add_argument("--budget", type=float, default=45.0, help="training minutes per teacher")
     parser.add_argument("--max-steps", type=int, default=150, help="the schedule's length (the budget may stop earlier)")
     parser.add_argument("--batch-size", type=int, default=2)
+    parser.add_argument("--method", default="lora", choices=["lora", "qlora", "full"],
+                        help="what trains (the study: full fine-tuning)")
+    parser.add_argument("--lr", type=float, default=None, help="peak learning rate (default: TrainConfig's 2e-4)")
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--gradient-checkpointing", action="store_true")
     parser.add_argument("--dialogues", type=int, default=2, help="teaching dialogues per teaching user")
@@ -66,11 +69,13 @@ def build_stages(args) -> tuple[list[Stage], dict]:
         stages.append(Stage(f"data-{teacher}", ["make-data", "--domain", args.domain, "--teacher", teacher,
                                                 "--dialogues", str(args.dialogues), "--prefixes", "longest",
                                                 "--seed", str(args.seed), "--out", str(data)], data / "manifest.json"))
-        train = ["train", "--data", str(data / f"train-{teacher}.jsonl"), "--model", args.model, "--method", "lora",
+        train = ["train", "--data", str(data / f"train-{teacher}.jsonl"), "--model", args.model, "--method", args.method,
                  "--dtype", args.dtype,
                  "--gradient-checkpointing" if args.gradient_checkpointing else "--no-gradient-checkpointing",
                  "--max-steps", str(args.max_steps), "--batch-size", str(args.batch_size), "--budget", str(args.budget),
                  "--seed", str(args.seed), "--out", str(work / f"train-{teacher}")]
+        if args.lr is not None:
+            train[-2:-2] = ["--lr", str(args.lr)]
         stages.append(Stage(f"train-{teacher}", train, work / f"train-{teacher}" / "summary.json", [f"data-{teacher}"]))
     domains = [args.domain] + [d for d in args.transfer.split(",") if d and d != args.domain]
     for domain in domains:
@@ -80,13 +85,17 @@ def build_stages(args) -> tuple[list[Stage], dict]:
         if domain == args.domain:
             users += ["--users-of", str(work / "data-bayesian")]
         after = ["data-bayesian"] if domain == args.domain else []
-        for name, adapter in [("released", None)] + [(t, work / f"train-{t}" / "adapter") for t in TEACHERS]:
+        for name in ("released",) + TEACHERS:
             out = work / f"eval-{name}-{domain}"
-            argv = ["evaluate", "--domain", domain, "--model", args.model, *users, "--out", str(out)]
-            if adapter is not None:
-                argv[5:5] = ["--adapter", str(adapter)]
+            if name == "released":
+                model = ["--model", args.model]
+            elif args.method == "full":  # the whole fine-tuned model is saved
+                model = ["--model", str(work / f"train-{name}" / "model")]
+            else:
+                model = ["--model", args.model, "--adapter", str(work / f"train-{name}" / "adapter")]
+            argv = ["evaluate", "--domain", domain, *model, *users, "--out", str(out)]
             stages.append(Stage(f"eval-{name}-{domain}", argv, out / "report.json",
-                                after + ([f"train-{name}"] if adapter is not None else [])))
+                                after + ([f"train-{name}"] if name != "released" else [])))
             rows[f"{name}/{domain}"] = (f"eval-{name}-{domain}", domain, out)
         for assistant in ("bayesian", "random"):
             out = work / f"ref-{assistant}-{domain}"
@@ -110,14 +119,19 @@ def collect(args, record: dict, rows: dict) -> dict:
         if summary_path.exists():
             summary = json.loads(summary_path.read_text())
             log_path = args.work / f"train-{teacher}" / "train_log.jsonl"
-            losses = [json.loads(line)["loss"] for line in log_path.read_text().splitlines() if '"loss"' in line] \
+            log = [json.loads(line) for line in log_path.read_text().splitlines() if '"loss"' in line] \
                 if log_path.exists() else []
+            losses = [entry["loss"] for entry in log]
+            # the loss on the option number alone, averaged over windows of 10 steps: where the pick starts to move
+            picks = [entry.get("choice_loss") for entry in log]
+            windows = [picks[i:i + 10] for i in range(0, len(picks), 10)]
             results["training"][teacher] = {
                 "command": record.get(f"train-{teacher}", {}).get("command"),
                 **{k: summary.get(k) for k in ("steps", "max_steps", "stop_reason", "tokens", "tokens_per_s",
                                                "wall_seconds", "peak_rss_mb", "num_examples", "global_batch")},
                 "loss_first_10": sum(losses[:10]) / max(1, len(losses[:10])) if losses else None,
-                "loss_last_10": sum(losses[-10:]) / max(1, len(losses[-10:])) if losses else None}
+                "loss_last_10": sum(losses[-10:]) / max(1, len(losses[-10:])) if losses else None,
+                "choice_loss_per_10_steps": [round(sum(w) / len(w), 3) for w in windows if None not in w]}
     for row, (stage, domain, out) in rows.items():
         if (out / "report.json").exists():
             entry = record.get(stage, {})
