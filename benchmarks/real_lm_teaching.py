@@ -123,8 +123,8 @@ def collect(args, record: dict, rows: dict) -> dict:
                 if log_path.exists() else []
             losses = [entry["loss"] for entry in log]
             # the loss on the option number alone, averaged over windows of 10 steps: where the pick starts to move
-            picks = [entry.get("choice_loss") for entry in log]
-            windows = [picks[i:i + 10] for i in range(0, len(picks), 10)]
+            choice_losses = [entry.get("choice_loss") for entry in log]
+            windows = [choice_losses[i:i + 10] for i in range(0, len(choice_losses), 10)]
             results["training"][teacher] = {
                 "command": record.get(f"train-{teacher}", {}).get("command"),
                 **{k: summary.get(k) for k in ("steps", "max_steps", "stop_reason", "tokens", "tokens_per_s",
