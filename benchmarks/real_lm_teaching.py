@@ -3,8 +3,8 @@
     python benchmarks/real_lm_teaching.py [--model smollm2] [--budget 45] [--users 12] [--heldout 10] \
         [--work runs/real_lm_teaching] [--parallel 2 --threads 1]
 
-Three models: the LM as released, LoRA-taught on the Bayesian assistant's picks, and LoRA-taught on the users'
-own choices (oracle); the same flight teaching dialogues for both teachers (same users, options and choices:
+Three models: the LM as released, taught on the Bayesian assistant's picks, and taught on the users' own
+choices (oracle), by LoRA (``--method full``: full fine-tuning, the study's method); the same flight teaching dialogues for both teachers (same users, options and choices:
 only the assistant turns differ), the same budget and settings.  Each is evaluated in score mode on flight
 (the users the teaching sets held out, ``evaluate --users-of``) and on hotel (transfer: no hotel was taught),
 beside the Bayesian assistant and random on the same users and held-out sets.  Every step is a ``cli.py``

@@ -2,14 +2,12 @@
 loads) and the pick-loss windows it records from a training log."""
 import importlib.util
 import json
-import sys
 from pathlib import Path
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "real_lm_teaching.py"
 
 
-def _load_script():
-    sys.path.insert(0, str(SCRIPT.parent))
+def _load_script():  # the script puts benchmarks/ on sys.path itself (for stage_runner)
     spec = importlib.util.spec_from_file_location("real_lm_teaching", SCRIPT)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
