@@ -6,7 +6,7 @@ on flight.  Both paths score the same prompts:
 * per-prompt (what evaluation did before): every held-out prompt encoded on its own, its 3 answers
   branching off its cache (``ChoiceScorer.candidate_logprobs_kv`` on one-round dialogues);
 * shared-prefix: ``LMAssistant.recommend_after_each_round``, i.e. each dialogue's history encoded once and
-  carried from round to round, every held-out set and its answers as branches (``eval.lm_prefix_tree``).
+  carried from round to round, every held-out set and its answers as branches (``eval.lm.prefix_tree``).
 
 Reported per model and dtype: prompts/s, forwarded tokens (per prompt and the ratio), peak RSS while each
 path ran (sampled from /proc), and the largest probability difference from the per-prompt path in float32.
@@ -23,27 +23,36 @@ import argparse
 import json
 import os
 import platform
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO_ROOT), str(REPO_ROOT / "tests")]
+TESTS = REPO_ROOT / "tests"  # the tests' tiny models (tests/ is not a package: loaded by path)
 
 import torch  # noqa: E402
 import transformers  # noqa: E402
 
 from eval.assistants import RecommendRequest, truncate_request  # noqa: E402
-from eval.dialogue_text import candidate_answers  # noqa: E402
+from eval.text.dialogue import candidate_answers  # noqa: E402
 from eval.lm import DialogueRequest, RoundRequest, load_causal_lm  # noqa: E402
-from eval.lm_assistant import LMAssistant  # noqa: E402
-from eval.lm_loading import dtype_from_name  # noqa: E402
+from eval.lm.assistant import LMAssistant  # noqa: E402
+from eval.lm.loading import dtype_from_name  # noqa: E402
 from ppl_models import get_domain, pick_users, simulate_dialogues  # noqa: E402
 from ppl_models.rng import generator  # noqa: E402
 
 RESULTS = REPO_ROOT / "benchmarks" / "results" / "lm_eval.json"
+
+
+def tests_helper(name: str):
+    """A module of tests/ (the tiny models), loaded by path: tests/ is not an installed package."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, TESTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 TARGET_TOKEN_RATIO = 4.0
 TARGET_PROMPTS_PER_SECOND = 5.0
 
@@ -120,7 +129,7 @@ def per_prompt_probs(assistant: LMAssistant, request: RecommendRequest) -> torch
 
 def load_model(name: str, dtype: str, scratch: Path):
     if name == "tiny":
-        from tiny_lm import save_tiny_lm
+        save_tiny_lm = tests_helper("tiny_lm").save_tiny_lm
 
         directory = scratch / "tiny-llama"
         if not directory.exists():

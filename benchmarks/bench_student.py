@@ -1,4 +1,4 @@
-"""Throughput and peak memory of training the embedded default student (distill/student.py) on CPU.
+"""Throughput and peak memory of training the embedded default student (distill/student/model.py) on CPU.
 
     python benchmarks/bench_student.py [--domain hotel] [--steps 30] [--users 60] [--out results/student.json]
     python benchmarks/bench_student.py --steps 200 --baseline-root /tmp/old-checkout --repeats 2
@@ -10,7 +10,7 @@ same run on a machine whose load drifts.
 
 Writes a small teaching set (bayesian teacher, whole dialogues of one round more than the domain's, as the
 distill pipeline gives the embedded student) to a temporary directory, trains the default StudentConfig for
-``--steps`` optimizer steps with distill.student.train_student, prints one JSON line and writes it to
+``--steps`` optimizer steps with distill.student.model.train_student, prints one JSON line and writes it to
 ``--out``: steps, tokens/s, seconds per step, peak RSS memory, torch threads chosen by the calibration,
 tokenising time per dialogue, and the first/last losses.
 """
@@ -25,11 +25,10 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from distill.student import StudentConfig, train_student  # noqa: E402
+from distill.student.model import StudentConfig, train_student  # noqa: E402
 from distill.teaching_data import write_teaching_set  # noqa: E402
 from ppl_models import get_domain  # noqa: E402
 

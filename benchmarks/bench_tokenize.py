@@ -1,4 +1,4 @@
-"""Tokenising dialogues for the embedded student: eval.chat_format as it is against its earlier way, same run.
+"""Tokenising dialogues for the embedded student: eval.text.chat_format as it is against its earlier way, same run.
 
     python benchmarks/bench_tokenize.py [--dialogues 300] [--users 3] [--heldout 20] [--repeats 3] [--out results/tokenize.json]
 
@@ -24,13 +24,12 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-import eval.chat_format as chat_format  # noqa: E402
-from distill.student import StudentConfig, student_tokenizer  # noqa: E402
-from eval.dialogue_text import candidate_answers, dialogue_messages, heldout_prompt_messages  # noqa: E402
+import eval.text.chat_format as chat_format  # noqa: E402
+from distill.student.model import StudentConfig, student_tokenizer  # noqa: E402
+from eval.text.dialogue import candidate_answers, dialogue_messages, heldout_prompt_messages  # noqa: E402
 from ppl_models import get_domain  # noqa: E402
 from ppl_models.rng import generator  # noqa: E402
 

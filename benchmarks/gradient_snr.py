@@ -5,7 +5,7 @@
         [--batch-size 32] [--batches 48] [--out benchmarks/results/gradient_snr.json]
 
 At the weights of ``--model`` (an embedded student saved by train/distill, e.g. one stuck on the ln 3 plateau),
-for each teaching set, the trainer's loss (distill.loss.micro_batch_loss, the student's frozen option rows
+for each teaching set, the trainer's loss (distill.training.loss.micro_batch_loss, the student's frozen option rows
 kept frozen) is differentiated on K disjoint mini-batches of B whole dialogues (the student's longest
 prefixes, the first K x B of the file).  With g_k the k-th mini-batch gradient over the trainable weights:
 
@@ -15,7 +15,7 @@ prefixes, the first K x B of the file).  With g_k the k-th mini-batch gradient o
     snr      = signal^2 / noise^2
 
 per part of the target: every answer, round 1's answers only, and the later rounds' answers only (answer r is
-the r-th run of target tokens in a row, distill.chat_dataset.answer_spans).  Noise^2 falls as 1/B, so a teacher
+the r-th run of target tokens in a row, distill.training.chat_dataset.answer_spans).  Noise^2 falls as 1/B, so a teacher
 whose snr is c times smaller needs about c times the batch (or, with Adam near a saddle, about c times the examples) to get the same push out of
 it.  Give teaching sets of the same dialogues (make-data with the same seed: only the assistant turns differ)
 so that the teachers differ in their answers only.  Not a timing; both teachers are measured in the same run.
@@ -29,13 +29,12 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from distill.chat_dataset import answer_spans, collate, parse_example, tokenize_dataset  # noqa: E402
-from distill.loss import micro_batch_loss  # noqa: E402
-from distill.student import freeze_option_embeddings, longest_prefixes  # noqa: E402
+from distill.training.chat_dataset import answer_spans, collate, parse_example, tokenize_dataset  # noqa: E402
+from distill.training.loss import micro_batch_loss  # noqa: E402
+from distill.student.model import freeze_option_embeddings, longest_prefixes  # noqa: E402
 from eval.student_card import read_student_card  # noqa: E402
 
 PARTS = ("all", "round 1", "rounds 2+")

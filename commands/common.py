@@ -6,7 +6,7 @@ import sys
 
 import click
 
-DTYPE_CHOICES = ("auto", "float32", "bfloat16")  # eval.lm_loading.DTYPES' names, without importing torch at start-up
+DTYPE_CHOICES = ("auto", "float32", "bfloat16")  # eval.lm.loading.DTYPES' names, without importing torch at start-up
 TEACHER_HELP = "bayesian: the Bayesian assistant's picks; oracle: the user's choices; soft: bayesian plus its predictive."
 
 
@@ -32,7 +32,7 @@ def domain_options(function):
 def prompt_template_option(function):
     return click.option(
         "--prompt-template", type=click.Path(dir_okay=False), default=None,
-        help="A prompt template JSON file with the wording of every prompt (see eval/templates/default.json, the "
+        help="A prompt template JSON file with the wording of every prompt (see eval/text/templates/default.json, the "
              "default); to match the text a model was trained on.",
     )(function)
 
@@ -61,13 +61,18 @@ def progress_bar(total, description):
 
 def run_and_report(domain, assistant, n_users, seed, n_heldout, elicit_beliefs=False, users=None, **ids):
     """(the EvaluationRun, its report); ``users``: these user ids instead of ``n_users`` drawn at random."""
+    from eval.beliefs import belief_levels, elicit_beliefs as elicit
     from eval.protocol import run_protocol
     from eval.report import build_report
 
+    if elicit_beliefs:
+        belief_levels(domain)  # fail before playing on a domain whose preferences are not per-feature weights
     bar = progress_bar(domain.n_rounds + 1 + int(elicit_beliefs), f"{assistant.name} on {domain.name}")
     try:
         run = run_protocol(domain, assistant, n_users=n_users, users=users, seed=seed, n_heldout=n_heldout,
-                           elicit_beliefs=elicit_beliefs, progress=bar.update)
+                           progress=bar.update)
+        if elicit_beliefs:
+            run.beliefs = elicit(run, assistant, bar.update)
     finally:
         bar.close()
     return run, build_report(run, **ids)

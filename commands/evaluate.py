@@ -26,8 +26,8 @@ def lm_assistant(model, adapter, mode, load_in_4bit, label=None, template=None, 
     """An LMAssistant for ``model``; an embedded student saved with its template's options (student card) gets
     its chat template rendered as this process's own (the same text, without the sandbox's cost)."""
     from eval.lm import load_causal_lm
-    from eval.lm_assistant import LMAssistant
-    from eval.lm_loading import dtype_from_name
+    from eval.lm.assistant import LMAssistant
+    from eval.lm.loading import dtype_from_name
     from eval.student_card import read_student_card
 
     lm = load_causal_lm(model, adapter=adapter, load_in_4bit=load_in_4bit, dtype=dtype_from_name(dtype))
@@ -35,7 +35,7 @@ def lm_assistant(model, adapter, mode, load_in_4bit, label=None, template=None, 
         click.echo(f"warning: {warning}", err=True)
     card = read_student_card(model)
     if card is not None and domain is not None and card.get("domain") == domain.name:
-        from distill.student_tokenizer import adopt_saved_template
+        from distill.student.tokenizer import adopt_saved_template
 
         adopt_saved_template(lm.tokenizer, domain, card.get("chat_template_options"), template)
     return LMAssistant(lm, mode=mode, name=label, template=template)
@@ -69,7 +69,7 @@ def lm_assistant(model, adapter, mode, load_in_4bit, label=None, template=None, 
                    "for built-in assistants on domains with per-feature weights (free), off for --model (it costs "
                    "one prompt per feature, user and round).")
 @click.option("--prompt-template", type=click.Path(dir_okay=False), default=None,
-              help="A prompt template JSON file with the wording of every prompt (see eval/templates/default.json); "
+              help="A prompt template JSON file with the wording of every prompt (see eval/text/templates/default.json); "
                    "default: the one saved in --model's directory (the embedded student saves its own), else the default.")
 @click.option("--study-data", "study_dir", type=click.Path(file_okay=False), default=None,
               help="Replay the study's released files from this folder (it holds eval/interaction/ and eval/heldout/) "
@@ -89,9 +89,9 @@ def evaluate(domain, catalog, user_temperature, user_lapse, assistant, model, ad
     the data came from and whose choices no user of the model could have made.
     """
     from eval.assistants import make_assistant
-    from eval.belief_scale import belief_levels, is_elicitable
-    from eval.beliefs import plot_beliefs
-    from eval.prompt_template import template_for_model
+    from eval.beliefs.scale import belief_levels, is_elicitable
+    from eval.beliefs.elicitation import plot_beliefs
+    from eval.text.prompt_template import template_for_model
     from eval.report import plot_reports, run_table, save_report
     from eval.student_card import check_student_domain, read_student_card
 
@@ -160,8 +160,8 @@ def evaluate_study(loaded, assistant, model, adapter, mode, load_in_4bit, n_user
     data has a model) and random as references."""
     from eval.assistants import BayesianAssistant, RandomAssistant, make_assistant
     from eval.report import plot_reports, run_table, save_report
-    from eval.study_data import load_study
-    from eval.study_replay import replay_study
+    from eval.study.released import load_study
+    from eval.study.replay import replay_study
 
     if model:
         n_users, heldout = n_users or 50, heldout or 20
@@ -182,7 +182,7 @@ def evaluate_study(loaded, assistant, model, adapter, mode, load_in_4bit, n_user
     plot_reports([report], out / "accuracy.png", references=references,
                  title=f"{study.domain.name}: accuracy on the released held-out sets")
     if elicit_beliefs:
-        from eval.beliefs import plot_beliefs
+        from eval.beliefs.elicitation import plot_beliefs
 
         plot_beliefs(run, report, out / "beliefs.png")
     files = ", ".join(Path(f["path"]).name for f in report["study_data"]["files"])

@@ -31,7 +31,7 @@ def make_data(domain, catalog, user_temperature, user_lapse, teacher, dialogues,
               prompt_template, out_dir):
     """Write a teaching set: every prefix of every simulated dialogue as a chat example (JSONL)."""
     from distill.teaching_data import write_teaching_set
-    from eval.dialogue_text import load_template
+    from eval.text.dialogue import load_template
 
     template = load_template(prompt_template)
     loaded = load_domain(domain, catalog, user_temperature, user_lapse)
@@ -77,7 +77,7 @@ def train(data_path, model, domain, recipe, method, dtype, gradient_checkpointin
     import os
 
     if accelerate_config is not None and "LOCAL_RANK" not in os.environ:  # not yet launched: check, then launch
-        from distill.launch import check_accelerate_config, relaunch, without_option
+        from distill.training.launch import check_accelerate_config, relaunch, without_option
 
         check_accelerate_config(accelerate_config)
         sys.exit(relaunch(accelerate_config, str(CLI_SCRIPT), ["train", *without_option(sys.argv[sys.argv.index("train") + 1:], "--accelerate-config")]))
@@ -88,7 +88,7 @@ def train(data_path, model, domain, recipe, method, dtype, gradient_checkpointin
     if model is None:
         if domain is None:
             raise click.UsageError("give --model, or --domain for the embedded student")
-        from distill.student import StudentConfig, train_student
+        from distill.student.model import StudentConfig, train_student
         from distill.teaching_data import teaching_set_template
 
         template = teaching_set_template(data_path, prompt_template)
@@ -102,8 +102,8 @@ def train(data_path, model, domain, recipe, method, dtype, gradient_checkpointin
     else:
         if prompt_template:
             raise click.UsageError("--prompt-template is for the embedded student; a --model reads the teaching set's text as it is")
-        from distill.train import train as run_training
-        from distill.train_config import TrainConfig
+        from distill.training.train import train as run_training
+        from distill.training.config import TrainConfig
 
         overrides["model_name_or_path"] = model
         config = TrainConfig.from_recipe(recipe, **overrides) if recipe else TrainConfig(**overrides)
@@ -118,7 +118,7 @@ def train(data_path, model, domain, recipe, method, dtype, gradient_checkpointin
 @click.option("--model", default=None, help="A causal LM to teach (local path or hub id); omit for the embedded small student.")
 @click.option("--method", type=click.Choice(["qlora", "lora", "full"]), default="qlora", show_default=True, help="How --model is fine-tuned.")
 @click.option("--budget", "budget_minutes", type=float, default=None,
-              help="Training time budget in minutes (must be > 0; default 10, distill.train_config.DEFAULT_BUDGET_MINUTES, "
+              help="Training time budget in minutes (must be > 0; default 10, distill.training.config.DEFAULT_BUDGET_MINUTES, "
                    "or none with --max-steps).")
 @click.option("--max-steps", type=click.IntRange(min=1), default=None,
               help="Train for this many optimizer steps instead of filling the clock (the schedule follows the steps): "
@@ -153,7 +153,7 @@ def distill(domain, teacher, model, method, budget_minutes, max_steps, dtype, gr
     random; columns: domains).
     """
     from distill.pipeline import DistillSettings, run_distill
-    from distill.train_config import DEFAULT_BUDGET_MINUTES
+    from distill.training.config import DEFAULT_BUDGET_MINUTES
 
     if budget_minutes is None:  # with --max-steps the steps end the run, not the clock
         budget_minutes = math.inf if max_steps else DEFAULT_BUDGET_MINUTES

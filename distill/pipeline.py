@@ -18,18 +18,18 @@ from pathlib import Path
 import torch
 
 from eval.assistants import BayesianAssistant, RandomAssistant
-from eval.dialogue_text import load_template
+from eval.text.dialogue import load_template
 from eval.lm import load_causal_lm, prepare_loaded_lm
-from eval.lm_loading import dtype_from_name
-from eval.lm_assistant import LMAssistant
+from eval.lm.loading import dtype_from_name
+from eval.lm.assistant import LMAssistant
 from eval.protocol import run_protocol
 from eval.report import build_report, format_table, plot_reports, save_report
 from eval.student_card import read_student_card
 from ppl_models import get_domain
 
-from .teaching_data import EMBEDDED_DIALOGUES_PER_USER, STUDY_DIALOGUES_PER_USER, write_teaching_set
-from .train_config import DEFAULT_BUDGET_MINUTES, ConfigError, TrainConfig
-from .transfer import eval_domains_for, evaluate_domains, write_transfer
+from distill.teaching_data import EMBEDDED_DIALOGUES_PER_USER, STUDY_DIALOGUES_PER_USER, write_teaching_set
+from distill.training.config import DEFAULT_BUDGET_MINUTES, ConfigError, TrainConfig
+from distill.transfer import eval_domains_for, evaluate_domains, write_transfer
 
 
 @dataclass
@@ -62,7 +62,7 @@ class DistillSettings:
     resume: bool = False
     kl_weight: float | None = None  # default: 1.0 with the soft teacher, 0 otherwise
     eval_before: bool = True
-    prompt_template: str | None = None  # a prompt template JSON file (eval/prompt_template.py); None: the default
+    prompt_template: str | None = None  # a prompt template JSON file (eval/text/prompt_template.py); None: the default
     # Domains to evaluate the model on before and after teaching ("hotel,webshop"; the teaching domain
     # is always included): OUT/eval/<domain>/report.json, OUT/transfer.json and .png (distill/transfer.py).
     # Empty: the teaching domain only, no transfer outputs.  The embedded student accepts its own domain only.
@@ -112,8 +112,8 @@ def run_distill(settings: DistillSettings, log=print) -> dict:
     reports = {}
     dtype = dtype_from_name(settings.dtype)
     if settings.model is None:
-        from .student import StudentConfig, build_student, train_student
-        from .student_tokenizer import adopt_saved_template
+        from distill.student.model import StudentConfig, build_student, train_student
+        from distill.student.tokenizer import adopt_saved_template
 
         student_config = dataclasses.replace(StudentConfig(), kl_weight=kl_weight)
 
@@ -192,7 +192,7 @@ def run_distill(settings: DistillSettings, log=print) -> dict:
 
 
 def _train_hf(config: TrainConfig, data_path, train_dir, resume: bool):
-    from .train import train
+    from distill.training.train import train
 
     return train(config, data_path, train_dir, resume=resume)
 

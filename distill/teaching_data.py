@@ -10,7 +10,7 @@ Teachers (what the assistant turns say):
 
 As in the study, every prefix of 1 to n_rounds rounds of a dialogue is one example (624 users x 10 dialogues
 x 5 prefixes = 31,200).  Users held out for evaluation (``split_users``) never appear.  The text comes from
-``eval.dialogue_text``, so it is exactly what evaluation prompts look like.  Files are written atomically,
+``eval.text.dialogue``, so it is exactly what evaluation prompts look like.  Files are written atomically,
 with a manifest; the same seed gives byte-identical files.
 """
 from __future__ import annotations
@@ -24,8 +24,8 @@ from pathlib import Path
 import torch
 
 from eval.assistants import pick_argmax
-from eval.dialogue_text import PromptTemplate, candidate_answers, default_template, dialogue_messages, load_template
-from eval.prompt_template import PromptTemplateError, check_template
+from eval.text.dialogue import PromptTemplate, candidate_answers, default_template, dialogue_messages, load_template
+from eval.text.prompt_template import PromptTemplateError, check_template
 from eval.report import package_versions
 from ppl_models import Domain, all_users, infer, simulate_dialogues
 from ppl_models.errors import BayesTeachError

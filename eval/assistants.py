@@ -3,12 +3,10 @@
 Every assistant (Bayesian, oracle, random, cheapest, a Hugging Face LM) meets the protocol through one small
 request record, ``RecommendRequest``, and answers with a ``Recommendation`` (a probability over the options
 where the assistant has one, and a pick).  Asked about the user's preferences instead (belief elicitation,
-``eval/beliefs.py``), an assistant answers the same request's history with ``StatedBeliefs``: a distribution
+``eval/beliefs/elicitation.py``), an assistant answers the same request's history with ``StatedBeliefs``: a distribution
 over the 5-point scale per feature.  All tensors are batched over dialogues.
 """
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import torch
 
@@ -16,42 +14,8 @@ from ppl_models import Domain, hypothesis_space, infer, predict, user_choice_log
 from ppl_models.errors import BayesTeachError
 from ppl_models.rng import generator
 
-from .belief_scale import N_SCALE_POINTS, StatedBeliefs, belief_sites
-
-
-@dataclass
-class RecommendRequest:
-    """What an assistant sees: ``D`` dialogues with ``r`` rounds played, and ``M`` new option sets each."""
-
-    domain: Domain
-    history_options: torch.Tensor  # long [D, r, O, F]
-    history_picks: torch.Tensor  # long [D, r]: the assistant's own earlier picks
-    history_choices: torch.Tensor  # long [D, r]: the user's choices (revealed after each round)
-    option_sets: torch.Tensor  # long [D, M, O, F]: the option sets to recommend on
-    seed: int = 0  # for seeded tie-breaking
-    users: torch.Tensor | None = None  # long [D]: privileged, read only by the oracle
-
-    @property
-    def n_rounds_seen(self) -> int:
-        return int(self.history_choices.shape[1])
-
-
-@dataclass
-class Recommendation:
-    probs: torch.Tensor | None  # [D, M, O]: the assistant's probability over options (None if it has none)
-    picks: torch.Tensor  # long [D, M]
-    failures: torch.Tensor | None = None  # bool [D, M]: answers that named no option (counted wrong)
-
-
-def pick_argmax(probs: torch.Tensor, gen: torch.Generator, tolerance: float = 5e-7) -> torch.Tensor:
-    """The most probable option, ties broken uniformly at random with ``gen``: long [...].
-
-    ``tolerance``: options within it of the best count as tied.  Exact inference accumulates in float32
-    (rounding ~1e-8), so exact ties must not be decided by rounding; distinct predictive probabilities differ
-    by at least 1 / (number of hypotheses), 2.6e-6 for the largest built-in domain (8-feature flight)."""
-    noise = torch.rand(probs.shape, generator=gen)
-    is_best = probs >= probs.amax(-1, keepdim=True) - tolerance
-    return torch.where(is_best, noise, -1.0).argmax(-1)
+from eval.beliefs.scale import N_SCALE_POINTS, StatedBeliefs, belief_sites
+from eval.records import Recommendation, RecommendRequest, pick_argmax, truncate_request  # noqa: F401  (re-exported)
 
 
 class Assistant:
@@ -79,19 +43,6 @@ class Assistant:
     def state_beliefs_after_each_round(self, request: RecommendRequest) -> list[StatedBeliefs]:
         """Stated beliefs after 0, 1, ..., r rounds of the history."""
         return [self.state_beliefs(truncate_request(request, k)) for k in range(request.n_rounds_seen + 1)]
-
-
-def truncate_request(request: RecommendRequest, k: int) -> RecommendRequest:
-    """The request with only the first ``k`` rounds of its history (and its seed for round k)."""
-    return RecommendRequest(
-        request.domain,
-        request.history_options[:, :k],
-        request.history_picks[:, :k],
-        request.history_choices[:, :k],
-        request.option_sets,
-        request.seed * 1000 + k,
-        request.users,
-    )
 
 
 def abstain_where_empty(probs: torch.Tensor, picks: torch.Tensor) -> Recommendation:

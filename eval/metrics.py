@@ -10,8 +10,8 @@ import torch
 
 from ppl_models.rng import generator
 
-from .beliefs import per_user_belief_metrics
-from .protocol import EvaluationRun
+from eval.beliefs.elicitation import per_user_belief_metrics
+from eval.protocol import EvaluationRun
 
 PROBABILITY_FLOOR = 1e-6  # log-loss and KL clamp the assistant's probabilities here (a 0 would be infinite)
 N_BOOTSTRAP = 2000

@@ -5,60 +5,21 @@ the user reveals their choice), and ``n_heldout`` held-out option sets.  After 0
 observed rounds the assistant recommends on every held-out set; its accuracy is the fraction of sets where
 its pick equals the user's choice.  The Bayesian assistant's predictions on the same sets are recorded as
 the reference for agreement, KL and Brier metrics.  With ``elicit_beliefs`` the assistant is also asked
-for its beliefs about the user's preferences after each history length (``eval/beliefs.py``).
+for its beliefs about the user's preferences after each history length (``eval/beliefs/elicitation.py``).
 
 The users, their observed dialogues and their held-out sets and choices (``ProtocolData``) are simulated
 from the domain (``simulate_protocol_data``) or given as they are, e.g. read from the study's released
-files (``eval/study_data.py``); either way the same ``run_protocol`` plays them.
+files (``eval/study/released.py``); either way the same ``run_protocol`` plays them.
 """
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import torch
 
 from ppl_models import Domain, pick_users, simulate_choices, simulate_dialogues
 from ppl_models.rng import generator
 
-from .assistants import Assistant, BayesianAssistant, Recommendation, RecommendRequest
-from .belief_scale import belief_levels
-from .beliefs import BeliefRun, elicit_beliefs as elicit
-
-N_HELDOUT = 100
-
-
-@dataclass
-class EvaluationRun:
-    """Everything the metrics need; N users, R rounds, M held-out sets, O options."""
-
-    domain: Domain
-    assistant: str
-    seed: int
-    users: torch.Tensor  # long [N]
-    dialogue_options: torch.Tensor  # long [N, R, O, F]: the observed dialogue
-    dialogue_choices: torch.Tensor  # long [N, R]
-    dialogue_picks: torch.Tensor  # long [N, R]: the assistant's picks during the dialogue
-    heldout_options: torch.Tensor  # long [N, M, O, F]
-    heldout_choices: torch.Tensor  # long [N, M]
-    picks: torch.Tensor  # long [N, R+1, M]: after 0..R observed rounds
-    probs: torch.Tensor | None  # [N, R+1, M, O]
-    failures: torch.Tensor  # bool [N, R+1, M]: answers naming no option
-    reference_probs: torch.Tensor | None  # [N, R+1, M, O]: the Bayesian assistant's posterior predictive
-    reference_picks: torch.Tensor | None  # long [N, R+1, M]
-    user_domain: Domain  # the domain (and noise model) that simulated the users
-    beliefs: BeliefRun | None = None  # stated beliefs after 0..R rounds, when elicited
-
-
-@dataclass
-class ProtocolData:
-    """What the assistant is played on: N users, R observed rounds, M held-out sets, O options, F features."""
-
-    users: torch.Tensor  # long [N]: each user's hypothesis index (read by the oracle only)
-    dialogue_options: torch.Tensor  # long [N, R, O, F]
-    dialogue_choices: torch.Tensor  # long [N, R]
-    heldout_options: torch.Tensor  # long [N, M, O, F]
-    heldout_choices: torch.Tensor  # long [N, M]
-
+from eval.assistants import Assistant, BayesianAssistant
+from eval.records import N_HELDOUT, EvaluationRun, ProtocolData, Recommendation, RecommendRequest  # noqa: F401  (re-exported)
 
 def simulate_protocol_data(domain: Domain, users: torch.Tensor, seed: int, n_heldout: int = N_HELDOUT,
                            user_domain: Domain | None = None) -> ProtocolData:
@@ -106,7 +67,6 @@ def run_protocol(
     n_heldout: int = N_HELDOUT,
     user_domain: Domain | None = None,
     reference: bool = True,
-    elicit_beliefs: bool = False,
     progress=None,
     data: ProtocolData | None = None,
 ) -> EvaluationRun:
@@ -114,13 +74,11 @@ def run_protocol(
     e.g. pass a noisy variant to test an assistant against noisy users).  ``users`` (hypothesis indices)
     overrides ``n_users``, e.g. to evaluate on users held out from teaching data.  ``data``: given users,
     dialogues and held-out sets to play instead of simulated ones (``n_users``, ``users`` and ``n_heldout``
-    are then not used).  ``elicit_beliefs`` also asks for stated beliefs (one more ``progress`` step;
-    BeliefElicitationError, before anything is played, for a domain without per-feature weights).
+    are then not used).  Stated beliefs are asked afterwards, by the caller, with
+    ``eval.beliefs.elicit_beliefs(run, assistant)``.
     ``reference``: also record the Bayesian assistant's predictions (needs exact inference on ``domain``).
     Deterministic given ``seed``."""
     user_domain = user_domain or domain
-    if elicit_beliefs:
-        belief_levels(domain)  # fail early on a domain whose preferences are not per-feature weights
     if data is None:
         users = pick_users(domain, n_users, seed) if users is None else users
         data = simulate_protocol_data(domain, users, seed, n_heldout, user_domain)
@@ -145,6 +103,4 @@ def run_protocol(
         domain, assistant.name, seed, users, data.dialogue_options, data.dialogue_choices, dialogue_picks,
         heldout_options, heldout_choices, picks, probs, failures, reference_probs, reference_picks, user_domain,
     )
-    if elicit_beliefs:
-        run.beliefs = elicit(run, assistant, progress)
     return run

@@ -11,10 +11,10 @@ Schema (``"schema": "bayes-teach/report/v1"``)::
      "failures": {"unparseable_answers": int, "unparseable_belief_answers": int (with beliefs)},
      "beliefs": {"elicited", "scale", "levels", "distribution", "questions"},   # only when elicited
      "study_data": {"kind", "files", "users", "exact_bayesian_assistant", "empty_posterior", "notes"},
-                                                   # only for a replay of released files (eval/study_replay.py)
+                                                   # only for a replay of released files (eval/study/replay.py)
      "extra": {...}}                              # anything a command adds (e.g. training summaries)
 
-With belief elicitation (``eval/beliefs.py``) ``metrics`` also holds ``belief_error``, ``belief_tv``
+With belief elicitation (``eval/beliefs/elicitation.py``) ``metrics`` also holds ``belief_error``, ``belief_tv``
 (distributions only), ``belief_sign_agreement``, ``implied_accuracy``, ``consistency`` and
 ``belief_failure_rate``; a round where a metric is undefined for every user has ``null`` mean and interval.
 """
@@ -28,9 +28,9 @@ from pathlib import Path
 
 from ppl_models.errors import BayesTeachError
 
-from .beliefs import belief_report
-from .metrics import summarise_run
-from .protocol import EvaluationRun
+from eval.beliefs.elicitation import belief_report
+from eval.metrics import summarise_run
+from eval.protocol import EvaluationRun
 
 SCHEMA = "bayes-teach/report/v1"
 VERSIONED_PACKAGES = ("bayes-teach", "torch", "pyro-ppl", "transformers", "peft", "bitsandbytes", "numpy")

@@ -50,7 +50,7 @@ def domain_fingerprint(domain: Domain) -> str:
 def save_student_card(domain: Domain, directory, chat_template_options: dict | None = None) -> Path:
     """Write ``directory/student.json``: the domain's name, words and fingerprint, and what the student's chat
     template was built from (``chat_template_options``, if given: a later process that rebuilds the same template
-    renders it without the sandbox, see ``distill.student_tokenizer.adopt_saved_template``)."""
+    renders it without the sandbox, see ``distill.student.tokenizer.adopt_saved_template``)."""
     card = {"schema": SCHEMA, "domain": domain.name, **domain_description(domain),
             "fingerprint": domain_fingerprint(domain)}
     if chat_template_options is not None:

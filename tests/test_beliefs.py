@@ -10,13 +10,14 @@ import brute_force
 import tiny_lm
 from cli import main
 from eval.assistants import BayesianAssistant, OracleAssistant, RandomAssistant, RecommendRequest
-from eval.belief_scale import BeliefElicitationError, belief_levels, is_elicitable
-from eval.chat_format import tokenize_chat
-from eval.dialogue_text import belief_candidate_answers, belief_prompt_messages, dialogue_messages
+from eval.beliefs.scale import BeliefElicitationError, belief_levels, is_elicitable
+from eval.text.chat_format import tokenize_chat
+from eval.text.dialogue import belief_candidate_answers, belief_prompt_messages, dialogue_messages
 from eval.lm import answer_sentence, load_causal_lm, parse_belief_answer
-from eval.lm_assistant import LMAssistant
+from eval.lm.assistant import LMAssistant
 from eval.metrics import per_user_metrics, summarise, summarise_run
 from eval.protocol import run_protocol
+from eval.beliefs import elicit_beliefs
 from ppl_models import get_domain, simulate_dialogues
 from ppl_models.users import describe_user
 
@@ -35,9 +36,16 @@ def best_and_gap(values):
     return order[0], values[order[0]] - values[order[1]]
 
 
+def run_with_beliefs(domain, assistant, **kwargs):
+    """The protocol, then the beliefs elicited on its run (as the commands wire them)."""
+    run = run_protocol(domain, assistant, **kwargs)
+    run.beliefs = elicit_beliefs(run, assistant)
+    return run
+
+
 @pytest.fixture(scope="module")
 def bayes_run():
-    return run_protocol(get_domain("flight"), BayesianAssistant(), n_users=4, n_heldout=12, seed=5, elicit_beliefs=True)
+    return run_with_beliefs(get_domain("flight"), BayesianAssistant(), n_users=4, n_heldout=12, seed=5)
 
 
 def brute_marginals(domain, run, d, k):
@@ -92,7 +100,7 @@ def test_implied_picks_match_plain_loops_over_the_heldout_sets(bayes_run):
 
 def test_oracle_implied_picks_are_the_users_choices():
     flight = get_domain("flight")
-    run = run_protocol(flight, OracleAssistant(), n_users=25, n_heldout=20, seed=2, elicit_beliefs=True)
+    run = run_with_beliefs(flight, OracleAssistant(), n_users=25, n_heldout=20, seed=2)
     beliefs = run.beliefs
     untied = 0
     for d, user in enumerate(run.users.tolist()):
@@ -117,7 +125,7 @@ def test_oracle_implied_picks_are_the_users_choices():
 
 
 def test_random_states_uniform_beliefs():
-    run = run_protocol(get_domain("hotel"), RandomAssistant(), n_users=5, n_heldout=5, seed=1, elicit_beliefs=True)
+    run = run_with_beliefs(get_domain("hotel"), RandomAssistant(), n_users=5, n_heldout=5, seed=1)
     assert torch.equal(run.beliefs.stated_probs, torch.full((5, 6, 4, 5), 0.2, dtype=torch.float64))
 
 
@@ -139,7 +147,7 @@ def test_webshop_cannot_be_asked_for_beliefs():
     webshop = get_domain("webshop")
     assert not is_elicitable(webshop) and is_elicitable(get_domain("flight3"))
     with pytest.raises(BeliefElicitationError, match="cannot elicit beliefs on domain 'webshop'.*per-feature weights"):
-        run_protocol(webshop, BayesianAssistant(), n_users=2, n_heldout=2, elicit_beliefs=True)
+        run_with_beliefs(webshop, BayesianAssistant(), n_users=2, n_heldout=2)
 
 
 @pytest.mark.parametrize(
@@ -231,7 +239,7 @@ def test_lm_run_with_failed_answers_scores_them_as_undefined(tiny):
     assistant.scorer.generate = lambda conversations, **_: [
         "My estimate is 4." if i % 4 else "?" for i in range(len(conversations))
     ]
-    run = run_protocol(flight2, assistant, n_users=2, n_heldout=3, seed=0, elicit_beliefs=True)
+    run = run_with_beliefs(flight2, assistant, n_users=2, n_heldout=3, seed=0)
     metrics = per_user_metrics(run)
     assert run.beliefs.failures.any()
     rate = run.beliefs.failures.double().mean(-1)

@@ -1,5 +1,5 @@
 """benchmarks/bench_tokenize.py on tiny arguments: its baseline (the earlier tokenising path, rebuilt) and the
-current eval.chat_format give the same ids on both workloads, and it writes its JSON."""
+current eval.text.chat_format give the same ids on both workloads, and it writes its JSON."""
 import importlib.util
 import json
 from pathlib import Path

@@ -1,8 +1,8 @@
-"""eval.chat_format on locally built tokenizers: rendering, the plain fallback, the prefix property of
+"""eval.text.chat_format on locally built tokenizers: rendering, the plain fallback, the prefix property of
 ``tokenize_chat`` and its assistant mask."""
 import pytest
 
-from eval.chat_format import (
+from eval.text.chat_format import (
     ChatTemplateError,
     chat_segments,
     generation_prompt_text,
@@ -142,7 +142,7 @@ def test_cached_prefix_renderings_follow_the_template_and_the_vocabulary():
 
 
 def test_a_full_segment_cache_starts_afresh_without_losing_a_conversation(monkeypatch):
-    import eval.chat_format as chat_format
+    import eval.text.chat_format as chat_format
 
     tokenizer = build_tokenizer(chat_template=True)
     monkeypatch.setattr(chat_format, "SEGMENT_CACHE_SIZE", 2)  # fewer entries than one conversation's segments

@@ -123,8 +123,8 @@ def test_the_same_place_raising_a_project_error_is_bad_input(runner, tmp_path, m
 
 def test_is_bad_input_takes_the_project_errors_and_user_paths_only():
     from commands.errors import is_bad_input
-    from distill.model_setup import QuantizationUnavailableError
-    from distill.train_config import OutputDirInUseError
+    from distill.training.model_setup import QuantizationUnavailableError
+    from distill.training.config import OutputDirInUseError
     from ppl_models import UnknownDomainError
 
     for error in (UnknownDomainError("x"), QuantizationUnavailableError("x"), OutputDirInUseError("x"),
@@ -151,8 +151,8 @@ def test_every_project_error_class_derives_from_the_one_base():
                 if inspect.isclass(value) and issubclass(value, BaseException) and value.__module__ == info.name:
                     found[f"{info.name}.{name}"] = value
     # the collection found the classes it should (a floor, so that a broken walk cannot pass by finding none)
-    for name in ("ppl_models.domain.DomainError", "eval.study_data.StudyDataError", "distill.train_config.ConfigError",
-                 "distill.model_setup.QuantizationUnavailableError", "eval.dialogue_io.DialogueFileError"):
+    for name in ("ppl_models.domain.DomainError", "eval.study.files.StudyDataError", "distill.training.config.ConfigError",
+                 "distill.training.model_setup.QuantizationUnavailableError", "eval.dialogue_io.DialogueFileError"):
         assert name in found, name
     assert [name for name, cls in found.items() if not issubclass(cls, BayesTeachError)] == []
     assert issubclass(BayesTeachError, ValueError)  # ``except ValueError`` keeps catching every one of them

@@ -43,8 +43,8 @@ def test_distill_a_hugging_face_model_with_lora(tmp_path):
 
 
 def test_distill_the_embedded_student(tmp_path, monkeypatch):
-    pytest.importorskip("distill.student")
-    import distill.student_tokenizer as student_tokenizer
+    pytest.importorskip("distill.student.model")
+    import distill.student.tokenizer as student_tokenizer
 
     adopted, adopt = [], student_tokenizer.adopt_saved_template
 
@@ -62,8 +62,8 @@ def test_distill_the_embedded_student(tmp_path, monkeypatch):
     # the card records what the chat template was built from: a later process rebuilds exactly the saved template
     from transformers import AutoTokenizer
 
-    from distill.student_tokenizer import adopt_saved_template
-    from eval.prompt_template import template_for_model
+    from distill.student.tokenizer import adopt_saved_template
+    from eval.text.prompt_template import template_for_model
 
     model_dir = tmp_path / "run" / "train" / "model"
     template, _ = template_for_model(str(model_dir))

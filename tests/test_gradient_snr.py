@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from distill.chat_dataset import collate, parse_example, tokenize_dataset
-from distill.loss import micro_batch_loss
-from distill.student import StudentConfig, build_student
-from eval.dialogue_text import dialogue_messages
+from distill.training.chat_dataset import collate, parse_example, tokenize_dataset
+from distill.training.loss import micro_batch_loss
+from distill.student.model import StudentConfig, build_student
+from eval.text.dialogue import dialogue_messages
 from eval.student_card import save_student_card
 from ppl_models import get_domain
 from ppl_models.rng import generator
@@ -44,7 +44,7 @@ def student():
 
 
 def test_answer_runs_and_part_masks(script):
-    from distill.chat_dataset import answer_spans
+    from distill.training.chat_dataset import answer_spans
 
     mask = torch.tensor([[0, 1, 1, 0, 0, 1, 0, 1], [1, 0, 0, 0, 0, 0, 1, 1]], dtype=torch.bool)
     assert answer_spans(mask[0].tolist()) == [(1, 2), (5, 1), (7, 1)]  # positions [1, 2], [5], [7]

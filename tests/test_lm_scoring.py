@@ -1,4 +1,4 @@
-"""eval.lm on tiny local models: loading (and its errors), KV-reuse scoring against naive re-encoding and
+"""eval.lm.scorer on tiny local models: loading (and its errors), KV-reuse scoring against naive re-encoding and
 against a direct reference, generation, and option parsing."""
 import json
 import shutil
@@ -6,7 +6,7 @@ import shutil
 import pytest
 import torch
 
-from eval.chat_format import tokenize_chat
+from eval.text.chat_format import tokenize_chat
 from eval.lm import (
     ChoiceScorer,
     DialogueRequest,
@@ -262,7 +262,7 @@ def test_generate_mode_reads_the_first_sentence(reply, expected):
 
 def test_generate_mode_reply_that_continues_the_dialogue_is_a_failure(loaded):
     from eval.assistants import RecommendRequest
-    from eval.lm_assistant import LMAssistant
+    from eval.lm.assistant import LMAssistant
     from ppl_models import get_domain, simulate_dialogues
 
     flight = get_domain("flight")
@@ -293,8 +293,8 @@ def heldout_request(n_users=2, n_rounds=3, n_sets=4):
 @pytest.mark.parametrize("chunk_tokens", [768, 100])
 def test_shared_prefix_recommendations_equal_the_per_prompt_path(loaded, kind, chunk_tokens):
     from eval.assistants import truncate_request
-    from eval.dialogue_text import candidate_answers
-    from eval.lm_assistant import LMAssistant
+    from eval.text.dialogue import candidate_answers
+    from eval.lm.assistant import LMAssistant
 
     request = heldout_request()
     assistant = LMAssistant(loaded[kind], mode="score")
@@ -312,8 +312,8 @@ def test_shared_prefix_recommendations_equal_the_per_prompt_path(loaded, kind, c
 
 
 def test_shared_prefix_encodes_each_history_once(loaded):
-    from eval.lm_assistant import LMAssistant
-    from eval.lm_scoring import round_ids
+    from eval.lm.assistant import LMAssistant
+    from eval.lm.scoring import round_ids
 
     request = heldout_request(n_users=1, n_sets=5)
     assistant = LMAssistant(loaded["template"], mode="score")
@@ -324,7 +324,7 @@ def test_shared_prefix_encodes_each_history_once(loaded):
     # Independently: the final history's tokens once (each round's history extends the one before), plus,
     # per round, every distinct token prefix of the (prompt tail + answer) sequences past the history.
     from eval.assistants import truncate_request
-    from eval.dialogue_text import candidate_answers
+    from eval.text.dialogue import candidate_answers
 
     tokenizer, expected, history = loaded["template"].tokenizer, 0, 0
     for k in range(4):

@@ -1,4 +1,4 @@
-"""Prompt templates as data (eval/prompt_template.py, eval/dialogue_text.py): the default reproduces the text
+"""Prompt templates as data (eval/text/prompt_template.py, eval/text/dialogue.py): the default reproduces the text
 written before templates existed, a custom template changes every piece of text and round-trips from
 make-data's teaching text to an LM assistant's evaluation prompts token for token, and bad templates are
 one-line errors."""
@@ -15,17 +15,17 @@ import torch
 from click.testing import CliRunner
 
 from cli import main
-from distill.student import StudentConfig, build_student
+from distill.student.model import StudentConfig, build_student
 from distill.teaching_data import teaching_set_template
 from eval.assistants import RecommendRequest
-from eval.chat_format import chat_segments, tokenize_chat
-from eval.dialogue_text import (
+from eval.text.chat_format import chat_segments, tokenize_chat
+from eval.text.dialogue import (
     belief_candidate_answers, belief_prompt_messages, candidate_answers, dialogue_messages, load_template, match_answer,
     match_belief_answer, task_instructions,
 )
 from eval.lm import prepare_loaded_lm
-from eval.lm_assistant import LMAssistant
-from eval.prompt_template import PromptTemplateError, default_template, template_for_model
+from eval.lm.assistant import LMAssistant
+from eval.text.prompt_template import PromptTemplateError, default_template, template_for_model
 from ppl_models.domain import Domain, Feature
 from ppl_models.linear import linear_domain_parts
 
@@ -36,7 +36,7 @@ CABIN = Domain(name="cabin", noun="cabin", features=CABIN_FEATURES, description=
 OPTIONS = torch.tensor([[[0, 1], [2, 0], [1, 1]], [[2, 1], [0, 0], [1, 0]], [[1, 1], [0, 1], [2, 0]]])  # [R, O, F]
 PICKS, CHOICES = [0, -1, 2], [1, 0, 2]  # a wrong pick, no answer, a right pick
 
-# Captured from eval/dialogue_text.py before templates existed (commit 2c56a7f), for CABIN, OPTIONS, PICKS, CHOICES.
+# Captured from eval/text/dialogue.py before templates existed (commit 2c56a7f), for CABIN, OPTIONS, PICKS, CHOICES.
 INSTRUCTIONS_BEFORE = (
     "Help me choose a cabin. I have fixed preferences about view and price, and they do not change. In each round I "
     "will show you 3 cabins; recommend the one I will like best. You don't know my preferences, so work them out "
@@ -288,10 +288,10 @@ def test_evaluate_records_the_template_and_train_checks_it(custom_path, tmp_path
 def test_distill_the_embedded_student_with_a_custom_template(custom_path, tmp_path, monkeypatch):
     from transformers import AutoTokenizer
 
-    import distill.student
+    import distill.student.model
     from distill.pipeline import DistillSettings, run_distill
 
-    monkeypatch.setattr(distill.student, "StudentConfig", lambda: TINY)  # a tiny student: this checks text, not skill
+    monkeypatch.setattr(distill.student.model, "StudentConfig", lambda: TINY)  # a tiny student: this checks text, not skill
 
     settings = DistillSettings(domain="test_prompt_template:CABIN", out_dir=str(tmp_path / "run"), n_dialogues=1,
                                n_eval_users=3, n_heldout=2, max_train_users=6, budget_minutes=0.05,

@@ -7,7 +7,8 @@ from pathlib import Path
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "real_lm_teaching.py"
 
 
-def _load_script():  # the script puts benchmarks/ on sys.path itself (for stage_runner)
+def _load_script(monkeypatch):  # run as a script it finds stage_runner beside it; loaded here, by its folder
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))
     spec = importlib.util.spec_from_file_location("real_lm_teaching", SCRIPT)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -18,8 +19,8 @@ def _argv(stages, name):
     return next(s.args for s in stages if s.name == name)
 
 
-def test_lora_stages_load_the_adapter_and_full_stages_the_saved_model(tmp_path):
-    script = _load_script()
+def test_lora_stages_load_the_adapter_and_full_stages_the_saved_model(tmp_path, monkeypatch):
+    script = _load_script(monkeypatch)
     stages, _ = script.build_stages(script.parse_args(["--work", str(tmp_path), "--lr", "0.001"]))
     train = _argv(stages, "train-oracle")
     assert train[train.index("--method") + 1] == "lora" and train[train.index("--lr") + 1] == "0.001"
@@ -35,8 +36,8 @@ def test_lora_stages_load_the_adapter_and_full_stages_the_saved_model(tmp_path):
     assert _argv(stages, "eval-released-flight")[3:5] == ["--model", "smollm2"]
 
 
-def test_choice_loss_is_averaged_per_window_of_ten_steps(tmp_path):
-    script = _load_script()
+def test_choice_loss_is_averaged_per_window_of_ten_steps(tmp_path, monkeypatch):
+    script = _load_script(monkeypatch)
     args = script.parse_args(["--work", str(tmp_path)])
     train = tmp_path / "train-bayesian"
     train.mkdir()

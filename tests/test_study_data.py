@@ -15,9 +15,9 @@ from click.testing import CliRunner
 import tiny_lm
 from cli import main
 from eval.assistants import BayesianAssistant, OracleAssistant, RandomAssistant
-from eval.dialogue_text import options_text
-from eval.study_data import load_study, parse_option
-from eval.study_replay import replay_study
+from eval.text.dialogue import options_text
+from eval.study.released import load_study, parse_option
+from eval.study.replay import replay_study
 from ppl_models import get_domain
 
 SAMPLE = Path(__file__).parent / "data" / "study_sample"

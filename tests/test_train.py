@@ -14,18 +14,16 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # let `pytest` (not only `python -m pytest`) import the project
-    sys.path.insert(0, str(ROOT))
 
-from distill import io_utils  # noqa: E402
-from distill.chat_dataset import (  # noqa: E402
+from eval import io_utils  # noqa: E402
+from distill.training.chat_dataset import (  # noqa: E402
     DatasetFormatError, EmptyLossMaskError, candidate_token_ids, collate, load_chat_jsonl, message_start_positions,
     parse_example, tokenize_dataset,
 )
-from distill.loss import micro_batch_loss  # noqa: E402
-from distill.train import train  # noqa: E402
-from distill.train_config import TrainConfig  # noqa: E402
-from eval.chat_format import tokenize_chat  # noqa: E402
+from distill.training.loss import micro_batch_loss  # noqa: E402
+from distill.training.train import train  # noqa: E402
+from distill.training.config import TrainConfig  # noqa: E402
+from eval.text.chat_format import tokenize_chat  # noqa: E402
 from tiny_student_fixtures import (  # noqa: E402
     build_tiny_llama, build_tiny_tokenizer, hotel_conversation, write_jsonl,
 )
@@ -87,7 +85,7 @@ def test_targets_are_exactly_the_assistant_tokens_and_padding_changes_nothing():
 def test_choice_tokens_are_the_answer_tokens_that_differ_and_their_loss_is_logged_apart(tmp_path):
     """mark_choice_tokens: the answers' fixed words are not choice tokens, the option number is; the loss on
     the choice tokens equals a direct log-softmax at those positions; the trainer logs it every step."""
-    from distill.chat_dataset import answer_spans
+    from distill.training.chat_dataset import answer_spans
 
     tokenizer = build_tiny_tokenizer()
     conversations = [hotel_conversation(s, rounds=2) for s in range(6)]
@@ -173,8 +171,8 @@ def test_bad_dataset_lines_are_reported_by_file_and_line(tmp_path, bad_line, pro
 def test_global_batch_schedule_recipe_checks_and_atomic_directories(tmp_path):
     import time
 
-    from distill.train_callbacks import clock_cosine
-    from distill.train_config import ConfigError
+    from distill.training.callbacks import clock_cosine
+    from distill.training.config import ConfigError
 
     # the recipe's global batch holds whatever the number of processes: accumulation is computed
     config = TrainConfig(batch_size=4, global_batch_size=128)
@@ -254,7 +252,7 @@ def test_kl_term_matches_an_independent_computation(chat_template):
 @pytest.mark.parametrize("student", [False, True])
 def test_soft_target_tokens_follow_the_scoring_definition(student):
     if student:
-        from distill.student import build_student
+        from distill.student.model import build_student
         from distill.teaching_data import build_examples
         from ppl_models import get_domain
 
@@ -277,7 +275,7 @@ def test_soft_target_tokens_follow_the_scoring_definition(student):
                                             for c in raw["candidates"]]
 
 def test_one_token_candidates_are_scored_on_the_conversation_row_without_rows_of_their_own():
-    from distill.student import StudentConfig, build_student
+    from distill.student.model import StudentConfig, build_student
     from distill.teaching_data import build_examples
     from ppl_models import get_domain
 
@@ -437,7 +435,7 @@ def test_in_memory_student_pair_with_qlora_and_a_fresh_run_refuses_old_checkpoin
 def test_failed_4bit_loading_says_so_and_suggests_method_lora(student_dir, dataset, tmp_path, monkeypatch):
     import transformers
 
-    from distill.model_setup import QuantizationUnavailableError
+    from distill.training.model_setup import QuantizationUnavailableError
 
     def no_bitsandbytes(**_):
         raise ImportError("bitsandbytes is not installed")
@@ -465,7 +463,7 @@ def test_accelerate_launch_with_two_cpu_processes(student_dir, dataset, tmp_path
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                "--main_process_port", str(free_port()),
-               "-m", "distill.train", "--config", str(config_path), "--data", str(dataset), "--out", str(out)]
+               "-m", "distill.training.train", "--config", str(config_path), "--data", str(dataset), "--out", str(out)]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     finished = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert finished.returncode == 0, finished.stderr[-3000:]
@@ -478,7 +476,7 @@ def test_accelerate_launch_with_two_cpu_processes(student_dir, dataset, tmp_path
 
 
 def test_logits_only_at_loss_positions_give_the_same_loss_and_gradients():
-    import distill.loss as trainer
+    import distill.training.loss as trainer
 
     tokenizer = build_tiny_tokenizer()
     model = build_tiny_llama(len(tokenizer), seed=5)

@@ -15,9 +15,9 @@ import torch
 from click.testing import CliRunner
 
 from cli import main
-from distill import io_utils
-from distill.train import train
-from distill.train_config import TrainConfig
+from eval import io_utils
+from distill.training.train import train
+from distill.training.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -95,7 +95,7 @@ def test_lora_target_modules_the_model_lacks_are_one_error_line(tmp_path, datase
 
 
 def test_a_bug_keeps_its_traceback(monkeypatch, dataset, student_dir, tmp_path):
-    import distill.train as trainer
+    import distill.training.train as trainer
 
     def broken(*args, **kwargs):
         raise KeyError("a bug in our code, not the user's input")
@@ -106,8 +106,8 @@ def test_a_bug_keeps_its_traceback(monkeypatch, dataset, student_dir, tmp_path):
 
 
 def test_shipped_accelerate_configs_and_the_study_recipe_pass_accelerates_schema(tmp_path):
-    from distill.launch import check_accelerate_config
-    from distill.train_config import ConfigError
+    from distill.training.launch import check_accelerate_config
+    from distill.training.config import ConfigError
 
     kinds = {name: check_accelerate_config(ROOT / "configs" / "accelerate" / f"{name}.yaml")["distributed_type"]
              for name in ("ddp", "fsdp", "zero3")}

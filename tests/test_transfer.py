@@ -10,7 +10,7 @@ import tiny_lm
 from distill.pipeline import DistillSettings, run_distill
 from distill.transfer import eval_domains_for, parse_domain_list
 from eval.assistants import BayesianAssistant
-from eval.lm_assistant import LMAssistant
+from eval.lm.assistant import LMAssistant
 from eval.protocol import run_protocol
 from eval.student_card import StudentDomainError, check_student_domain, read_student_card, save_student_card
 from ppl_models import UnknownDomainError, get_domain, pick_users
@@ -93,9 +93,9 @@ def test_distill_cli_bad_eval_domains_one_line_exit_2(tmp_path, eval_domains, ne
 
 def _embedded_student_dir(tmp_path, domain_name="hotel"):
     """An (untrained) embedded student saved as train_student saves one: model, tokenizer, template, card."""
-    from distill.student import build_student
-    from eval.dialogue_text import default_template
-    from eval.prompt_template import save_template
+    from distill.student.model import build_student
+    from eval.text.dialogue import default_template
+    from eval.text.prompt_template import save_template
 
     domain = get_domain(domain_name)
     model, tokenizer = build_student(domain)

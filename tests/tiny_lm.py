@@ -2,7 +2,7 @@
 
 Everything here is built locally and deterministically: a byte-level BPE tokenizer trained on a few
 synthetic flight-booking dialogues (wrapped in ``PreTrainedTokenizerFast``), a tiny ``LlamaForCausalLM``
-with random weights, saved to a directory so that ``eval.lm.load_causal_lm`` loads it from a local path,
+with random weights, saved to a directory so that ``eval.lm.scorer.load_causal_lm`` loads it from a local path,
 and multi-round dialogue requests in the shape the scorer expects.
 """
 from __future__ import annotations

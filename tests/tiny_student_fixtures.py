@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<|user|>", "<|assistant|>", "<|system|>"]
-# A small append-only chat template (the other tests use the plain fallback of eval.chat_format).
+# A small append-only chat template (the other tests use the plain fallback of eval.text.chat_format).
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}</s>{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>{% endif %}"

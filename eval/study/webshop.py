@@ -4,7 +4,7 @@ Interaction lines: ``idx``, ``goal_attrs``, ``goal_options`` and five ``rounds``
 "Product k: ..." texts), ``user_idx`` (the shopper's pick) and ``score`` (the release's reward per option).
 Held-out lines: the same ``idx`` and goals, and ``all_options``, the shopper's own held-out sets in the same
 form.  Users are joined by ``idx``; a shopper with no held-out line (as in a cut excerpt) is left out and
-listed in ``notes``.  See ``eval/study_data.py`` for the domain the replay plays on.
+listed in ``notes``.  See ``eval/study/released.py`` for the domain the replay plays on.
 """
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import torch
 
 from ppl_models import Domain
 
-from .protocol import ProtocolData
-from .study_data import StudyDataError, StudyReplay, file_record, need, option_table, read_jsonl, released_text_domain, strip_label
+from eval.records import ProtocolData
+from eval.study.files import StudyDataError, StudyReplay, file_record, need, option_table, read_jsonl, released_text_domain, strip_label
 
 
 def scored_sets(rounds, where: str, texts: list, scores: list, n_options: int = 3):

@@ -6,8 +6,8 @@ one domain's dialogue text, trained fully on the teaching data within a wall-clo
 
 Design (measured on hotel, 2 shared CPU cores, Nov 2026; numbers in the docstrings below):
 
-* **Tokenizer: one token per phrase** (``distill/student_tokenizer.py``, with the chat template).  Word-level
-  over a vocabulary derived from the domain declaration and ``eval.dialogue_text``'s fixed phrases, never
+* **Tokenizer: one token per phrase** (``distill/student/tokenizer.py``, with the chat template).  Word-level
+  over a vocabulary derived from the domain declaration and ``eval.text.dialogue``'s fixed phrases, never
   from a sample: the whole task explanation, each "feature: value" pair with its leading separator
   (", price: $370"), each bare value text ("$370", "4 stars", "10:48 AM"), "Hotel 2:", "Round 3." and the
   recurring answer / feedback phrases ("Not quite: I prefer Hotel") are single tokens.  A regex pre-tokeniser
@@ -30,10 +30,10 @@ Design (measured on hotel, 2 shared CPU cores, Nov 2026; numbers in the docstrin
      noisy Adam steps as large as their structure;
   4. the answer is the option number alone: with a period and an end marker after it as targets too, the
      same student stayed at chance for 600 steps (31-35%) where the number alone reached 69-82%.
-  Numbers per change are in the ``StudentConfig`` comments (``distill/student_config.py``); the run's own
+  Numbers per change are in the ``StudentConfig`` comments (``distill/student/config.py``); the run's own
   are in its report.
 * **Chat template** (``student_chat_template``): ``<|role|>content`` per message, without the closing
-  question; an answer is its option number alone.  Append-only, so ``eval.chat_format.tokenize_chat``
+  question; an answer is its option number alone.  Append-only, so ``eval.text.chat_format.tokenize_chat``
   segments it exactly.
 * **Value embeddings start ordinal**: each value token's embedding starts as a point on a per-feature
   quarter circle at angle (normalised value) * pi/2 (plus the usual noise, halved), so ", price: $370" starts
@@ -57,15 +57,15 @@ from pathlib import Path
 
 import torch
 
-from eval.dialogue_text import PromptTemplate, default_template
-from eval.prompt_template import save_template
+from eval.text.dialogue import PromptTemplate, default_template
+from eval.text.prompt_template import save_template
 from eval.student_card import save_student_card
 from ppl_models import Domain
 
-from .student_config import StudentConfig
+from distill.student.config import StudentConfig
 
 # The text side lives in student_tokenizer; its names are re-exported here for callers of this module.
-from .student_tokenizer import (  # noqa: F401
+from distill.student.tokenizer import (  # noqa: F401
     CHOSEN_PREFIX, FALLBACK_PATTERN, REJECTED_PREFIX, MAX_OPTION_TOKENS, MAX_ROUND_PHRASES, SPECIAL_TOKENS, build_tokenizer,
     chosen_descriptions, description_pattern, domain_phrases, feature_value_phrases, option_description_pattern,
     option_descriptions, option_header, split_pattern, student_chat_template, value_combinations, value_texts,
@@ -143,7 +143,7 @@ def option_token_init(model, tokenizer, domain: Domain, planes: list[torch.Tenso
 
 def student_tokenizer(domain: Domain, config: StudentConfig = StudentConfig(), template: PromptTemplate | None = None):
     """The student's tokenizer for ``domain`` and ``config`` (build_student's), its chat template marked as
-    this process's own (rendered without transformers' sandbox, eval/chat_format.py)."""
+    this process's own (rendered without transformers' sandbox, eval/text/chat_format.py)."""
     return build_tokenizer(domain, config.merge_feature_values, config.option_tokens, config.restate_choices,
                            config.answer_after_options, config.round_markers, template,
                            restate_rejected=config.restate_rejected)
@@ -235,8 +235,8 @@ def longest_prefixes(lines: list[str]) -> list[str]:
 def calibrate(model, tokenizer, examples_lines: list[str], config: StudentConfig, n_steps: int = 3):
     """(seconds per optimizer step, seconds to tokenise one example, torch threads used), timed on a copy of
     the model; sets torch's thread count to the fastest one."""
-    from distill.chat_dataset import collate, parse_example, tokenize_dataset
-    from distill.loss import micro_batch_loss
+    from distill.training.chat_dataset import collate, parse_example, tokenize_dataset
+    from distill.training.loss import micro_batch_loss
 
     sample = [parse_example(json.loads(line), "calibration") for line in examples_lines[: config.batch_size]]
     start = time.perf_counter()
@@ -271,16 +271,16 @@ def calibrate(model, tokenizer, examples_lines: list[str], config: StudentConfig
 def train_student(domain: Domain, dataset_path, out_dir, budget_minutes: float | None = None,
                   config: StudentConfig = StudentConfig(), seed: int = 0, resume: bool = False,
                   max_steps: int | None = None, template: PromptTemplate | None = None):
-    """Build the student and train it on ``dataset_path`` (a teaching-set JSONL) with distill.train.train
+    """Build the student and train it on ``dataset_path`` (a teaching-set JSONL) with distill.training.train.train
     (method "full") so that everything, tokenisation and saving included, fits ``budget_minutes`` (default:
     the config's).
 
     ``max_steps`` overrides the budget-fitted number of steps.  ``resume=True`` continues a run in
     ``out_dir`` (same config and seed; the schedule of the first run is kept).  ``template``: the prompt template
     the teaching set was written with (the student's tokenizer is made for its text).  Returns the TrainResult."""
-    from distill.chat_dataset import tokenize_workers
-    from distill.train import train
-    from distill.train_callbacks import clock_cosine
+    from distill.training.chat_dataset import tokenize_workers
+    from distill.training.train import train
+    from distill.training.callbacks import clock_cosine
 
     budget_minutes = config.budget_minutes if budget_minutes is None else budget_minutes
     start = time.perf_counter()

@@ -2,8 +2,8 @@
 
 Teaching data (distill/) and evaluation prompts (eval/) are both built here, so they cannot drift apart.
 Nouns, feature names and value formats all come from the domain declaration, so a new domain needs no new
-prompt code.  The wording comes from a prompt template (``eval/prompt_template.py``; every function takes
-``template``, default: the shipped ``eval/templates/default.json``); the layout is fixed here.  With the
+prompt code.  The wording comes from a prompt template (``eval/text/prompt_template.py``; every function takes
+``template``, default: the shipped ``eval/text/templates/default.json``); the layout is fixed here.  With the
 default template a dialogue reads::
 
     user:      <task explanation>
@@ -27,7 +27,7 @@ from typing import Sequence
 
 from ppl_models import Domain
 
-from .prompt_template import PromptTemplate, default_template, load_template  # noqa: F401  (load_template: re-export)
+from eval.text.prompt_template import PromptTemplate, default_template, load_template  # noqa: F401  (load_template: re-export)
 
 ANSWER_PLACEHOLDER = "N"  # how the instructions and belief question show the number to answer with
 
@@ -164,7 +164,7 @@ def heldout_prompt_messages(domain: Domain, history_options, picks, choices, hel
 # -- belief elicitation ------------------------------------------------------------------------------
 # The study also asked assistants, during the dialogue, what they thought the user's preference on each
 # feature was.  The scale's points (1..5) map to the feature's weight levels in ascending order
-# (eval/belief_scale.py); the question names the feature and its lowest and highest values.
+# (eval/beliefs/scale.py); the question names the feature and its lowest and highest values.
 BELIEF_SCALE = default_template().fields["belief_scale"]  # the default wording (reports name the points with it)
 
 

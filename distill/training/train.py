@@ -5,7 +5,7 @@ Public API::
 
     train(config: TrainConfig, dataset_path, out_dir, *, model=None, resume=False, on_step_end=None,
           lr_lambda=None) -> TrainResult
-    main(argv=None)   # python -m distill.train --config cfg.json --data train.jsonl --out runs/x [--resume]
+    main(argv=None)   # python -m distill.training.train --config cfg.json --data train.jsonl --out runs/x [--resume]
 
 ``model`` is a name/path (overrides ``config.model_name_or_path``) or an already-built ``(model,
 tokenizer)`` pair.  ``resume=True`` continues from the last complete checkpoint in ``out_dir``.
@@ -51,14 +51,14 @@ from typing import Any, Callable
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
-from distill import io_utils
-from distill.chat_dataset import ChatBatch, EmptyLossMaskError, collate, load_chat_jsonl, tokenize_dataset, tokenize_workers
-from distill.loss import micro_batch_loss
-from distill.model_setup import TrainableModel, build_trainable_model, merge_adapter
-from distill.train_callbacks import (
+from eval import io_utils
+from distill.training.chat_dataset import ChatBatch, EmptyLossMaskError, collate, load_chat_jsonl, tokenize_dataset, tokenize_workers
+from distill.training.loss import micro_batch_loss
+from distill.training.model_setup import TrainableModel, build_trainable_model, merge_adapter
+from distill.training.callbacks import (
     BudgetCallback, BudgetProgressCallback, CompleteMarker, LossPlotCallback, StepRecorder,
 )
-from distill.train_config import ConfigError, OutputDirInUseError, TrainConfig
+from distill.training.config import ConfigError, OutputDirInUseError, TrainConfig
 
 logger = logging.getLogger(__name__)
 
@@ -140,7 +140,7 @@ class DistillTrainer(Trainer):
 
 
 class ChatDataset(torch.utils.data.Dataset):
-    """The tokenised conversations (input ids, assistant masks from eval.chat_format's segments, soft-target
+    """The tokenised conversations (input ids, assistant masks from eval.text.chat_format's segments, soft-target
     candidates), indexed for the Trainer's sampler."""
 
     def __init__(self, examples):

@@ -19,7 +19,7 @@ from ppl_models import Domain
 from ppl_models.errors import BayesTeachError
 from ppl_models.linear import linear_utility
 
-from .dialogue_text import BELIEF_SCALE
+from eval.text.dialogue import BELIEF_SCALE
 
 N_SCALE_POINTS = len(BELIEF_SCALE)
 

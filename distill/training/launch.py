@@ -12,7 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from distill.train_config import ConfigError
+from distill.training.config import ConfigError
 
 _CHOICES = {  # values accelerate's launcher / plugins accept for these keys
     "zero_stage": {0, 1, 2, 3},

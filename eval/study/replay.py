@@ -1,6 +1,6 @@
 """Replaying the study's released files with any assistant, through the same protocol code as simulated users.
 
-``replay_study`` plays a ``StudyReplay`` (``eval/study_data.py``) with ``run_protocol`` and builds the usual
+``replay_study`` plays a ``StudyReplay`` (``eval/study/released.py``) with ``run_protocol`` and builds the usual
 report, plus ``study_data``: the files read (path, sha256, line count), each user's line and ``idx``, the
 users whose posterior the observed choices empty under the domain's user model (real people under the
 deterministic model: ``--user-lapse``/``--user-temperature`` model them), and the loader's notes.  On the
@@ -15,11 +15,12 @@ import torch
 from ppl_models import infer
 from ppl_models.errors import BayesTeachError
 
-from .assistants import Assistant, BayesianAssistant
-from .metrics import summarise
-from .protocol import EvaluationRun, run_protocol
-from .report import build_report
-from .study_data import StudyReplay
+from eval.assistants import Assistant, BayesianAssistant
+from eval.beliefs import belief_levels, elicit_beliefs as elicit
+from eval.metrics import summarise
+from eval.protocol import EvaluationRun, run_protocol
+from eval.report import build_report
+from eval.study.released import StudyReplay
 
 
 class NoExactAssistantError(BayesTeachError):
@@ -59,8 +60,11 @@ def replay_study(study: StudyReplay, assistant: Assistant, seed: int = 0, elicit
             "no exact Bayesian assistant exists for the released webshop files: their shoppers are scored "
             "options, not a preference model over the option texts (use an LM, oracle or random)"
         )
-    run = run_protocol(study.domain, assistant, seed=seed, reference=not webshop, elicit_beliefs=elicit_beliefs,
-                       progress=progress, data=study.data)
+    if elicit_beliefs:
+        belief_levels(study.domain)  # fail before playing on a domain without per-feature weights
+    run = run_protocol(study.domain, assistant, seed=seed, reference=not webshop, progress=progress, data=study.data)
+    if elicit_beliefs:
+        run.beliefs = elicit(run, assistant, progress)
     extra_metrics = {"score_vs_best": summarise(score_vs_best(run, study.heldout_scores), seed)} if webshop else None
     report = build_report(run, extra_metrics=extra_metrics, **ids)
     empty = empty_posteriors(study)

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from eval.chat_format import (
+from eval.text.chat_format import (
     ChatTemplateError, encode_segment, join_segments, render_chat, tokenize_chat, tokenize_segments,
 )
 from ppl_models.errors import BayesTeachError

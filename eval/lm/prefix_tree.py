@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import torch
 
-from eval.lm_scoring import ModelCall, RoundIds
+from eval.lm.scoring import ModelCall, RoundIds
 
 # Never pack more tokens than this into one forward: dense attention over the chunk costs chunk x (root +
 # chunk), so very long chunks waste work on masked pairs.

@@ -24,16 +24,17 @@ import torch
 from ppl_models.errors import BayesTeachError
 from ppl_models.rng import generator
 
-from .assistants import Assistant, Recommendation, RecommendRequest, pick_argmax, truncate_request
-from .belief_scale import N_SCALE_POINTS, StatedBeliefs, belief_sites
-from .dialogue_text import (
+from eval.assistants import Assistant, Recommendation, RecommendRequest, pick_argmax, truncate_request
+from eval.beliefs.scale import N_SCALE_POINTS, StatedBeliefs, belief_sites
+from eval.text.dialogue import (
     PromptTemplate, belief_candidate_answers, belief_prompt_messages, candidate_answers, default_template,
     heldout_prompt_messages, match_answer, match_belief_answer,
 )
-from .lm import (
-    ChoiceScorer, LoadedLM, RoundRequest, answer_line, answer_sentence, parse_belief_answer, parse_option_answer,
-)
-from .student_card import check_student_domain, read_student_card
+from eval.lm.answers import answer_line, answer_sentence, parse_belief_answer, parse_option_answer
+from eval.lm.loading import LoadedLM
+from eval.lm.scorer import ChoiceScorer
+from eval.lm.scoring import RoundRequest
+from eval.student_card import check_student_domain, read_student_card
 
 
 class LMAssistant(Assistant):

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from eval.chat_format import ChatTemplateError, chat_segments, encode_segment, tokenize_chat
+from eval.text.chat_format import ChatTemplateError, chat_segments, encode_segment, tokenize_chat
 
 # How much memory one candidate forward may use for its logits and its copy of the cache.
 DEFAULT_MEMORY_BUDGET_BYTES = 1 << 30

@@ -24,7 +24,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import TrainerCallback
 
-from distill import io_utils
+from eval import io_utils
 
 
 def _all_processes_max(value: float, device) -> float:

@@ -25,7 +25,6 @@ user-round with any failed answer is undefined (-1: counted wrong, and inconsist
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 
@@ -33,12 +32,10 @@ from ppl_models import Domain, infer
 from ppl_models.choice import TIE_TOLERANCE
 from ppl_models.rng import generator
 
-from .assistants import Assistant, RecommendRequest, pick_argmax
-from .belief_scale import belief_levels, belief_sites, expected_weights
-from .dialogue_text import BELIEF_SCALE
+from eval.records import EvaluationRun, RecommendRequest, pick_argmax
+from eval.beliefs.scale import belief_levels, belief_sites, expected_weights
+from eval.text.dialogue import BELIEF_SCALE
 
-if TYPE_CHECKING:
-    from .protocol import EvaluationRun
 
 SIGN_TOLERANCE = 1e-6  # |weight| below this counts as 0 for sign agreement
 
@@ -89,7 +86,7 @@ def implied_picks(domain: Domain, weights: torch.Tensor, option_sets: torch.Tens
     return torch.stack(picks, dim=1)
 
 
-def elicit_beliefs(run: "EvaluationRun", assistant: Assistant, progress=None) -> BeliefRun:
+def elicit_beliefs(run: EvaluationRun, assistant, progress=None) -> BeliefRun:
     """Ask ``assistant`` for its beliefs after each history length of ``run``'s dialogues (its own picks in
     the history), and compute the Bayesian reference and the implied picks on ``run``'s held-out sets."""
     domain = run.domain
@@ -113,7 +110,7 @@ def _sign(x: torch.Tensor) -> torch.Tensor:
     return torch.where(x.abs() < SIGN_TOLERANCE, 0.0, torch.sign(x))
 
 
-def per_user_belief_metrics(run: "EvaluationRun") -> dict:
+def per_user_belief_metrics(run: EvaluationRun) -> dict:
     """The belief metrics of the module docstring, per user and round: name -> [N, R+1] (NaN where a
     user-round has no answered question)."""
     beliefs = run.beliefs
@@ -132,7 +129,7 @@ def per_user_belief_metrics(run: "EvaluationRun") -> dict:
     return metrics
 
 
-def belief_report(run: "EvaluationRun") -> dict:
+def belief_report(run: EvaluationRun) -> dict:
     """The ``beliefs`` section of a report: what was asked, and how the scale maps to weights."""
     beliefs = run.beliefs
     return {
@@ -144,7 +141,7 @@ def belief_report(run: "EvaluationRun") -> dict:
     }
 
 
-def plot_beliefs(run: "EvaluationRun", report: dict, out) -> None:
+def plot_beliefs(run: EvaluationRun, report: dict, out) -> None:
     """DIR/beliefs.png: stated against posterior-mean weight per (user, feature) after 0, 1 and R rounds,
     and the belief metrics per round with their 95% intervals."""
     import matplotlib.pyplot as plt

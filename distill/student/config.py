@@ -1,12 +1,12 @@
 """The embedded student's settings: its shape, its tokenizer choices and its training defaults, in one
 ``StudentConfig`` that extends the trainer's ``TrainConfig`` (the same fields, read by the same trainer), saved
-inside every run.  Why each default is what it is: the comment above it (measurements in ``distill/student.py``).
+inside every run.  Why each default is what it is: the comment above it (measurements in ``distill/student/model.py``).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .train_config import DEFAULT_BUDGET_MINUTES, TrainConfig
+from distill.training.config import DEFAULT_BUDGET_MINUTES, TrainConfig
 
 
 @dataclass

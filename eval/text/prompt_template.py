@@ -1,8 +1,8 @@
 """Prompt templates as data: the wording of every prompt, read from a small JSON file and checked.
 
-``eval/templates/default.json`` is today's wording (what the shipped students were trained on); a user's file
+``eval/text/templates/default.json`` is today's wording (what the shipped students were trained on); a user's file
 with the same fields changes the text of teaching data and evaluation prompts alike, e.g. to match the text a
-released checkpoint was trained on.  ``eval.dialogue_text`` is still the one place prompts are made: it fills
+released checkpoint was trained on.  ``eval.text.dialogue`` is still the one place prompts are made: it fills
 these fields.  The layout around the fields is fixed (see ``dialogue_text``): a user turn is the opening
 (instructions or feedback), a blank line, the round header, one option line per option, and the question.
 

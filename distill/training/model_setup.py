@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from distill.train_config import ConfigError, TrainConfig
+from distill.training.config import ConfigError, TrainConfig
 from ppl_models.errors import BayesTeachError
 
 
@@ -49,11 +49,11 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 
 
 def load_tokenizer(source: str, trust_remote_code: bool = False):
-    """The tokenizer of a model folder, hub id, GGUF file or alias (``eval.lm_loading.pretrained_source``): the
+    """The tokenizer of a model folder, hub id, GGUF file or alias (``eval.lm.loading.pretrained_source``): the
     one place training loads it."""
     from transformers import AutoTokenizer
 
-    from eval.lm_loading import pretrained_source
+    from eval.lm.loading import pretrained_source
 
     folder, extra = pretrained_source(source)
     try:
@@ -67,7 +67,7 @@ def load_base_model(source: str, config: TrainConfig, device: torch.device, quan
     (the one place training loads it), with config.dtype and config.attn_implementation."""
     from transformers import AutoModelForCausalLM
 
-    from eval.lm_loading import pretrained_source
+    from eval.lm.loading import pretrained_source
 
     source, extra = pretrained_source(source)
     dtype = resolve_dtype(config.dtype, device)

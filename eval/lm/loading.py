@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from eval.chat_format import has_chat_template
+from eval.text.chat_format import has_chat_template
 from ppl_models.errors import BayesTeachError
 
 # "org/name" or "name": what a Hugging Face hub id looks like (no leading "./", "/", "~", no "..").

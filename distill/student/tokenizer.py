@@ -1,8 +1,8 @@
 """The embedded student's text side: a phrase-level tokenizer made for one domain and its chat template.
 
-See ``distill.student`` for why the text is rendered this way (restated choices, the answer right after the
+See ``distill.student.model`` for why the text is rendered this way (restated choices, the answer right after the
 last option line, no round markers) and what each choice measured.  All fixed wording (instructions, headers,
-answers, feedback) comes from the prompt template (``eval.dialogue_text``), so a student built with a custom
+answers, feedback) comes from the prompt template (``eval.text.dialogue``), so a student built with a custom
 template reads exactly the text its teaching data holds; its chat template's edits are derived from the same
 template (``template_parts``).
 """
@@ -11,12 +11,12 @@ from __future__ import annotations
 import math
 import re
 
-from eval.chat_format import SEGMENT_MARKER, mark_own_chat_template, register_segmented_template
-from eval.dialogue_text import (
+from eval.text.chat_format import SEGMENT_MARKER, mark_own_chat_template, register_segmented_template
+from eval.text.dialogue import (
     PromptTemplate, answer_text, default_template, noun_title, option_line, question_text, round_header,
     task_instructions,
 )
-from eval.prompt_template import PromptTemplateError
+from eval.text.prompt_template import PromptTemplateError
 from ppl_models import Domain
 
 SPECIAL_TOKENS = ["<pad>", "<unk>", "<|end|>", "<|system|>", "<|user|>", "<|assistant|>"]
@@ -92,7 +92,7 @@ def value_combinations(domain: Domain, limit: int = MAX_OPTION_TOKENS):
 
 
 def option_descriptions(domain: Domain, limit: int = MAX_OPTION_TOKENS, template: PromptTemplate | None = None):
-    """Every option line ``eval.dialogue_text.options_text`` can write ("Hotel 2: distance to downtown: 3
+    """Every option line ``eval.text.dialogue.options_text`` can write ("Hotel 2: distance to downtown: 3
     miles, price: $460, ..."), with its option number (0-based) and value indices: a list of
     (text, number, index tuple); None when there are more than ``limit`` of them."""
     combinations = value_combinations(domain, limit)
@@ -136,7 +136,7 @@ def student_chat_template(domain: Domain, restate: bool = False, answer_after_op
     prompt template's (``template_parts``; the default's are quoted above).
 
     ``segment_marker``: written after each message's text (the segmented twin that
-    ``eval.chat_format.register_segmented_template`` takes: one rendering gives every message's segment).
+    ``eval.text.chat_format.register_segmented_template`` takes: one rendering gives every message's segment).
     """
     parts = template_parts(domain, template)
     question = "\n" + question_text(domain, template)
@@ -194,7 +194,7 @@ def student_chat_template(domain: Domain, restate: bool = False, answer_after_op
 
 def own_chat_template(domain: Domain, options: dict, template: PromptTemplate | None = None) -> str:
     """``student_chat_template(domain, **options)``, with its segmented twin registered
-    (``eval.chat_format.register_segmented_template``): the student's template as this process builds it."""
+    (``eval.text.chat_format.register_segmented_template``): the student's template as this process builds it."""
     built = student_chat_template(domain, **options, template=template)
     register_segmented_template(built, student_chat_template(domain, **options, template=template,
                                                              segment_marker=SEGMENT_MARKER))
@@ -299,6 +299,6 @@ def build_tokenizer(domain: Domain, merge_values: bool = True, option_tokens: bo
     tokenizer.bayes_teach_template_options = dict(zip(TEMPLATE_OPTION_NAMES, (
         restate, answer_after_options, round_markers, bool(rejected))))
     tokenizer.chat_template = own_chat_template(domain, tokenizer.bayes_teach_template_options, template)
-    mark_own_chat_template(tokenizer)  # rendered without transformers' sandbox in this process (eval/chat_format.py)
+    mark_own_chat_template(tokenizer)  # rendered without transformers' sandbox in this process (eval/text/chat_format.py)
     tokenizer.model_max_length = 10**6
     return tokenizer

@@ -9,7 +9,7 @@ A reader (a resumed run, an evaluation script, a person) must never see a half-w
   crash at any moment leaves either the old state or the new one, never something in between.
 
 transformers' Trainer writes its checkpoints (``checkpoint-N/``: weights or adapter, optimizer, scheduler,
-RNG states, trainer_state.json) in place; ``distill.train_callbacks.CompleteMarker`` adds the ``COMPLETE``
+RNG states, trainer_state.json) in place; ``distill.training.callbacks.CompleteMarker`` adds the ``COMPLETE``
 marker once the Trainer is done with one, and a resumed run starts from the newest marked one.
 """
 from __future__ import annotations

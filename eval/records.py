@@ -1,0 +1,97 @@
+"""The records through which assistants, back-ends, the protocol and the metrics meet.
+
+An assistant sees a ``RecommendRequest`` (the dialogue so far and new option sets, batched over dialogues)
+and answers with a ``Recommendation``.  The protocol plays ``ProtocolData`` (users, dialogues, held-out
+sets) and returns an ``EvaluationRun``, which the metrics, beliefs and reports read.  This module is a leaf
+of ``eval``: everything else may import it, it imports only ``ppl_models``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ppl_models import Domain
+
+N_HELDOUT = 100  # held-out option sets per user, as in the study
+
+
+@dataclass
+class RecommendRequest:
+    """What an assistant sees: ``D`` dialogues with ``r`` rounds played, and ``M`` new option sets each."""
+
+    domain: Domain
+    history_options: torch.Tensor  # long [D, r, O, F]
+    history_picks: torch.Tensor  # long [D, r]: the assistant's own earlier picks
+    history_choices: torch.Tensor  # long [D, r]: the user's choices (revealed after each round)
+    option_sets: torch.Tensor  # long [D, M, O, F]: the option sets to recommend on
+    seed: int = 0  # for seeded tie-breaking
+    users: torch.Tensor | None = None  # long [D]: privileged, read only by the oracle
+
+    @property
+    def n_rounds_seen(self) -> int:
+        return int(self.history_choices.shape[1])
+
+
+@dataclass
+class Recommendation:
+    probs: torch.Tensor | None  # [D, M, O]: the assistant's probability over options (None if it has none)
+    picks: torch.Tensor  # long [D, M]
+    failures: torch.Tensor | None = None  # bool [D, M]: answers that named no option (counted wrong)
+
+
+def pick_argmax(probs: torch.Tensor, gen: torch.Generator, tolerance: float = 5e-7) -> torch.Tensor:
+    """The most probable option, ties broken uniformly at random with ``gen``: long [...].
+
+    ``tolerance``: options within it of the best count as tied.  Exact inference accumulates in float32
+    (rounding ~1e-8), so exact ties must not be decided by rounding; distinct predictive probabilities differ
+    by at least 1 / (number of hypotheses), 2.6e-6 for the largest built-in domain (8-feature flight)."""
+    noise = torch.rand(probs.shape, generator=gen)
+    is_best = probs >= probs.amax(-1, keepdim=True) - tolerance
+    return torch.where(is_best, noise, -1.0).argmax(-1)
+
+
+def truncate_request(request: RecommendRequest, k: int) -> RecommendRequest:
+    """The request with only the first ``k`` rounds of its history (and its seed for round k)."""
+    return RecommendRequest(
+        request.domain,
+        request.history_options[:, :k],
+        request.history_picks[:, :k],
+        request.history_choices[:, :k],
+        request.option_sets,
+        request.seed * 1000 + k,
+        request.users,
+    )
+
+
+@dataclass
+class EvaluationRun:
+    """Everything the metrics need; N users, R rounds, M held-out sets, O options."""
+
+    domain: Domain
+    assistant: str
+    seed: int
+    users: torch.Tensor  # long [N]
+    dialogue_options: torch.Tensor  # long [N, R, O, F]: the observed dialogue
+    dialogue_choices: torch.Tensor  # long [N, R]
+    dialogue_picks: torch.Tensor  # long [N, R]: the assistant's picks during the dialogue
+    heldout_options: torch.Tensor  # long [N, M, O, F]
+    heldout_choices: torch.Tensor  # long [N, M]
+    picks: torch.Tensor  # long [N, R+1, M]: after 0..R observed rounds
+    probs: torch.Tensor | None  # [N, R+1, M, O]
+    failures: torch.Tensor  # bool [N, R+1, M]: answers naming no option
+    reference_probs: torch.Tensor | None  # [N, R+1, M, O]: the Bayesian assistant's posterior predictive
+    reference_picks: torch.Tensor | None  # long [N, R+1, M]
+    user_domain: Domain  # the domain (and noise model) that simulated the users
+    beliefs: object | None = None  # an eval.beliefs.BeliefRun: stated beliefs after 0..R rounds, when elicited
+
+
+@dataclass
+class ProtocolData:
+    """What the assistant is played on: N users, R observed rounds, M held-out sets, O options, F features."""
+
+    users: torch.Tensor  # long [N]: each user's hypothesis index (read by the oracle only)
+    dialogue_options: torch.Tensor  # long [N, R, O, F]
+    dialogue_choices: torch.Tensor  # long [N, R]
+    heldout_options: torch.Tensor  # long [N, M, O, F]
+    heldout_choices: torch.Tensor  # long [N, M]
