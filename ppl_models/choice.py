@@ -110,14 +110,50 @@ class UtilityChoice(TorchDistribution):
 
     def probs(self):
         """Probability of every option: ``[..., n_options]`` (float32; float64 for a noisy user)."""
+        return self.probs_and_entropy(with_entropy=False)[0]
+
+    def probs_and_entropy(self, with_entropy: bool = True):
+        """``(probs(), entropy())`` from one pass over the utilities (see ``entropy``; None without
+        ``with_entropy``).
+
+        The deterministic user's probabilities are 1/(number tied) for the tied-best options and 0 for the
+        others (float32, mixed with the lapse); they are written option by option into a tensor of the
+        utility's memory layout (option-major from ``linear_utility``), so every step is elementwise over
+        contiguous blocks instead of a reduction over a strided last dimension."""
         if self.temperature > 0:
-            return self.log_probs().to(torch.float64).exp_()
-        threshold = self.utility.amax(-1, keepdim=True).sub_(self.tie_tolerance)
-        is_best = torch.ge(self.utility, threshold, out=torch.empty_like(self.utility, dtype=torch.float32))
-        probs = is_best.div_(is_best.sum(-1, keepdim=True))
+            log_probs = self.log_probs().to(torch.float64)
+            probs = log_probs.exp()
+            if not with_entropy:
+                return probs, None
+            return probs, -(probs * log_probs).nan_to_num_(0.0).sum(-1)  # 0 log 0 = 0
+        options = self.utility.unbind(-1)
+        threshold = torch.maximum(options[0], options[1])
+        for option in options[2:]:
+            torch.maximum(threshold, option, out=threshold)
+        threshold.sub_(self.tie_tolerance)  # best - tolerance, as in log_prob
+        dtype = threshold.dtype if threshold.is_floating_point() else torch.float32
+        probs = torch.empty_like(self.utility, dtype=dtype)  # the utility's layout
+        is_best = probs.unbind(-1)
+        n_best = torch.ge(options[0], threshold, out=is_best[0]).clone()
+        for o in range(1, self.n_options):
+            n_best += torch.ge(options[o], threshold, out=is_best[o])
+        count = n_best.to(torch.int32) if with_entropy else None
+        probs.div_(n_best.unsqueeze(-1))  # n_best >= 1: the best option is always among the best
         if self.lapse > 0:
             probs.mul_(1.0 - self.lapse).add_(self.lapse / self.n_options)
-        return probs
+        if not with_entropy:
+            return probs, None
+        table = _entropy_table(self.n_options, self.lapse)
+        return probs, table.index_select(0, count.reshape(-1)).reshape(count.shape)
+
+    def entropy(self):
+        """The entropy (nats) of the choice under each batch element: ``[...]``, float64.
+
+        Deterministic user: the ``k`` options tied for best are taken with probability ``(1 - lapse) / k +
+        lapse / n_options`` each and the others with ``lapse / n_options``, so the entropy depends only on
+        ``k`` and is read off a table of ``n_options + 1`` entries (no logarithm per element); a noisy
+        user's is ``-sum p log p`` over the options."""
+        return self.probs_and_entropy()[1]
 
     def _minus_log_count(self, count):
         """``-log(count)`` for counts of tied options (uint8), with ``-inf`` for a count of 0."""
@@ -172,3 +208,16 @@ def _minus_log_table(n_options, dtype, device):
     counts = torch.arange(1, n_options + 1, dtype=dtype, device=device)
     logs = torch.log(counts.repeat(max(1, -(-64 // n_options))))[:n_options]
     return torch.cat([torch.full((1,), -math.inf, dtype=dtype, device=device), -logs])
+
+
+@functools.lru_cache(maxsize=None)
+def _entropy_table(n_options, lapse):
+    """Entry k (1..n_options): the entropy of a deterministic choice with k options tied for best, mixed
+    with a uniform lapse; entry 0 is unused (the best option is always among the best)."""
+    entropies = [0.0]
+    for k in range(1, n_options + 1):
+        tied = (1.0 - lapse) / k + lapse / n_options
+        other = lapse / n_options
+        terms = k * tied * math.log(tied) + ((n_options - k) * other * math.log(other) if other > 0 else 0.0)
+        entropies.append(-terms)
+    return torch.tensor(entropies, dtype=torch.float64)

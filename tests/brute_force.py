@@ -51,3 +51,23 @@ def predictive(domain, post, option_rows, temperature=0.0, lapse=0.0):
         for o, q in enumerate(choice_probs(weights, values, temperature, lapse)):
             out[o] += p * q
     return out
+
+
+def entropy(probs):
+    """-sum p log p in nats (0 log 0 = 0)."""
+    return -sum(p * math.log(p) for p in probs if p > 0)
+
+
+def information_gain(post, choice_table):
+    """The mutual information between the next choice and the preferences, by its definition:
+    ``post`` {key: p(key | history)}, ``choice_table`` {key: [p(choose option o | key)]}.
+    I = H[sum_key p(key) p(. | key)] - sum_key p(key) H[p(. | key)]."""
+    n_options = len(next(iter(choice_table.values())))
+    predictive = [sum(p * choice_table[key][o] for key, p in post.items()) for o in range(n_options)]
+    return entropy(predictive) - sum(p * entropy(choice_table[key]) for key, p in post.items())
+
+
+def linear_information_gain(domain, post, option_rows, temperature=0.0, lapse=0.0):
+    """The information gain of one option set (rows [O, F]) for a linear domain's posterior {weights: p}."""
+    values = option_values(domain, option_rows)
+    return information_gain(post, {w: choice_probs(w, values, temperature, lapse) for w in post})
