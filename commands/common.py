@@ -29,6 +29,27 @@ def domain_options(function):
     )(function)
 
 
+def design_options(function):
+    function = click.option(
+        "--candidates", "n_candidates", type=int, default=100, show_default=True,
+        help="With --design active: how many option sets are drawn from the domain in each round, of which the one "
+             "with the highest information gain is shown.",
+    )(function)
+    return click.option(
+        "--design", default="random", show_default=True,
+        help="Who chooses each observed round's option set: random (drawn at random, the study's protocol) or active "
+             "(the Bayesian designer: the candidate with the highest exact expected information gain about the user, "
+             "given the rounds so far). The held-out sets are the same either way.",
+    )(function)
+
+
+def check_design_options(design, n_candidates, domain=None, study_data=False):
+    """Refuse an unknown design, --candidates below 1, or an active design that cannot run: one line, exit 2."""
+    from eval.design import check_design
+
+    check_design(design, n_candidates, domain, study_data)
+
+
 def prompt_template_option(function):
     return click.option(
         "--prompt-template", type=click.Path(dir_okay=False), default=None,
@@ -59,18 +80,21 @@ def progress_bar(total, description):
     return tqdm(total=total, desc=description, unit="step", leave=False, file=sys.stderr)
 
 
-def run_and_report(domain, assistant, n_users, seed, n_heldout, elicit_beliefs=False, users=None, **ids):
-    """(the EvaluationRun, its report); ``users``: these user ids instead of ``n_users`` drawn at random."""
+def run_and_report(domain, assistant, n_users, seed, n_heldout, elicit_beliefs=False, users=None, design="random",
+                   n_candidates=100, **ids):
+    """(the EvaluationRun, its report); ``users``: these user ids instead of ``n_users`` drawn at random;
+    ``design``, ``n_candidates``: who chooses the observed option sets (``eval.design``)."""
     from eval.beliefs import belief_levels, elicit_beliefs as elicit
-    from eval.protocol import run_protocol
+    from eval.design import run_designed_protocol
     from eval.report import build_report
 
     if elicit_beliefs:
         belief_levels(domain)  # fail before playing on a domain whose preferences are not per-feature weights
-    bar = progress_bar(domain.n_rounds + 1 + int(elicit_beliefs), f"{assistant.name} on {domain.name}")
+    steps = domain.n_rounds * (1 + int(design == "active")) + 1 + int(elicit_beliefs)
+    bar = progress_bar(steps, f"{assistant.name} on {domain.name}")
     try:
-        run = run_protocol(domain, assistant, n_users=n_users, users=users, seed=seed, n_heldout=n_heldout,
-                           progress=bar.update)
+        run = run_designed_protocol(domain, assistant, design=design, n_candidates=n_candidates, n_users=n_users,
+                                    users=users, seed=seed, n_heldout=n_heldout, progress=bar.update)
         if elicit_beliefs:
             run.beliefs = elicit(run, assistant, bar.update)
     finally:

@@ -6,18 +6,27 @@ from pathlib import Path
 
 import click
 
-from commands.common import DTYPE_CHOICES, domain_options, load_domain, progress_bar, run_and_report
+from commands.common import (
+    DTYPE_CHOICES, check_design_options, design_options, domain_options, load_domain, progress_bar, run_and_report,
+)
 
 
-def reference_reports(domain, n_users, seed, n_heldout, users=None):
-    """The Bayesian assistant's and random's reports on the same users, drawn dashed in accuracy plots."""
+def reference_reports(domain, n_users, seed, n_heldout, users=None, design="random", n_candidates=100, data=None):
+    """The Bayesian assistant's and random's reports on the same users (and the same designed dialogues:
+    ``data``, the evaluated run's, or designed again), drawn dashed in accuracy plots."""
     from eval.assistants import BayesianAssistant, RandomAssistant
+    from eval.design import run_designed_protocol
     from eval.protocol import run_protocol
     from eval.report import build_report
 
     reports = []
     for assistant in (BayesianAssistant(), RandomAssistant()):
-        run = run_protocol(domain, assistant, n_users=n_users, users=users, seed=seed, n_heldout=n_heldout)
+        if data is not None:
+            run = run_protocol(domain, assistant, seed=seed, data=data[0])
+            run.design = data[1]
+        else:
+            run = run_designed_protocol(domain, assistant, design=design, n_candidates=n_candidates, n_users=n_users,
+                                        users=users, seed=seed, n_heldout=n_heldout)
         reports.append(build_report(run, extra={"label": f"{assistant.name} (reference)"}))
     return reports
 
@@ -77,9 +86,10 @@ def lm_assistant(model, adapter, mode, load_in_4bit, label=None, template=None, 
 @click.option("--study-file", default=None,
               help="With --study-data: the release file to replay, e.g. flight_human or webshop/area_rugs (default: "
                    "the domain's own, e.g. flight_3features for flight3).")
+@design_options
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Directory for report.json and accuracy.png.")
 def evaluate(domain, catalog, user_temperature, user_lapse, assistant, model, adapter, mode, load_in_4bit, dtype, n_users,
-             users_of, seed, heldout, elicit_beliefs, prompt_template, study_dir, study_file, out_dir):
+             users_of, seed, heldout, elicit_beliefs, prompt_template, study_dir, study_file, design, n_candidates, out_dir):
     """Evaluate an assistant or a language model with the study's protocol.
 
     Writes DIR/report.json (per-round accuracy, agreement with the Bayesian assistant, log-loss, KL and Brier
@@ -92,6 +102,7 @@ def evaluate(domain, catalog, user_temperature, user_lapse, assistant, model, ad
     from eval.beliefs.scale import belief_levels, is_elicitable
     from eval.beliefs.elicitation import plot_beliefs
     from eval.text.prompt_template import template_for_model
+    from eval.records import ProtocolData
     from eval.report import plot_reports, run_table, save_report
     from eval.student_card import check_student_domain, read_student_card
 
@@ -105,7 +116,9 @@ def evaluate(domain, catalog, user_temperature, user_lapse, assistant, model, ad
         raise click.UsageError("--study-file needs --study-data")
     if users_of and study_dir:
         raise click.UsageError("--users-of and --study-data both choose the users: give one")
+    check_design_options(design, n_candidates, study_data=bool(study_dir))
     loaded = load_domain(domain, catalog, user_temperature, user_lapse)
+    check_design_options(design, n_candidates, loaded)
     users = None
     if users_of:  # the users a teaching set held out of teaching
         from distill.teaching_data import held_out_users
@@ -129,8 +142,8 @@ def evaluate(domain, catalog, user_temperature, user_lapse, assistant, model, ad
         elicit_beliefs = not model and is_elicitable(loaded)
     elif elicit_beliefs:
         belief_levels(loaded)  # a domain without per-feature weights: a clear error before any work
-    run, report = run_and_report(loaded, chosen, n_users, seed, heldout, elicit_beliefs, users=users,
-                                 model=model, adapter=adapter, mode=mode if model else None,
+    run, report = run_and_report(loaded, chosen, n_users, seed, heldout, elicit_beliefs, users=users, design=design,
+                                 n_candidates=n_candidates, model=model, adapter=adapter, mode=mode if model else None,
                                  extra={"dtype": dtype} if model else None)
     out = Path(out_dir)
     if users_of:
@@ -141,7 +154,9 @@ def evaluate(domain, catalog, user_temperature, user_lapse, assistant, model, ad
             words = template.fields["belief_scale"]
             report["beliefs"]["scale"] = {str(point): text for point, text in enumerate(words, start=1)}
     save_report(report, out / "report.json")
-    plot_reports([report], out / "accuracy.png", references=reference_reports(loaded, n_users, seed, heldout, users),
+    data = (ProtocolData(run.users, run.dialogue_options, run.dialogue_choices, run.heldout_options, run.heldout_choices),
+            run.design)
+    plot_reports([report], out / "accuracy.png", references=reference_reports(loaded, n_users, seed, heldout, users, data=data),
                  title=f"{loaded.name}: accuracy on held-out option sets")
     if elicit_beliefs:
         plot_beliefs(run, report, out / "beliefs.png")

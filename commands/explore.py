@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from commands.common import domain_options, load_domain, run_and_report
+from commands.common import check_design_options, design_options, domain_options, load_domain, run_and_report
 
 
 @click.command()
@@ -37,18 +37,24 @@ def domains():
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for users, options and choices.")
 @click.option("--heldout", type=click.IntRange(min=1), default=100, show_default=True,
               help="Held-out option sets per user for the accuracy after each round.")
+@design_options
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="Write the JSON report to this file.")
-def simulate(domain, catalog, user_temperature, user_lapse, assistant, n_users, seed, heldout, out):
+def simulate(domain, catalog, user_temperature, user_lapse, assistant, n_users, seed, heldout, design, n_candidates, out):
     """Simulate users talking to an assistant and print its per-round accuracy.
 
     Follows the study's protocol: after 0..5 observed rounds the assistant recommends on held-out option
-    sets; accuracy is the fraction it gets right, with 95% bootstrap intervals over users.
+    sets; accuracy is the fraction it gets right, with 95% bootstrap intervals over users.  With --design
+    active the observed rounds' option sets are chosen by exact expected information gain; the table shows
+    each round's gain (nats) beside the accuracy.
     """
     from eval.assistants import make_assistant
     from eval.report import run_table, save_report
 
+    check_design_options(design, n_candidates)
     loaded = load_domain(domain, catalog, user_temperature, user_lapse)
-    _, report = run_and_report(loaded, make_assistant(assistant), n_users, seed, heldout)
+    check_design_options(design, n_candidates, loaded)
+    _, report = run_and_report(loaded, make_assistant(assistant), n_users, seed, heldout, design=design,
+                               n_candidates=n_candidates)
     click.echo(f"{assistant} assistant on {loaded.name}, {report['n_users']} users, seed {seed}")
     click.echo(run_table(report))
     if out:

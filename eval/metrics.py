@@ -59,6 +59,9 @@ def per_user_metrics(run: EvaluationRun) -> dict:
             metrics["brier_vs_bayesian"] = ((run.probs.double() - reference) ** 2).sum(-1).mean(-1)
     if run.beliefs is not None:
         metrics.update(per_user_belief_metrics(run))
+    if run.design is not None:  # round r's shown set sits beside the accuracy after r rounds (none before round 1)
+        gain = run.design.information_gain
+        metrics["information_gain"] = torch.cat([torch.full_like(gain[:, :1], float("nan")), gain], dim=1)
     return metrics
 
 

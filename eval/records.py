@@ -84,6 +84,7 @@ class EvaluationRun:
     reference_picks: torch.Tensor | None  # long [N, R+1, M]
     user_domain: Domain  # the domain (and noise model) that simulated the users
     beliefs: object | None = None  # an eval.beliefs.BeliefRun: stated beliefs after 0..R rounds, when elicited
+    design: object | None = None  # an eval.design.DesignRecord: who chose the observed sets, their information gain
 
 
 @dataclass

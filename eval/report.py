@@ -11,6 +11,8 @@ Schema (``"schema": "bayes-teach/report/v1"``)::
      "failures": {"unparseable_answers": int, "unparseable_belief_answers": int (with beliefs)},
      "beliefs": {"elicited", "scale", "levels", "distribution", "questions"},   # only when elicited
      "study_data": {"kind", "files", "users", "exact_bayesian_assistant", "empty_posterior", "notes"},
+     "design": {"design", "candidates", "rounds_shown", "information_gain_nats", "total_information_gain_nats",
+                "candidate_mean_gain_nats" (active only)},  # simulated dialogues: who chose the shown sets
                                                    # only for a replay of released files (eval/study/replay.py)
      "extra": {...}}                              # anything a command adds (e.g. training summaries)
 
@@ -76,7 +78,28 @@ def build_report(run: EvaluationRun, *, model=None, adapter=None, mode=None, ext
     }
     if run.beliefs is not None:
         report["beliefs"] = belief_report(run)
+    if run.design is not None:
+        report["design"] = design_report(run)
     return report
+
+
+def design_report(run: EvaluationRun) -> dict:
+    """Who chose the observed option sets and the information gain (nats) of each round's shown set given
+    the rounds before it (``rounds_shown``: 1..R), per-user means with 95% intervals; for the active design
+    also the mean gain of the round's candidates (what a set drawn at random from them would gain)."""
+    from eval.metrics import summarise
+
+    record = run.design
+    out = {
+        "design": record.design,
+        "candidates": record.n_candidates,
+        "rounds_shown": list(range(1, record.information_gain.shape[1] + 1)),
+        "information_gain_nats": summarise(record.information_gain, run.seed),
+        "total_information_gain_nats": summarise(record.information_gain.sum(1, keepdim=True), run.seed),
+    }
+    if record.candidate_gain is not None:
+        out["candidate_mean_gain_nats"] = summarise(record.candidate_gain, run.seed)
+    return out
 
 
 def save_report(report: dict, path) -> Path:
@@ -136,7 +159,15 @@ def run_table(report: dict) -> str:
     }
     if "agreement_with_bayesian" in metrics:
         columns["agree w/ bayes %"] = metrics["agreement_with_bayesian"]["mean"]
-    table = format_table(columns, report["rounds"])
+    raw = ()
+    if "information_gain" in metrics:  # the gain of round r's shown set, beside the accuracy after r rounds
+        columns["gain of round (nats)"] = metrics["information_gain"]["mean"]
+        raw = ("gain of round (nats)",)
+    table = format_table(columns, report["rounds"], raw=raw)
+    if "design" in report:
+        design = report["design"]
+        table = (f"design: {design['design']}" + (f", best of {design['candidates']} candidates a round" if design.get("candidates") else "")
+                 + "\n" + table)
     if "belief_error" in metrics:
         table += "\n\nstated beliefs (error: mean |stated - posterior-mean weight|):\n" + belief_table(report)
     return table
@@ -182,6 +213,16 @@ def plot_reports(reports, out=None, metric: str = "accuracy", references=None, t
             rounds, [100 * lo for lo, _ in ci], [100 * hi for _, hi in ci],
             color=line.get_color(), alpha=0.15, linewidth=0,
         )
+    gains = [(r, r["metrics"]["information_gain"]) for r in reports if "information_gain" in r["metrics"]]
+    if metric == "accuracy" and gains:  # each round's shown set's information gain, on a second axis
+        twin = axes.twinx()
+        for report, values in gains:
+            rounds = report["rounds"]
+            twin.plot(rounds, [float("nan") if v is None else v for v in values["mean"]], ":s", markersize=3,
+                      label=f"{report_label(report)}: information gain")
+        twin.set_ylabel("information gain of the round's set (nats)")
+        twin.set_ylim(bottom=0)
+        twin.legend(fontsize=7, loc="lower right")
     axes.set_xlabel("observed rounds")
     axes.set_ylabel(f"{metric.replace('_', ' ')} (%)")
     axes.set_xticks(reports[0]["rounds"] if reports else [])

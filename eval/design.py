@@ -1,0 +1,133 @@
+"""Designers: who chooses the option sets of the observed rounds.
+
+``random`` is the study's protocol: each round's options are drawn from the domain at random
+(``simulate_protocol_data``).  ``active`` is a Bayesian designer: in each round it draws ``n_candidates``
+option sets from the domain (seeded, each user their own), and shows the one with the highest exact
+expected information gain about the user's preferences given the rounds so far
+(``ppl_models.expected_information_gain``; ties broken at random, seeded); the user then chooses as always.
+Since each round's set depends on the user's earlier choices, the dialogues are simulated round by round.
+The held-out sets and the users' choices on them are the random design's, so both designs are scored on the
+same sets.  Either way the information gain (nats) of each round's shown set is recorded (``DesignRecord``),
+and any assistant, a language model included, plays the resulting dialogues through ``run_protocol``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ppl_models import Domain, current_posterior, expected_information_gain, hypothesis_space, pick_users, simulate_choices
+from ppl_models.errors import BayesTeachError
+from ppl_models.rng import generator
+
+from eval.assistants import Assistant
+from eval.protocol import run_protocol, simulate_protocol_data
+from eval.records import N_HELDOUT, EvaluationRun, ProtocolData
+
+DESIGNS = ("random", "active")
+DEFAULT_CANDIDATES = 100
+GAIN_TIE_TOLERANCE = 1e-9  # candidates whose gains differ by less are tied (the gains are float64 sums)
+
+
+class DesignError(BayesTeachError):
+    """A design that cannot run: unknown, a number of candidates below 1, or data it cannot design."""
+
+
+@dataclass
+class DesignRecord:
+    """How the observed rounds' option sets were chosen, and what each was expected to teach."""
+
+    design: str  # "random" or "active"
+    n_candidates: int | None  # candidates per round (active), None for random
+    information_gain: torch.Tensor  # float64 [N, R]: each round's shown set, given the rounds before it
+    candidate_gain: torch.Tensor | None = None  # float64 [N, R]: the mean over the round's candidates (active)
+
+
+def check_design(design: str, n_candidates: int | None, domain: Domain | None = None, study_data: bool = False) -> None:
+    """Refuse, before any work, a design that cannot run (one ``DesignError`` naming why)."""
+    if design not in DESIGNS:
+        raise DesignError(f"unknown design {design!r}; choose from {', '.join(DESIGNS)}")
+    if n_candidates is not None and n_candidates < 1:
+        raise DesignError(f"--candidates must be at least 1, got {n_candidates}")
+    if design == "active":
+        if study_data:
+            raise DesignError("--design active cannot replay released files: their observed option sets are fixed "
+                              "(use it with simulated users)")
+        if domain is not None:
+            hypothesis_space(domain)  # a domain without an enumerable prior raises its DomainError here
+
+
+def pick_most_informative(gain: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """The index of the highest gain in each row of ``gain`` [N, C], ties (within ``GAIN_TIE_TOLERANCE``)
+    broken uniformly at random; a row of NaN (an empty posterior) picks uniformly at random."""
+    gain = gain.nan_to_num(nan=0.0)
+    is_best = gain >= gain.amax(-1, keepdim=True) - GAIN_TIE_TOLERANCE
+    noise = torch.rand(gain.shape, generator=gen)
+    return torch.where(is_best, noise, -1.0).argmax(-1)
+
+
+def shown_set_gain(domain: Domain, options: torch.Tensor, choices: torch.Tensor) -> torch.Tensor:
+    """The information gain (nats) of each round's shown set given the rounds before it: float64 [N, R]."""
+    n_rounds = choices.shape[1]
+    gains = [expected_information_gain(domain, options[:, r : r + 1], options[:, :r], choices[:, :r])[:, 0]
+             for r in range(n_rounds)]
+    return torch.stack(gains, dim=1) if gains else torch.zeros((choices.shape[0], 0), dtype=torch.float64)
+
+
+def active_dialogues(domain: Domain, users: torch.Tensor, seed: int, n_candidates: int = DEFAULT_CANDIDATES,
+                     user_domain: Domain | None = None, progress=None):
+    """Observed dialogues chosen by the Bayesian designer (see the module docstring): option_index
+    [N, R, O, F], choices [N, R], the shown sets' gains [N, R] and the candidates' mean gains [N, R].
+    ``domain`` is the designer's model of the user; ``user_domain`` (default ``domain``) makes the choices."""
+    user_domain = user_domain or domain
+    n_users, n_rounds = len(users), domain.n_rounds
+    options = torch.empty((n_users, n_rounds, domain.n_options, len(domain.features)), dtype=torch.long)
+    choices = torch.empty((n_users, n_rounds), dtype=torch.long)
+    gain = torch.empty((n_users, n_rounds), dtype=torch.float64)
+    mean_gain = torch.empty((n_users, n_rounds), dtype=torch.float64)
+    posterior = None  # the prior
+    rows = torch.arange(n_users)
+    for r in range(n_rounds):
+        candidates = domain.draw_options(generator(seed, "design", "candidates", r), (n_users, n_candidates))
+        if posterior is None:
+            gains = expected_information_gain(domain, candidates)
+        else:
+            gains = expected_information_gain(domain, candidates, posterior=posterior)
+        pick = pick_most_informative(gains, generator(seed, "design", "tiebreak", r))
+        options[:, r] = candidates[rows, pick]
+        gain[:, r] = gains[rows, pick]
+        mean_gain[:, r] = gains.mean(-1)
+        choices[:, r] = simulate_choices(user_domain, users, options[:, r : r + 1],
+                                         generator(seed, "design", "choices", r))[:, 0]
+        posterior = current_posterior(domain, options[:, : r + 1], choices[:, : r + 1])
+        if progress is not None:
+            progress(1)
+    return options, choices, gain, mean_gain
+
+
+def designed_protocol_data(domain: Domain, users: torch.Tensor, seed: int, design: str = "random",
+                           n_candidates: int = DEFAULT_CANDIDATES, n_heldout: int = N_HELDOUT,
+                           user_domain: Domain | None = None, progress=None) -> tuple[ProtocolData, DesignRecord]:
+    """The protocol's data under ``design`` and its ``DesignRecord``; the held-out sets and choices are the
+    random design's (``simulate_protocol_data``) either way."""
+    check_design(design, n_candidates)
+    data = simulate_protocol_data(domain, users, seed, n_heldout, user_domain)
+    if design == "random":
+        return data, DesignRecord("random", None, shown_set_gain(domain, data.dialogue_options, data.dialogue_choices))
+    options, choices, gain, mean_gain = active_dialogues(domain, users, seed, n_candidates, user_domain, progress)
+    data = ProtocolData(users, options, choices, data.heldout_options, data.heldout_choices)
+    return data, DesignRecord("active", n_candidates, gain, mean_gain)
+
+
+def run_designed_protocol(domain: Domain, assistant: Assistant, *, design: str = "random",
+                          n_candidates: int = DEFAULT_CANDIDATES, n_users: int | None = None,
+                          users: torch.Tensor | None = None, seed: int = 0, n_heldout: int = N_HELDOUT,
+                          user_domain: Domain | None = None, progress=None, **protocol_options) -> EvaluationRun:
+    """``run_protocol`` on dialogues whose observed option sets ``design`` chose; the run's ``design``
+    holds the ``DesignRecord``."""
+    users = pick_users(domain, n_users, seed) if users is None else users
+    data, record = designed_protocol_data(domain, users, seed, design, n_candidates, n_heldout, user_domain, progress)
+    run = run_protocol(domain, assistant, seed=seed, user_domain=user_domain, progress=progress, data=data,
+                       **protocol_options)
+    run.design = record
+    return run
