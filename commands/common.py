@@ -29,25 +29,37 @@ def domain_options(function):
     )(function)
 
 
-def design_options(function):
+DEFAULT_CANDIDATES = 100  # eval.design.DEFAULT_CANDIDATES, without importing torch at start-up
+DEFAULT_LM_CANDIDATES = 4  # labelled sets an LM designer reads in one prompt
+
+
+def design_options(function, lm: bool = False):
     function = click.option(
-        "--candidates", "n_candidates", type=int, default=100, show_default=True,
-        help="With --design active: how many option sets are drawn from the domain in each round, of which the one "
-             "with the highest information gain is shown.",
+        "--candidates", "n_candidates", type=int, default=None,
+        help=f"How many option sets are drawn from the domain in each round for the designer to choose among "
+             f"(default {DEFAULT_CANDIDATES}" + (f"; {DEFAULT_LM_CANDIDATES} with --design lm, one labelled set each" if lm else "")
+             + ").",
     )(function)
+    lm_help = (" or lm (the language model given by --model is shown the rounds so far and --candidates labelled sets, "
+               "and names the one to show; --assistant, default bayesian, then recommends)") if lm else ""
     return click.option(
         "--design", default="random", show_default=True,
-        help="Who chooses each observed round's option set: random (drawn at random, the study's protocol) or active "
-             "(the Bayesian designer: the candidate with the highest exact expected information gain about the user, "
-             "given the rounds so far). The held-out sets are the same either way.",
+        help="Who chooses each observed round's option set: random (drawn at random, the study's protocol)"
+             + (", " if lm else " or ") + "active (the Bayesian designer: the candidate with the highest exact expected "
+             f"information gain about the user, given the rounds so far){lm_help}. The held-out sets are the same "
+             "either way.",
     )(function)
 
 
-def check_design_options(design, n_candidates, domain=None, study_data=False):
-    """Refuse an unknown design, --candidates below 1, or an active design that cannot run: one line, exit 2."""
+def lm_design_options(function):
+    return design_options(function, lm=True)
+
+
+def check_design_options(design, n_candidates, domain=None, study_data=False, has_model=False):
+    """Refuse an unknown design, --candidates below 1, or a design that cannot run here: one line, exit 2."""
     from eval.design import check_design
 
-    check_design(design, n_candidates, domain, study_data)
+    check_design(design, n_candidates, domain, study_data, has_model)
 
 
 def prompt_template_option(function):
@@ -81,20 +93,21 @@ def progress_bar(total, description):
 
 
 def run_and_report(domain, assistant, n_users, seed, n_heldout, elicit_beliefs=False, users=None, design="random",
-                   n_candidates=100, **ids):
+                   n_candidates=None, designer=None, **ids):
     """(the EvaluationRun, its report); ``users``: these user ids instead of ``n_users`` drawn at random;
-    ``design``, ``n_candidates``: who chooses the observed option sets (``eval.design``)."""
+    ``design``, ``n_candidates``, ``designer``: who chooses the observed option sets (``eval.design``)."""
     from eval.beliefs import belief_levels, elicit_beliefs as elicit
     from eval.design import run_designed_protocol
     from eval.report import build_report
 
     if elicit_beliefs:
         belief_levels(domain)  # fail before playing on a domain whose preferences are not per-feature weights
-    steps = domain.n_rounds * (1 + int(design == "active")) + 1 + int(elicit_beliefs)
+    steps = domain.n_rounds * (1 + int(design != "random")) + 1 + int(elicit_beliefs)
     bar = progress_bar(steps, f"{assistant.name} on {domain.name}")
     try:
-        run = run_designed_protocol(domain, assistant, design=design, n_candidates=n_candidates, n_users=n_users,
-                                    users=users, seed=seed, n_heldout=n_heldout, progress=bar.update)
+        run = run_designed_protocol(domain, assistant, design=design, n_candidates=n_candidates or DEFAULT_CANDIDATES,
+                                    n_users=n_users, users=users, seed=seed, n_heldout=n_heldout, progress=bar.update,
+                                    designer=designer)
         if elicit_beliefs:
             run.beliefs = elicit(run, assistant, bar.update)
     finally:

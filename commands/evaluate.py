@@ -7,7 +7,8 @@ from pathlib import Path
 import click
 
 from commands.common import (
-    DTYPE_CHOICES, check_design_options, design_options, domain_options, load_domain, progress_bar, run_and_report,
+    DEFAULT_CANDIDATES, DEFAULT_LM_CANDIDATES, DTYPE_CHOICES, check_design_options, domain_options, lm_design_options,
+    load_domain, progress_bar, run_and_report,
 )
 
 
@@ -50,6 +51,14 @@ def lm_assistant(model, adapter, mode, load_in_4bit, label=None, template=None, 
     return LMAssistant(lm, mode=mode, name=label, template=template)
 
 
+def lm_designer(model, adapter, mode, load_in_4bit, template=None, dtype="auto", domain=None):
+    """An LMDesigner for ``model`` (``--design lm``), loaded as ``lm_assistant`` loads it."""
+    from eval.lm.designer import LMDesigner
+
+    assistant = lm_assistant(model, adapter, mode, load_in_4bit, template=template, dtype=dtype, domain=domain)
+    return LMDesigner(assistant.lm, mode=mode, template=assistant.template)
+
+
 @click.command()
 @domain_options
 @click.option("--assistant", type=click.Choice(["bayesian", "oracle", "random", "cheapest"]), default=None,
@@ -86,7 +95,7 @@ def lm_assistant(model, adapter, mode, load_in_4bit, label=None, template=None, 
 @click.option("--study-file", default=None,
               help="With --study-data: the release file to replay, e.g. flight_human or webshop/area_rugs (default: "
                    "the domain's own, e.g. flight_3features for flight3).")
-@design_options
+@lm_design_options
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Directory for report.json and accuracy.png.")
 def evaluate(domain, catalog, user_temperature, user_lapse, assistant, model, adapter, mode, load_in_4bit, dtype, n_users,
              users_of, seed, heldout, elicit_beliefs, prompt_template, study_dir, study_file, design, n_candidates, out_dir):
@@ -106,7 +115,11 @@ def evaluate(domain, catalog, user_temperature, user_lapse, assistant, model, ad
     from eval.report import plot_reports, run_table, save_report
     from eval.student_card import check_student_domain, read_student_card
 
-    if (assistant is None) == (model is None):
+    check_design_options(design, n_candidates, study_data=bool(study_dir), has_model=model is not None)
+    lm_designs = design == "lm"  # the LM given by --model designs; --assistant (default bayesian) recommends
+    if lm_designs:
+        assistant = assistant or "bayesian"
+    elif (assistant is None) == (model is None):
         raise click.UsageError("give exactly one of --assistant or --model")
     if adapter and not model:
         raise click.UsageError("--adapter needs --model")
@@ -116,9 +129,10 @@ def evaluate(domain, catalog, user_temperature, user_lapse, assistant, model, ad
         raise click.UsageError("--study-file needs --study-data")
     if users_of and study_dir:
         raise click.UsageError("--users-of and --study-data both choose the users: give one")
-    check_design_options(design, n_candidates, study_data=bool(study_dir))
     loaded = load_domain(domain, catalog, user_temperature, user_lapse)
-    check_design_options(design, n_candidates, loaded)
+    check_design_options(design, n_candidates, loaded, has_model=model is not None)
+    if n_candidates is None:
+        n_candidates = DEFAULT_LM_CANDIDATES if lm_designs else DEFAULT_CANDIDATES
     users = None
     if users_of:  # the users a teaching set held out of teaching
         from distill.teaching_data import held_out_users
@@ -132,19 +146,26 @@ def evaluate(domain, catalog, user_temperature, user_lapse, assistant, model, ad
     if study_dir:
         return evaluate_study(loaded, assistant, model, adapter, mode, load_in_4bit, n_users, seed, heldout,
                               elicit_beliefs, study_dir, study_file, out_dir, template, dtype)
-    if model:
+    designer = None
+    if lm_designs:
+        n_users, heldout = n_users or 20, heldout or 100
+        designer = lm_designer(model, adapter, mode, load_in_4bit, template=template, dtype=dtype, domain=loaded)
+        chosen = make_assistant(assistant)
+    elif model:
         n_users, heldout = n_users or 50, heldout or 20
         chosen = lm_assistant(model, adapter, mode, load_in_4bit, template=template, dtype=dtype, domain=loaded)
     else:
         heldout = heldout or 100
         chosen = make_assistant(assistant)
     if elicit_beliefs is None:
-        elicit_beliefs = not model and is_elicitable(loaded)
+        elicit_beliefs = not (model and not lm_designs) and is_elicitable(loaded)
     elif elicit_beliefs:
         belief_levels(loaded)  # a domain without per-feature weights: a clear error before any work
     run, report = run_and_report(loaded, chosen, n_users, seed, heldout, elicit_beliefs, users=users, design=design,
-                                 n_candidates=n_candidates, model=model, adapter=adapter, mode=mode if model else None,
-                                 extra={"dtype": dtype} if model else None)
+                                 n_candidates=n_candidates, designer=designer, model=model, adapter=adapter,
+                                 mode=mode if model else None,
+                                 extra=({"dtype": dtype} | ({"label": f"{assistant} on dialogues {Path(model).name or model} designed"}
+                                                             if lm_designs else {})) if model else None)
     out = Path(out_dir)
     if users_of:
         report["users_of"] = {"manifest": str(users_of), "users": users.tolist()}
@@ -162,11 +183,31 @@ def evaluate(domain, catalog, user_temperature, user_lapse, assistant, model, ad
         plot_beliefs(run, report, out / "beliefs.png")
     click.echo(f"{chosen.name} on {loaded.name}, {report['n_users']} users x {heldout} held-out sets, seed {seed}")
     click.echo(run_table(report))
+    if lm_designs:
+        click.echo(design_table(report))
     if report["failures"]["unparseable_answers"]:
         click.echo(f"{report['failures']['unparseable_answers']} answers named no option (counted wrong)")
     if report["failures"].get("unparseable_belief_answers"):
         click.echo(f"{report['failures']['unparseable_belief_answers']} belief answers named no scale point")
     click.echo(f"report: {out / 'report.json'}\nplot: {out / 'accuracy.png'}" + (f", {out / 'beliefs.png'}" if elicit_beliefs else ""))
+
+
+def design_table(report):
+    """The LM designer's choices, round by round: its set's gain as a fraction of the best candidate's (1 = the
+    Bayesian designer), beside a set drawn at random's expected fraction."""
+    from eval.report import format_table
+
+    design = report["design"]
+    columns = {"LM's fraction %": design["fraction_of_best_gain"]["mean"],
+               "random's fraction %": design["random_fraction_of_best_gain"]["mean"],
+               "LM's gain (nats)": design["information_gain_nats"]["mean"],
+               "best gain (nats)": design["best_candidate_gain_nats"]["mean"]}
+    lines = [f"designer {design['designer']}: the shown set's information gain among {design['candidates']} candidates "
+             "a round (fraction of the best candidate's)",
+             format_table(columns, design["rounds_shown"], raw=("LM's gain (nats)", "best gain (nats)"))]
+    if design.get("unparseable_design_answers"):
+        lines.append(f"{design['unparseable_design_answers']} design answers named no set (a random set was shown)")
+    return "\n".join(lines)
 
 
 def evaluate_study(loaded, assistant, model, adapter, mode, load_in_4bit, n_users, seed, heldout, elicit_beliefs,

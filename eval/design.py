@@ -5,6 +5,9 @@
 option sets from the domain (seeded, each user their own), and shows the one with the highest exact
 expected information gain about the user's preferences given the rounds so far
 (``ppl_models.expected_information_gain``; ties broken at random, seeded); the user then chooses as always.
+``lm`` is a language model as designer (``eval.lm.designer.LMDesigner``): shown the rounds so far and
+``n_candidates`` labelled sets (e.g. 4), it names the one to show; its choice is scored by the exact gain as a
+fraction of the best candidate's (a set drawn at random expects the mean candidate's fraction).
 Since each round's set depends on the user's earlier choices, the dialogues are simulated round by round.
 The held-out sets and the users' choices on them are the random design's, so both designs are scored on the
 same sets.  Either way the information gain (nats) of each round's shown set is recorded (``DesignRecord``),
@@ -24,7 +27,7 @@ from eval.assistants import Assistant
 from eval.protocol import run_protocol, simulate_protocol_data
 from eval.records import N_HELDOUT, EvaluationRun, ProtocolData
 
-DESIGNS = ("random", "active")
+DESIGNS = ("random", "active", "lm")  # lm: a language model chooses among the candidates (eval.lm.designer)
 DEFAULT_CANDIDATES = 100
 GAIN_TIE_TOLERANCE = 1e-9  # candidates whose gains differ by less are tied (the gains are float64 sums)
 
@@ -40,18 +43,33 @@ class DesignRecord:
     design: str  # "random" or "active"
     n_candidates: int | None  # candidates per round (active), None for random
     information_gain: torch.Tensor  # float64 [N, R]: each round's shown set, given the rounds before it
-    candidate_gain: torch.Tensor | None = None  # float64 [N, R]: the mean over the round's candidates (active)
+    candidate_gain: torch.Tensor | None = None  # float64 [N, R]: the mean over the round's candidates (active, lm)
+    best_gain: torch.Tensor | None = None  # float64 [N, R]: the round's most informative candidate's gain
+    designer: str | None = None  # who chose among the candidates (lm: the model's name)
+    failures: torch.Tensor | None = None  # bool [N, R]: an LM designer's answers that named no set
+    choice_probs: torch.Tensor | None = None  # [N, R, C]: a score-mode LM designer's distribution over the sets
+
+    def fraction_of_best(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(the shown set's gain / the best candidate's, a set drawn at random's expected fraction: the mean
+        candidate's / the best's), float64 [N, R] each; NaN where no candidate teaches anything."""
+        if self.best_gain is None or self.candidate_gain is None:
+            return None
+        best = torch.where(self.best_gain > GAIN_TIE_TOLERANCE, self.best_gain, float("nan"))
+        return self.information_gain / best, self.candidate_gain / best
 
 
-def check_design(design: str, n_candidates: int | None, domain: Domain | None = None, study_data: bool = False) -> None:
+def check_design(design: str, n_candidates: int | None, domain: Domain | None = None, study_data: bool = False,
+                 has_model: bool = True) -> None:
     """Refuse, before any work, a design that cannot run (one ``DesignError`` naming why)."""
     if design not in DESIGNS:
         raise DesignError(f"unknown design {design!r}; choose from {', '.join(DESIGNS)}")
     if n_candidates is not None and n_candidates < 1:
         raise DesignError(f"--candidates must be at least 1, got {n_candidates}")
-    if design == "active":
+    if design == "lm" and not has_model:
+        raise DesignError("--design lm needs a language model to design (evaluate --model M --design lm)")
+    if design in ("active", "lm"):
         if study_data:
-            raise DesignError("--design active cannot replay released files: their observed option sets are fixed "
+            raise DesignError(f"--design {design} cannot replay released files: their observed option sets are fixed "
                               "(use it with simulated users)")
         if domain is not None:
             hypothesis_space(domain)  # a domain without an enumerable prior raises its DomainError here
@@ -75,16 +93,20 @@ def shown_set_gain(domain: Domain, options: torch.Tensor, choices: torch.Tensor)
 
 
 def active_dialogues(domain: Domain, users: torch.Tensor, seed: int, n_candidates: int = DEFAULT_CANDIDATES,
-                     user_domain: Domain | None = None, progress=None):
-    """Observed dialogues chosen by the Bayesian designer (see the module docstring): option_index
-    [N, R, O, F], choices [N, R], the shown sets' gains [N, R] and the candidates' mean gains [N, R].
-    ``domain`` is the designer's model of the user; ``user_domain`` (default ``domain``) makes the choices."""
+                     user_domain: Domain | None = None, progress=None, designer=None):
+    """Observed dialogues chosen round by round among ``n_candidates`` sets per user (see the module
+    docstring).  ``designer``: None for the Bayesian designer (the most informative candidate), or an object
+    with ``choose(domain, history_options, history_choices, candidates, generator) -> DesignChoice`` (an
+    ``eval.lm.designer.LMDesigner``).  ``domain`` is the designer's model of the user (the exact gains);
+    ``user_domain`` (default ``domain``) makes the choices.  Returns (option_index [N, R, O, F], choices
+    [N, R], the ``DesignRecord``)."""
     user_domain = user_domain or domain
     n_users, n_rounds = len(users), domain.n_rounds
     options = torch.empty((n_users, n_rounds, domain.n_options, len(domain.features)), dtype=torch.long)
     choices = torch.empty((n_users, n_rounds), dtype=torch.long)
-    gain = torch.empty((n_users, n_rounds), dtype=torch.float64)
-    mean_gain = torch.empty((n_users, n_rounds), dtype=torch.float64)
+    gain, mean_gain, best_gain = (torch.empty((n_users, n_rounds), dtype=torch.float64) for _ in range(3))
+    failures = torch.zeros((n_users, n_rounds), dtype=torch.bool)
+    probs = [] if designer is not None else None
     posterior = None  # the prior
     rows = torch.arange(n_users)
     for r in range(n_rounds):
@@ -93,40 +115,59 @@ def active_dialogues(domain: Domain, users: torch.Tensor, seed: int, n_candidate
             gains = expected_information_gain(domain, candidates)
         else:
             gains = expected_information_gain(domain, candidates, posterior=posterior)
-        pick = pick_most_informative(gains, generator(seed, "design", "tiebreak", r))
+        gen = generator(seed, "design", "tiebreak", r)
+        if designer is None:
+            pick = pick_most_informative(gains, gen)
+        else:
+            choice = designer.choose(domain, options[:, :r], choices[:, :r], candidates, gen)
+            pick = choice.picks
+            if choice.failures is not None:
+                failures[:, r] = choice.failures
+            if probs is not None and choice.probs is not None:
+                probs.append(choice.probs)
         options[:, r] = candidates[rows, pick]
         gain[:, r] = gains[rows, pick]
         mean_gain[:, r] = gains.mean(-1)
+        best_gain[:, r] = gains.amax(-1)
         choices[:, r] = simulate_choices(user_domain, users, options[:, r : r + 1],
                                          generator(seed, "design", "choices", r))[:, 0]
         posterior = current_posterior(domain, options[:, : r + 1], choices[:, : r + 1])
         if progress is not None:
             progress(1)
-    return options, choices, gain, mean_gain
+    record = DesignRecord(
+        "active" if designer is None else "lm", n_candidates, gain, mean_gain, best_gain,
+        designer="bayesian" if designer is None else designer.name,
+        failures=failures if designer is not None else None,
+        choice_probs=torch.stack(probs, dim=1) if probs else None,
+    )
+    return options, choices, record
 
 
 def designed_protocol_data(domain: Domain, users: torch.Tensor, seed: int, design: str = "random",
                            n_candidates: int = DEFAULT_CANDIDATES, n_heldout: int = N_HELDOUT,
-                           user_domain: Domain | None = None, progress=None) -> tuple[ProtocolData, DesignRecord]:
+                           user_domain: Domain | None = None, progress=None,
+                           designer=None) -> tuple[ProtocolData, DesignRecord]:
     """The protocol's data under ``design`` and its ``DesignRecord``; the held-out sets and choices are the
-    random design's (``simulate_protocol_data``) either way."""
-    check_design(design, n_candidates)
+    random design's (``simulate_protocol_data``) either way.  ``designer``: the LM designer of design "lm"."""
+    check_design(design, n_candidates, has_model=designer is not None)
     data = simulate_protocol_data(domain, users, seed, n_heldout, user_domain)
     if design == "random":
         return data, DesignRecord("random", None, shown_set_gain(domain, data.dialogue_options, data.dialogue_choices))
-    options, choices, gain, mean_gain = active_dialogues(domain, users, seed, n_candidates, user_domain, progress)
-    data = ProtocolData(users, options, choices, data.heldout_options, data.heldout_choices)
-    return data, DesignRecord("active", n_candidates, gain, mean_gain)
+    options, choices, record = active_dialogues(domain, users, seed, n_candidates, user_domain, progress,
+                                                designer if design == "lm" else None)
+    return ProtocolData(users, options, choices, data.heldout_options, data.heldout_choices), record
 
 
 def run_designed_protocol(domain: Domain, assistant: Assistant, *, design: str = "random",
                           n_candidates: int = DEFAULT_CANDIDATES, n_users: int | None = None,
                           users: torch.Tensor | None = None, seed: int = 0, n_heldout: int = N_HELDOUT,
-                          user_domain: Domain | None = None, progress=None, **protocol_options) -> EvaluationRun:
-    """``run_protocol`` on dialogues whose observed option sets ``design`` chose; the run's ``design``
-    holds the ``DesignRecord``."""
+                          user_domain: Domain | None = None, progress=None, designer=None,
+                          **protocol_options) -> EvaluationRun:
+    """``run_protocol`` on dialogues whose observed option sets ``design`` chose (``designer``: the LM
+    designer of design "lm"); the run's ``design`` holds the ``DesignRecord``."""
     users = pick_users(domain, n_users, seed) if users is None else users
-    data, record = designed_protocol_data(domain, users, seed, design, n_candidates, n_heldout, user_domain, progress)
+    data, record = designed_protocol_data(domain, users, seed, design, n_candidates, n_heldout, user_domain, progress,
+                                          designer)
     run = run_protocol(domain, assistant, seed=seed, user_domain=user_domain, progress=progress, data=data,
                        **protocol_options)
     run.design = record

@@ -12,7 +12,9 @@ Schema (``"schema": "bayes-teach/report/v1"``)::
      "beliefs": {"elicited", "scale", "levels", "distribution", "questions"},   # only when elicited
      "study_data": {"kind", "files", "users", "exact_bayesian_assistant", "empty_posterior", "notes"},
      "design": {"design", "candidates", "rounds_shown", "information_gain_nats", "total_information_gain_nats",
-                "candidate_mean_gain_nats" (active only)},  # simulated dialogues: who chose the shown sets
+                "candidate_mean_gain_nats", "best_candidate_gain_nats", "fraction_of_best_gain",
+                "random_fraction_of_best_gain", "designer" (active, lm), "unparseable_design_answers" (lm)},
+                                                   # simulated dialogues: who chose the shown sets
                                                    # only for a replay of released files (eval/study/replay.py)
      "extra": {...}}                              # anything a command adds (e.g. training summaries)
 
@@ -99,6 +101,16 @@ def design_report(run: EvaluationRun) -> dict:
     }
     if record.candidate_gain is not None:
         out["candidate_mean_gain_nats"] = summarise(record.candidate_gain, run.seed)
+    if record.best_gain is not None:
+        out["best_candidate_gain_nats"] = summarise(record.best_gain, run.seed)
+    fractions = record.fraction_of_best()
+    if fractions is not None:  # 1.0 = the Bayesian designer's pick; a set drawn at random expects the second
+        out["fraction_of_best_gain"] = summarise(fractions[0], run.seed)
+        out["random_fraction_of_best_gain"] = summarise(fractions[1], run.seed)
+    if record.designer is not None:
+        out["designer"] = record.designer
+    if record.failures is not None:
+        out["unparseable_design_answers"] = int(record.failures.sum())
     return out
 
 

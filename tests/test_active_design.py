@@ -36,6 +36,9 @@ def test_active_design_shows_the_most_informative_candidate_by_brute_force(tempe
             assert max(gains[c] for c in shown) == pytest.approx(max(gains), abs=1e-6), (r, d)
             assert record.information_gain[d, r].item() == pytest.approx(max(gains), abs=1e-6)
             assert record.candidate_gain[d, r].item() == pytest.approx(sum(gains) / n_candidates, abs=1e-6)
+            assert record.best_gain[d, r].item() == pytest.approx(max(gains), abs=1e-6)
+    shown, random_pick = record.fraction_of_best()
+    assert torch.allclose(shown[~shown.isnan()], torch.ones(1, dtype=torch.float64))  # the Bayesian designer: 1.0
 
 
 def test_random_design_is_the_studys_protocol_and_records_each_rounds_gain():
@@ -140,3 +143,73 @@ def test_bad_design_input_is_one_line_and_exit_code_2(runner, tmp_path, args, me
     assert result.exit_code == 2 and result.output.startswith("Error: ")
     assert message in result.output and len(result.output.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()  # refused before any work
+
+
+# -- a language model as designer ------------------------------------------------------------------------
+def test_the_design_prompt_comes_from_the_template(tmp_path):
+    from eval.text.dialogue import design_candidate_answers, design_prompt_messages, match_design_answer
+    from eval.text.prompt_template import default_template, load_template
+
+    domain = get_domain("hotel")
+    options = domain.draw_options(torch.Generator().manual_seed(0), (2, 3))
+    text = design_prompt_messages(domain, options[0, :2], [2, 0], options[1])[0]["content"]
+    assert text.count("Set ") == 3 and "I chose Hotel 3." in text and "I chose Hotel 1." in text
+    assert text.endswith("Which set should you show me in round 3 to learn the most about my preferences?")
+    assert design_candidate_answers(3) == ["Show me set 1.", "Show me set 2.", "Show me set 3."]
+    assert match_design_answer("Well. Show me set 2.", 3) == 1 and match_design_answer("Show me set 4.", 3) is None
+    fields = dict(default_template().content(), name="mine", design_choice="Picked #{number}.",
+                  design_set_header="Option group {number})", design_answer="Group {number} please")
+    path = tmp_path / "mine.json"
+    path.write_text(json.dumps(fields))
+    mine = load_template(path)
+    text = design_prompt_messages(domain, options[0, :1], [1], options[1], mine)[0]["content"]
+    assert "Picked #2." in text and "Option group 3)" in text and "Show me set N" not in text
+    assert design_candidate_answers(2, mine) == ["Group 1 please", "Group 2 please"]
+    # a template written before the design fields existed still loads, with the default's wording and its own sha256
+    old = {k: v for k, v in default_template().content().items() if not k.startswith("design_")}
+    path.write_text(json.dumps(old))
+    loaded = load_template(path)
+    assert loaded.fields["design_answer"] == "Show me set {number}." and "design_answer" not in loaded.content()
+
+
+@pytest.mark.parametrize("mode", ["score", "generate"])
+def test_a_language_model_designs_and_its_choices_are_scored_by_exact_gain(tmp_path, mode):
+    from eval.lm import load_causal_lm
+    from eval.lm.designer import LMDesigner
+
+    lm = load_causal_lm(str(tiny_lm.save_tiny_lm(tmp_path / "tiny")))
+    designer = LMDesigner(lm, mode=mode)
+    domain = get_domain("flight")
+    run = run_designed_protocol(domain, BayesianAssistant(), design="lm", n_candidates=4, n_users=3, seed=6,
+                                n_heldout=5, designer=designer)
+    record = run.design
+    assert record.design == "lm" and record.designer == designer.name and record.n_candidates == 4
+    fraction, random_fraction = record.fraction_of_best()
+    assert bool(((fraction <= 1 + 1e-9) | fraction.isnan()).all())
+    for r in range(domain.n_rounds):  # the shown set is the candidate the LM named, and its gain is that set's
+        candidates = domain.draw_options(generator(6, "design", "candidates", r), (3, 4))
+        for d in range(3):
+            named = [k for k in range(4) if torch.equal(candidates[d, k], run.dialogue_options[d, r])]
+            assert named
+            if mode == "score":  # the most probable answer's set
+                probs = record.choice_probs[d, r]
+                assert any(probs[k] >= probs.max() - 5e-7 for k in named)
+    if mode == "score":
+        assert record.choice_probs.shape == (3, 5, 4) and record.failures.sum() == 0
+        assert torch.allclose(record.choice_probs.sum(-1), torch.ones(3, 5), atol=1e-5)
+    else:  # a random tiny model rarely names a set: each such answer is counted, and a random set is shown
+        assert record.failures.shape == (3, 5)
+
+
+def test_evaluate_with_a_language_model_as_designer(runner, tmp_path):
+    model_dir = tiny_lm.save_tiny_lm(tmp_path / "tiny")
+    result = runner.invoke(main, ["evaluate", "--model", str(model_dir), "--design", "lm", "--users", "2", "--heldout",
+                                  "3", "--no-elicit-beliefs", "--out", str(tmp_path / "lm")])
+    assert result.exit_code == 0, result.output
+    assert "fraction of the best candidate's" in result.output
+    report = json.loads((tmp_path / "lm" / "report.json").read_text())
+    design = report["design"]
+    assert report["assistant"] == "bayesian" and design["design"] == "lm" and design["candidates"] == 4
+    assert len(design["fraction_of_best_gain"]["mean"]) == len(design["random_fraction_of_best_gain"]["mean"]) == 5
+    bad = runner.invoke(main, ["simulate", "--design", "lm"])
+    assert bad.exit_code == 2 and "--design lm needs a language model" in bad.output

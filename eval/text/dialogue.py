@@ -209,3 +209,44 @@ def belief_prompt_messages(domain: Domain, history_options, picks, choices, feat
     opening = turn_opening(domain, picks, choices, k, template)
     messages.append({"role": "user", "content": f"{opening}\n\n{belief_question(domain, feature_index, template)}"})
     return messages
+
+
+# -- the designer's prompt -----------------------------------------------------------------------------
+# A designer (eval/design.py) chooses which option set to show next.  Asked as a language model, it reads
+# the rounds so far with the user's choices, then several labelled candidate sets, and names one.
+def design_answer_text(number, template: PromptTemplate | None = None) -> str:
+    """The designer's answer naming candidate set ``number`` (1-based, or a string such as "N")."""
+    return (template or default_template()).fill("design_answer", number=number)
+
+
+def design_candidate_answers(n_sets: int, template: PromptTemplate | None = None) -> list[str]:
+    """The designer's possible answers, one per candidate set (what LM scoring compares)."""
+    return [design_answer_text(number, template) for number in range(1, n_sets + 1)]
+
+
+def match_design_answer(text: str, n_sets: int, template: PromptTemplate | None = None) -> int | None:
+    """The 0-based candidate set named by the first designer answer in ``text`` written exactly as the
+    template writes it (None when there is none or it is out of range)."""
+    return _match_number(design_answer_text("{number}", template), text, n_sets)
+
+
+def design_prompt_messages(domain: Domain, history_options, history_choices, candidate_sets,
+                           template: PromptTemplate | None = None):
+    """One user turn: the designer's instructions, the rounds so far (options and the user's choice), the
+    candidate sets (``candidate_sets``: long [K, O, F]) each under its header, and the question."""
+    template = template or default_template()
+    names = domain.feature_names
+    features = names[-1]
+    if len(names) > 1:
+        features = template.fields["feature_separator"].join(names[:-1]) + template.fields["feature_last_separator"] + features
+    n_sets = len(candidate_sets)
+    parts = [template.fill("design_instructions", **_nouns(domain), features=features, n_options=domain.n_options,
+                           n_sets=n_sets, answer_format=design_answer_text(ANSWER_PLACEHOLDER, template))]
+    for r, choice in enumerate(history_choices):
+        parts.append(f"{round_header(r, template)}\n{options_text(domain, history_options[r], template)}\n"
+                     + template.fill("design_choice", **_nouns(domain), number=int(choice) + 1))
+    sets = [f"{template.fill('design_set_header', number=k + 1)}\n{options_text(domain, options, template)}"
+            for k, options in enumerate(candidate_sets)]
+    parts.append("\n".join(sets) + "\n" + template.fill("design_question", **_nouns(domain),
+                                                         round=len(history_choices) + 1, n_sets=n_sets))
+    return [{"role": "user", "content": "\n\n".join(parts)}]

@@ -44,7 +44,16 @@ FIELDS = {
     "belief_scale_point": (frozenset({"point", "words"}), frozenset({"point", "words"})),
     "belief_scale_separator": (frozenset(), frozenset()),
     "belief_answer": (frozenset({"point"}), frozenset({"point"})),
+    # The designer's prompt (``dialogue.design_prompt_messages``): which of several labelled option sets to show next.
+    "design_instructions": (NOUNS | {"features", "n_options", "n_sets", "answer_format"}, frozenset()),
+    "design_choice": (NOUNS | {"number"}, frozenset({"number"})),
+    "design_set_header": (frozenset({"number"}), frozenset({"number"})),
+    "design_question": (NOUNS | {"round", "n_sets"}, frozenset()),
+    "design_answer": (frozenset({"number"}), frozenset({"number"})),
 }
+# Fields a template file may leave out: the shipped default's wording is used (and is not part of the file's
+# content or sha256), so templates written before these fields existed still load unchanged.
+OPTIONAL_FIELDS = frozenset({"design_instructions", "design_choice", "design_set_header", "design_question", "design_answer"})
 LIST_FIELDS = {"belief_scale": N_BELIEF_SCALE_POINTS}  # field -> its exact length (plain strings, no placeholders)
 META_FIELDS = {"name": True, "description": False}  # field -> required
 
@@ -62,6 +71,7 @@ class PromptTemplate:
     fields: dict
     source: str
     description: str = ""
+    defaulted: tuple = ()  # optional fields the file left out, filled from the shipped default
 
     def fill(self, field: str, **values) -> str:
         """The text of ``field`` with its placeholders filled from ``values``."""
@@ -70,7 +80,7 @@ class PromptTemplate:
     def content(self) -> dict:
         """The template as its file holds it (what the sha256 is taken over)."""
         meta = {"name": self.name} | ({"description": self.description} if self.description else {})
-        return meta | dict(self.fields)
+        return meta | {field: text for field, text in self.fields.items() if field not in self.defaulted}
 
     @functools.cached_property
     def sha256(self) -> str:
@@ -111,10 +121,13 @@ def check_template(data, source: str) -> PromptTemplate:
     unknown = sorted(set(data) - known)
     if unknown:
         raise PromptTemplateError(f"prompt template {source}: unknown field {unknown[0]!r} (known: {', '.join(sorted(known))})")
-    required = [f for f in FIELDS] + list(LIST_FIELDS) + [f for f, needed in META_FIELDS.items() if needed]
+    required = [f for f in FIELDS if f not in OPTIONAL_FIELDS] + list(LIST_FIELDS) + [f for f, needed in META_FIELDS.items() if needed]
     missing = [f for f in required if f not in data]
     if missing:
         raise PromptTemplateError(f"prompt template {source}: missing field {missing[0]!r}")
+    defaulted = tuple(f for f in FIELDS if f in OPTIONAL_FIELDS and f not in data)
+    if defaulted:
+        data = {**data, **{f: _default_data()[f] for f in defaulted}}
     for field in META_FIELDS:
         if field in data and not isinstance(data[field], str):
             raise PromptTemplateError(f"prompt template {source}: field {field!r} must be a string")
@@ -138,7 +151,14 @@ def check_template(data, source: str) -> PromptTemplate:
         if not (isinstance(items, list) and len(items) == length and all(isinstance(i, str) and i for i in items)):
             raise PromptTemplateError(f"prompt template {source}: field {field!r} must be a list of {length} non-empty strings")
         fields[field] = tuple(items)
-    return PromptTemplate(name=data["name"], fields=fields, source=source, description=data.get("description", ""))
+    return PromptTemplate(name=data["name"], fields=fields, source=source, description=data.get("description", ""),
+                          defaulted=defaulted)
+
+
+@functools.lru_cache(maxsize=1)
+def _default_data() -> dict:
+    """The shipped default template file's fields, as parsed JSON (where optional fields come from)."""
+    return json.loads(DEFAULT_TEMPLATE_PATH.read_text(encoding="utf-8"))
 
 
 def load_template(path=None) -> PromptTemplate:
