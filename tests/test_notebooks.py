@@ -88,10 +88,22 @@ def check_compare_reports(result):
     assert result["oracle"]["final_accuracy"] >= bayesian["final_accuracy"]
 
 
+def check_active_elicitation(result):
+    accuracy, entropy, gain = result["accuracy"], result["population_entropy"], result["mean_gain"]
+    assert accuracy["active"][0] == accuracy["random"][0]  # the same held-out sets, before any round
+    assert accuracy["active"][5] > accuracy["random"][5] + 0.05
+    assert accuracy["active"][4] > accuracy["random"][5]  # passes random's round-5 accuracy by round 4
+    assert all(a < r for a, r in zip(entropy["active"][2:], entropy["random"][2:]))  # the posterior shrinks faster
+    assert all(a >= r for a, r in zip(gain["active"], gain["random"]))
+    assert max(max(gain["active"]), max(result["user_gain"]["active"])) <= 1.0986123  # at most log 3 nats
+    assert result["user_entropy"]["active"][-1] < result["user_entropy"]["random"][-1]
+
+
 CHECKS = {
     "posterior_explorer": check_posterior_explorer,
     "new_domain": check_new_domain,
     "compare_reports": check_compare_reports,
+    "active_elicitation": check_active_elicitation,
 }
 
 
