@@ -121,11 +121,9 @@ class UtilityChoice(TorchDistribution):
         utility's memory layout (option-major from ``linear_utility``), so every step is elementwise over
         contiguous blocks instead of a reduction over a strided last dimension."""
         if self.temperature > 0:
-            log_probs = self.log_probs().to(torch.float64)
-            probs = log_probs.exp()
             if not with_entropy:
-                return probs, None
-            return probs, -(probs * log_probs).nan_to_num_(0.0).sum(-1)  # 0 log 0 = 0
+                return self.log_probs().to(torch.float64).exp_(), None
+            return self._softmax_probs_and_entropy()
         options = self.utility.unbind(-1)
         threshold = torch.maximum(options[0], options[1])
         for option in options[2:]:
@@ -145,6 +143,34 @@ class UtilityChoice(TorchDistribution):
             return probs, None
         table = _entropy_table(self.n_options, self.lapse)
         return probs, table.index_select(0, count.reshape(-1)).reshape(count.shape)
+
+    def _softmax_probs_and_entropy(self):
+        """A noisy user's probabilities and entropy in float64, option by option in the utility's layout
+        (elementwise over contiguous blocks where the utility is option-major): with ``z_o = u_o / T``,
+        ``m = max_o z_o`` and ``Z = sum_o exp(z_o - m)``, ``p_o = exp(z_o - m) / Z`` and, without a lapse,
+        ``H = log Z - sum_o p_o (z_o - m)``; with one, ``-sum_o p'_o log p'_o`` of the mixed ``p'``."""
+        probs = torch.empty_like(self.utility, dtype=torch.float64)
+        shifted = [option.to(torch.float64).div_(self.temperature) for option in self.utility.unbind(-1)]
+        top = shifted[0].clone()
+        for z in shifted[1:]:
+            torch.maximum(top, z, out=top)
+        for z in shifted:
+            z.sub_(top)  # z_o - m <= 0
+        exps = probs.unbind(-1)
+        total = torch.exp(shifted[0], out=exps[0]).clone()
+        for z, e in zip(shifted[1:], exps[1:]):
+            total += torch.exp(z, out=e)
+        probs.div_(total.unsqueeze(-1))
+        if self.lapse == 0.0:
+            entropy = total.log_()
+            for z, p in zip(shifted, exps):
+                entropy.addcmul_(p, z, value=-1.0)
+            return probs, entropy
+        probs.mul_(1.0 - self.lapse).add_(self.lapse / self.n_options)
+        entropy = torch.zeros_like(total)
+        for p in exps:
+            entropy.sub_(torch.special.xlogy(p, p))
+        return probs, entropy
 
     def entropy(self):
         """The entropy (nats) of the choice under each batch element: ``[...]``, float64.
