@@ -37,6 +37,7 @@ from eval.metrics import summarise_run
 from eval.protocol import EvaluationRun
 
 SCHEMA = "bayes-teach/report/v1"
+NATS_METRICS = ("information_gain",)  # per-round metrics in nats, drawn as they are (the others are fractions, drawn as %)
 VERSIONED_PACKAGES = ("bayes-teach", "torch", "pyro-ppl", "transformers", "peft", "bitsandbytes", "numpy")
 
 
@@ -213,16 +214,17 @@ def plot_reports(reports, out=None, metric: str = "accuracy", references=None, t
         figure, axes = plt.subplots(figsize=(6.4, 4.2))
     else:
         axes, figure = out, out.figure
+    scale = 1 if metric in NATS_METRICS else 100
     for report, style in [(r, "-o") for r in reports] + [(r, "--") for r in (references or [])]:
         values = report["metrics"].get(metric)
         if values is None:
             continue
         rounds, nan = report["rounds"], float("nan")
-        mean = [nan if v is None else 100 * v for v in values["mean"]]
+        mean = [nan if v is None else scale * v for v in values["mean"]]
         ci = [(nan, nan) if c is None else c for c in values["ci95"]]
         line = axes.plot(rounds, mean, style, label=report_label(report), markersize=4)[0]
         axes.fill_between(
-            rounds, [100 * lo for lo, _ in ci], [100 * hi for _, hi in ci],
+            rounds, [scale * lo for lo, _ in ci], [scale * hi for _, hi in ci],
             color=line.get_color(), alpha=0.15, linewidth=0,
         )
     gains = [(r, r["metrics"]["information_gain"]) for r in reports if "information_gain" in r["metrics"]]
@@ -236,7 +238,7 @@ def plot_reports(reports, out=None, metric: str = "accuracy", references=None, t
         twin.set_ylim(bottom=0)
         twin.legend(fontsize=7, loc="lower right")
     axes.set_xlabel("observed rounds")
-    axes.set_ylabel(f"{metric.replace('_', ' ')} (%)")
+    axes.set_ylabel(f"{metric.replace('_', ' ')} ({'nats' if metric in NATS_METRICS else '%'})")
     axes.set_xticks(reports[0]["rounds"] if reports else [])
     axes.set_title(title or f"{metric.replace('_', ' ')} on held-out option sets")
     axes.grid(alpha=0.3)

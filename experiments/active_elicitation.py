@@ -33,8 +33,8 @@ SETTINGS = {  # name -> (domain, user temperature, user lapse)
     "flight": ("flight", 0.0, 0.0),
     "hotel": ("hotel", 0.0, 0.0),
     "flight-temperature-0.1": ("flight", 0.1, 0.0),
-    "flight-temperature-0.3": ("flight", 0.3, 0.0),
     "hotel-temperature-0.1": ("hotel", 0.1, 0.0),
+    "flight-temperature-0.3": ("flight", 0.3, 0.0),
 }
 
 
@@ -87,11 +87,17 @@ def main():
     parser.add_argument("--output", default=str(Path(__file__).resolve().parent / "results" / "active_elicitation.json"))
     args = parser.parse_args()
     results = []
+    total = len(args.settings) * len(args.seeds)
     for name in args.settings:
         for seed in args.seeds:
             result = {"setting": name, **run_setting(name, seed, args.users, args.heldout, args.candidates)}
             results.append(result)
             print(table(result), flush=True)
+            save(args, results, total)  # after every setting, so that an interrupted run keeps what it finished
+    print(f"results: {args.output}")
+
+
+def save(args, results, total):
     record = {
         "command": "python experiments/active_elicitation.py " + " ".join(
             [f"--settings {' '.join(args.settings)}", f"--seeds {' '.join(map(str, args.seeds))}"]
@@ -101,11 +107,12 @@ def main():
         "n_candidates": args.candidates,
         "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                     "torch_threads": torch.get_num_threads(), "note": "shared with other jobs; times are indicative"},
+        "complete": len(results) == total,
+        "finished": [f"{r['setting']} seed {r['seed']}" for r in results],
         "results": results,
     }
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(record, indent=2) + "\n")
-    print(f"results: {args.output}")
 
 
 if __name__ == "__main__":
