@@ -29,7 +29,10 @@ from eval.records import N_HELDOUT, EvaluationRun, ProtocolData
 
 DESIGNS = ("random", "active", "lm")  # lm: a language model chooses among the candidates (eval.lm.designer)
 DEFAULT_CANDIDATES = 100
-GAIN_TIE_TOLERANCE = 1e-9  # candidates whose gains differ by less are tied (the gains are float64 sums)
+# Candidates whose gains differ by less are tied and drawn at random.  The gains are float64 sums of float32
+# choice probabilities (1/3 is rounded), so equivalent sets can differ by a few 1e-9: such near-ties are
+# decided by that rounding, deterministically, which leaves the design seeded and reproducible.
+GAIN_TIE_TOLERANCE = 1e-9
 
 
 class DesignError(BayesTeachError):
@@ -40,8 +43,8 @@ class DesignError(BayesTeachError):
 class DesignRecord:
     """How the observed rounds' option sets were chosen, and what each was expected to teach."""
 
-    design: str  # "random" or "active"
-    n_candidates: int | None  # candidates per round (active), None for random
+    design: str  # "random", "active" or "lm"
+    n_candidates: int | None  # candidates per round (active, lm), None for random
     information_gain: torch.Tensor  # float64 [N, R]: each round's shown set, given the rounds before it
     candidate_gain: torch.Tensor | None = None  # float64 [N, R]: the mean over the round's candidates (active, lm)
     best_gain: torch.Tensor | None = None  # float64 [N, R]: the round's most informative candidate's gain
