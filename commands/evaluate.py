@@ -105,7 +105,10 @@ def evaluate(domain, catalog, user_temperature, user_lapse, assistant, model, ad
     against the Bayesian predictive, each with 95% bootstrap intervals) and DIR/accuracy.png; with elicited
     beliefs also the belief metrics and DIR/beliefs.png.  With --study-data, the users are the released
     file's (--users N: its first N; --heldout N: the first N held-out sets) and the report also says where
-    the data came from and whose choices no user of the model could have made.
+    the data came from and whose choices no user of the model could have made.  --design active chooses each
+    observed round's option set by exact information gain (any assistant or --model then plays it); --design lm
+    lets --model choose among --candidates labelled sets, scored against the Bayesian designer, while
+    --assistant (default bayesian) recommends.
     """
     from eval.assistants import make_assistant
     from eval.beliefs.scale import belief_levels, is_elicitable
