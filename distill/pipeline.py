@@ -53,8 +53,7 @@ class DistillSettings:
     n_dialogues: int | None = None
     # Rounds per teaching dialogue.  None: the domain's (5, as in the study) for a --model; one more for the
     # embedded student.  Evaluation asks for a recommendation after 0..5 observed rounds, so the last question
-    # is a 6th round; a from-scratch student never taught one answered it unreliably (measured on hotel, two
-    # runs of the same settings: 69.6% and 63.8% accuracy after round 5, 75.2% and 70.0% agreement).
+    # is a 6th round; a from-scratch student never taught one answers it unreliably (see experiments/README.md).
     teach_rounds: int | None = None
     n_eval_users: int = 100  # users held out of the teaching data, for evaluation
     n_heldout: int = 20  # held-out option sets per evaluation user and round

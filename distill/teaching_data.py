@@ -33,9 +33,9 @@ from ppl_models.rng import generator
 
 TEACHERS = ("bayesian", "oracle", "soft")
 # Dialogues per teaching user: the study's 10 (every prefix an example, 31,200 on flight), and 100 whole
-# dialogues for the embedded student (a from-scratch model memorises the study's 5,240 hotel dialogues within
-# its budget -- measured: 64% of the teacher's picks on its training dialogues, chance on new ones -- so it
-# needs new dialogues for most of its steps).
+# dialogues for the embedded student (a from-scratch model memorises the study's hotel dialogues within its
+# budget and stays at chance on new ones, so it needs new dialogues for most of its steps; see
+# experiments/README.md).
 STUDY_DIALOGUES_PER_USER = 10
 EMBEDDED_DIALOGUES_PER_USER = 100
 PREFIXES = ("all", "longest")

@@ -194,9 +194,9 @@ def _run_chunks(run_chunk, chunks: list, progress=None) -> None:
     Each thread takes the next chunk as it finishes one, with half of torch's intra-op threads (one each on
     two cores).  On a few cores this beats splitting every operation across the cores: no synchronisation
     per operation, one chunk's Pyro trace overlaps another's arithmetic, and when another process takes a
-    core only one thread waits (measured on a shared 2-core machine: OpenMP-split operations can then run
-    100 times slower, chunk threads about as fast as one core).  The gain on two idle cores is modest
-    (about 1.2x over one thread: every torch call hands Python's GIL over).  An error is raised for the
+    core only one thread waits (OpenMP-split operations then wait on the busy core at every operation, chunk
+    threads run about as fast as one core).  The gain on two idle cores is modest, since every torch call
+    hands Python's GIL over (benchmarks/bench_inference.py measures one thread against two).  An error is raised for the
     first chunk (in order) that fails, as a sequential run would raise it.
     """
     torch_threads = torch.get_num_threads()

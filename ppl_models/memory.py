@@ -2,23 +2,21 @@
 
 The first write to freshly allocated memory page-faults once per page.  Exact inference writes its
 posterior (``[dialogues, rounds + 1, hypotheses]`` float64, e.g. 618 MB for 20,592 flight dialogues) once,
-so with 4 KiB pages faulting can cost more than computing it (measured on a 2-core VM: 0.19 s to first
-touch 618 MB, against 0.02 s to write it again).  On Linux, ``madvise(MADV_HUGEPAGE)`` asks for 2 MiB pages
-for the range (the kernel's transparent_hugepage setting "madvise", a common default, gives them only where
-asked): 512 times fewer faults (0.035 s for the same 618 MB).  Elsewhere, or where the call fails, this is a
-plain ``torch.empty``.  One caveat, measured on a virtual machine whose balloon driver hands free memory
-back to the host: after a few seconds idle, the kernel's free huge pages are the memory the host took back,
-and the first write to them took 0.3-1 s for those 618 MB (the host backs them again), where 4 KiB pages
-took their usual 0.19 s; back to back, huge pages stayed at 0.03-0.04 s.
+so with 4 KiB pages faulting can cost more than computing it.  On Linux, ``madvise(MADV_HUGEPAGE)`` asks for
+2 MiB pages for the range (the kernel's transparent_hugepage setting "madvise", a common default, gives them
+only where asked): 512 times fewer faults.  Elsewhere, or where the call fails, this is a plain
+``torch.empty``.  One caveat: on a virtual machine whose balloon driver hands free memory back to the host,
+free huge pages that sat idle may be memory the host took back, and the first write to them can then cost
+more than 4 KiB pages would (the host backs them again).  ``benchmarks/bench_inference.py`` (its ``memory``
+section) times first and second writes on both page sizes.
 
 Inference also allocates and frees a few MB of intermediate tensors per chunk of dialogues.  glibc's malloc
 returns freed memory at the top of its heap to the kernel once it exceeds a trim threshold, which starts at
 128 KiB and only rises (to twice the size, up to 64 MiB) when a large block it had mapped separately is
 freed; depending on what the process happened to allocate before, every chunk's intermediates could be
-faulted in afresh (measured: 471,000 page faults and 1.1 s instead of 600 and 0.27 s for 20,592 flight
-dialogues, from one process start to the next).  ``warm_allocator`` allocates and frees one 31 MiB block
-once per process, which raises both thresholds to their maximum as any program that once used such a
-buffer would; it changes no setting (an explicit ``mallopt`` would switch the adaptive thresholds off).
+faulted in afresh, differently from one process start to the next.  ``warm_allocator`` allocates and frees
+one 31 MiB block once per process, which raises both thresholds to their maximum as any program that once
+used such a buffer would; it changes no setting (an explicit ``mallopt`` would switch the adaptive thresholds off).
 """
 from __future__ import annotations
 

@@ -20,6 +20,7 @@ from eval.protocol import run_protocol
 from eval.beliefs import elicit_beliefs
 from ppl_models import get_domain, simulate_dialogues
 from ppl_models.users import describe_user
+from png_checks import check_plot_png
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py: tiny models, one thread
 
@@ -178,6 +179,7 @@ def belief_request(domain, n_users=2, n_rounds=2):
     return RecommendRequest(domain, options, picks, choices, options[:, :1], seed=0, users=dialogue.users)
 
 
+@pytest.mark.slow
 def test_lm_score_mode_beliefs_are_the_softmax_of_the_scored_answers(tiny):
     flight2 = get_domain("flight2")
     request = belief_request(flight2)
@@ -249,6 +251,7 @@ def test_lm_run_with_failed_answers_scores_them_as_undefined(tiny):
     assert "belief_tv" not in metrics  # decoded answers are not distributions
 
 
+@pytest.mark.slow
 def test_cli_evaluate_writes_the_belief_metrics(tmp_path):
     runner = CliRunner()
     out = tmp_path / "bayes"
@@ -261,7 +264,8 @@ def test_cli_evaluate_writes_the_belief_metrics(tmp_path):
     assert max(report["metrics"]["belief_error"]["mean"]) <= 1e-6
     assert report["beliefs"]["elicited"] and report["beliefs"]["levels"]["price"] == [-1.0, -0.5, 0.0, 0.5, 1.0]
     assert report["failures"]["unparseable_belief_answers"] == 0 and report["beliefs"]["questions"] == 5 * 6 * 4
-    assert (out / "beliefs.png").stat().st_size > 10_000
+    # stated against posterior weights (left) and the four belief metrics' curves (right: C0-C3)
+    check_plot_png(out / "beliefs.png", (11, 4.2), dpi=110, series=4)
     assert "stated beliefs" in result.output and "implied acc %" in result.output
     # Off with --no-elicit-beliefs; an explicit request on webshop is a one-line error.
     result = runner.invoke(main, ["evaluate", "--assistant", "random", "--no-elicit-beliefs", "--users", "3",

@@ -10,6 +10,7 @@ import brute_force
 import tiny_lm
 from cli import main
 from ppl_models import get_domain
+from png_checks import check_plot_png
 
 
 @pytest.fixture
@@ -158,6 +159,7 @@ def test_every_project_error_class_derives_from_the_one_base():
     assert issubclass(BayesTeachError, ValueError)  # ``except ValueError`` keeps catching every one of them
 
 
+@pytest.mark.slow
 def test_evaluate_a_local_language_model_in_both_modes(runner, tmp_path):
     model_dir = tiny_lm.save_tiny_lm(tmp_path / "tiny")
     for mode in ("score", "generate"):
@@ -167,7 +169,7 @@ def test_evaluate_a_local_language_model_in_both_modes(runner, tmp_path):
         assert result.exit_code == 0, result.output
         report = json.loads((out / "report.json").read_text())
         assert report["model"] == str(model_dir) and report["mode"] == mode and report["n_users"] == 3
-        assert (out / "accuracy.png").stat().st_size > 10_000
+        check_plot_png(out / "accuracy.png", (6.4, 4.2), dpi=120, series=3)  # the model, Bayesian, random
         assert len(report["metrics"]["agreement_with_bayesian"]["mean"]) == 6
         if mode == "score":
             assert "kl_from_bayesian" in report["metrics"] and "log_loss" in report["metrics"]
@@ -213,6 +215,7 @@ def test_evaluate_on_the_users_a_teaching_set_held_out(runner, tmp_path):
         assert bad.exit_code == 2 and message in bad.output and "Traceback" not in bad.output
 
 
+@pytest.mark.slow
 def test_webshop_runs_through_simulate_and_evaluate(runner, tmp_path):
     out = tmp_path / "webshop.json"
     result = runner.invoke(main, ["simulate", "--domain", "webshop", "--users", "30", "--heldout", "20", "--out", str(out)])

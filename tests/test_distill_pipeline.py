@@ -7,6 +7,7 @@ import pytest
 import tiny_lm
 from distill.pipeline import DistillSettings, run_distill
 from ppl_models import get_domain
+from png_checks import check_plot_png
 
 
 def _settings(tmp_path, **changes):
@@ -29,9 +30,11 @@ def _check_outputs(tmp_path, report, teacher, embedded=True):
     assert report == json.loads((out / "report.json").read_text())
     assert report["n_users"] == 3 and len(report["accuracy"]) == 6
     assert set(report["extra"]["curves"]) >= {"bayesian", "random"}
-    assert (out / "accuracy.png").stat().st_size > 10_000
+    # the student after teaching, then the references: the student before (when evaluated), Bayesian, random
+    check_plot_png(out / "accuracy.png", (6.4, 4.2), dpi=120, series=len(set(report["extra"]["curves"])) + 1)
 
 
+@pytest.mark.slow
 def test_distill_a_hugging_face_model_with_lora(tmp_path):
     model_dir = tiny_lm.save_tiny_lm(tmp_path / "tiny")
     lines = []
@@ -42,6 +45,7 @@ def test_distill_a_hugging_face_model_with_lora(tmp_path):
     assert "student before" in table and "student after" in table and "bayesian" in table
 
 
+@pytest.mark.slow
 def test_distill_the_embedded_student(tmp_path, monkeypatch):
     pytest.importorskip("distill.student.model")
     import distill.student.tokenizer as student_tokenizer
@@ -71,13 +75,14 @@ def test_distill_the_embedded_student(tmp_path, monkeypatch):
                                 card["chat_template_options"], template)
 
 
+@pytest.mark.slow
 def test_distill_runs_on_webshop(tmp_path):
     report = run_distill(_settings(tmp_path, domain="webshop", eval_before=False), log=lambda line: None)
     _check_outputs(tmp_path, report, "bayesian")
     assert report["domain"] == "webshop"
 
 
-@pytest.mark.parametrize("embedded", [True, False])
+@pytest.mark.parametrize("embedded", [True, pytest.param(False, marks=pytest.mark.slow)])
 def test_distill_for_a_number_of_steps_instead_of_the_clock(tmp_path, embedded):
     model = None if embedded else str(tiny_lm.save_tiny_lm(tmp_path / "tiny"))
     hf_only = {} if embedded else {"dtype": "float32", "gradient_checkpointing": True}

@@ -1,4 +1,4 @@
-"""benchmarks/gradient_snr.py: mini-batch gradients, their signal and noise, checked against one backward pass
+"""experiments/gradient_snr.py: mini-batch gradients, their signal and noise, checked against one backward pass
 over the union of the batches and against batches that are all the same."""
 import importlib.util
 import json
@@ -15,7 +15,7 @@ from eval.student_card import save_student_card
 from ppl_models import get_domain
 from ppl_models.rng import generator
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gradient_snr.py"
+SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "gradient_snr.py"
 TINY = StudentConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64)
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -1,11 +1,18 @@
-"""Every notebook in notebooks/ runs top to bottom in a fresh kernel, and computes what its text claims.
+"""Every notebook in notebooks/ runs top to bottom in a fresh kernel, and computes what its text claims; each is
+committed executed, with its plots, so that a repository page and the docs show them.
 
 Each notebook ends with a ``result`` dict of the numbers it stands on; the test appends one cell that prints
 it as JSON and checks it here.  The kernel runs this interpreter (a throw-away kernel spec pointing at
-``sys.executable``), from the notebooks/ directory, with the non-interactive Agg backend.
+``sys.executable``), from the notebooks/ directory, with the non-interactive Agg backend.  To refresh the
+committed outputs after changing a notebook or the code it shows (from the repository root, the project
+installed):
+
+    jupyter execute --inplace notebooks/*.ipynb
 """
 from __future__ import annotations
 
+import ast
+import base64
 import json
 import sys
 from pathlib import Path
@@ -22,7 +29,7 @@ NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
 KERNEL_NAME = "bayes-teach-test"
 CELL_TIMEOUT_S = 300
 RESULT_MARKER = "NOTEBOOK-RESULT-JSON:"
-MAX_SAVED_BYTES = 100_000
+MAX_SAVED_BYTES = 1_000_000  # a few plots at the inline backend's resolution
 
 PRINT_RESULT = f"""
 import json as _json
@@ -111,17 +118,36 @@ def test_the_issue_notebooks_exist():
     assert {path.stem for path in NOTEBOOKS} >= set(CHECKS)
 
 
+def committed_images(notebook) -> list[bytes]:
+    """The PNG images in a notebook's outputs, decoded."""
+    return [base64.b64decode(output["data"]["image/png"]) for cell in notebook.cells if cell.cell_type == "code"
+            for output in cell.get("outputs", []) if "image/png" in output.get("data", {})]
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[path.stem for path in NOTEBOOKS])
-def test_notebook_is_saved_small(path):
-    """Saved without images (and at most tiny text outputs), so the repository stays small."""
+def test_notebook_is_committed_executed_with_its_plots(path, tmp_path):
+    """Saved executed top to bottom in one fresh kernel (execution counts 1, 2, 3, ... in cell order, no errors),
+    holding at least one plot that is a real picture, and small enough for the repository."""
     assert path.stat().st_size < MAX_SAVED_BYTES
     notebook = nbformat.read(path, as_version=4)
     nbformat.validate(notebook)
-    for cell in notebook.cells:
-        for output in cell.get("outputs", []):
-            assert not any(key.startswith("image/") for key in output.get("data", {})), f"{path.name} embeds an image"
+    code = [cell for cell in notebook.cells if cell.cell_type == "code"]
+    assert [cell.execution_count for cell in code] == list(range(1, len(code) + 1)), "not run in order, fresh"
+    assert not [o for cell in code for o in cell.outputs if o.output_type == "error"], f"{path.name} saved an error"
+    images = committed_images(notebook)
+    assert images, f"{path.name} holds no image output"
+    import matplotlib.image
+
+    for k, png in enumerate(images):
+        (tmp_path / f"{k}.png").write_bytes(png)
+        pixels = matplotlib.image.imread(str(tmp_path / f"{k}.png"))
+        assert pixels.shape[0] >= 150 and pixels.shape[1] >= 200, pixels.shape
+        rgb = pixels[..., :3] * pixels[..., 3:] + (1 - pixels[..., 3:]) if pixels.shape[2] == 4 else pixels
+        assert 0.01 < float((rgb < 0.9).any(-1).mean()) < 0.7, f"{path.name}: image {k} is blank or filled"
 
 
+@pytest.mark.notebook
+@pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[path.stem for path in NOTEBOOKS])
 def test_notebook_runs(path, kernel_spec_dir, monkeypatch):
     monkeypatch.setenv("MPLBACKEND", "Agg")  # the kernel inherits it: no inline rendering
@@ -131,3 +157,26 @@ def test_notebook_runs(path, kernel_spec_dir, monkeypatch):
     if check is not None:
         assert result is not None, f"{path.name} defines no `result`"
         check(result)
+        # the committed outputs are what the code gives now: the `result` the notebook shows last is this run's
+        assert same_numbers(committed_result(path), result), f"{path.name}: committed outputs are stale; re-execute it"
+
+
+def committed_result(path: Path):
+    """The value the committed notebook's last code cell displays (its ``result`` dict), parsed."""
+    notebook = nbformat.read(path, as_version=4)
+    last = [cell for cell in notebook.cells if cell.cell_type == "code"][-1]
+    shown = [output for output in last.outputs if "text/plain" in output.get("data", {})]
+    assert shown, f"{path.name}: the last cell shows no result"
+    return ast.literal_eval(shown[-1]["data"]["text/plain"])
+
+
+def same_numbers(saved, fresh, rel: float = 1e-6) -> bool:
+    """Equal structure and strings; numbers equal to ``rel`` (thread counts may move the last digits)."""
+    if isinstance(saved, dict):
+        return isinstance(fresh, dict) and set(saved) == set(fresh) and all(same_numbers(saved[k], fresh[k], rel) for k in saved)
+    if isinstance(saved, (list, tuple)):
+        return isinstance(fresh, (list, tuple)) and len(saved) == len(fresh) and all(
+            same_numbers(a, b, rel) for a, b in zip(saved, fresh))
+    if isinstance(saved, (int, float)) and not isinstance(saved, bool) and isinstance(fresh, (int, float)):
+        return saved == pytest.approx(fresh, rel=rel, abs=1e-12)
+    return saved == fresh

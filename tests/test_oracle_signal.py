@@ -1,4 +1,4 @@
-"""benchmarks/oracle_signal.py: the oracle target's cross-entropy floor, checked against brute force over every
+"""experiments/oracle_signal.py: the oracle target's cross-entropy floor, checked against brute force over every
 preference vector (tests/brute_force.py) on a few teaching dialogues."""
 import dataclasses
 import importlib.util
@@ -11,7 +11,7 @@ import torch
 import brute_force
 from ppl_models import get_domain, simulate_dialogues
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "oracle_signal.py"
+SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "oracle_signal.py"
 
 
 def _load_script():

@@ -162,6 +162,8 @@ def _smollm2_tokenizer():
     return AutoTokenizer.from_pretrained(folder, gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
 
 
+@pytest.mark.real_model
+@pytest.mark.slow
 def test_custom_template_round_trips_from_teaching_text_to_evaluation_prompts(custom_path, tmp_path):
     """make-data's teaching text and an LM assistant's evaluation prompts (and scored answers) agree token for
     token, under the embedded student's tokenizer made for the template and under SmolLM2's."""
@@ -285,6 +287,7 @@ def test_evaluate_records_the_template_and_train_checks_it(custom_path, tmp_path
     assert result.exit_code == 2 and "written with prompt template 'default'" in result.output, result.output
 
 
+@pytest.mark.slow
 def test_distill_the_embedded_student_with_a_custom_template(custom_path, tmp_path, monkeypatch):
     from transformers import AutoTokenizer
 

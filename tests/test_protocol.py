@@ -10,6 +10,7 @@ from ppl_models import get_domain
 STUDY_FLIGHT = [40.3, 58.0, 67.3, 73.1, 77.5, 81.0]  # an independent simulation of the protocol (../shared/STUDY.md)
 
 
+@pytest.mark.slow
 def test_bayesian_assistant_reproduces_the_study_curve_on_flight():
     run = run_protocol(get_domain("flight"), BayesianAssistant(), seed=0)
     summary = summarise_run(run)

@@ -1,10 +1,10 @@
-"""benchmarks/real_lm_teaching.py: the stages it plans (what each teacher trains and which model each evaluation
+"""experiments/real_lm_teaching.py: the stages it plans (what each teacher trains and which model each evaluation
 loads) and the pick-loss windows it records from a training log."""
 import importlib.util
 import json
 from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "real_lm_teaching.py"
+SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "real_lm_teaching.py"
 
 
 def _load_script(monkeypatch):  # run as a script it finds stage_runner beside it; loaded here, by its folder

@@ -29,6 +29,7 @@ def smollm2_file():
     return next(p for p in __import__("pathlib").Path(folder).glob("*.gguf"))
 
 
+@pytest.mark.real_model
 @needs_smollm2
 def test_alias_file_and_folder_name_the_same_gguf():
     path = smollm2_file()
@@ -48,6 +49,8 @@ def flight_request(n_rounds: int, n_sets: int):
     return RecommendRequest(flight, options, choices.roll(1, dims=1), choices, sets, seed=0, users=dialogue.users)
 
 
+@pytest.mark.real_model
+@pytest.mark.slow
 @needs_smollm2
 def test_smollm2_scores_flight_users_with_the_per_prompt_probabilities(smollm2):
     from eval.assistants import truncate_request
@@ -71,6 +74,8 @@ def test_smollm2_scores_flight_users_with_the_per_prompt_probabilities(smollm2):
     assert (shared[1].probs - shared[0].probs).abs().max() > 1e-3  # the history changes the answer
 
 
+@pytest.mark.real_model
+@pytest.mark.slow
 @needs_smollm2
 def test_smollm2_generate_mode_answers_or_fails_with_its_text(smollm2):
     assistant = LMAssistant(smollm2, mode="generate", batch_size=2)
@@ -102,6 +107,8 @@ def test_gguf_of_an_architecture_transformers_cannot_read_is_named(tmp_path):
     assert "\n" not in str(raised.value)
 
 
+@pytest.mark.real_model
+@pytest.mark.slow
 @needs_smollm2
 def test_truncated_gguf_is_a_clear_error(tmp_path):
     with open(smollm2_file(), "rb") as source:

@@ -95,7 +95,13 @@ def test_a_few_training_steps_lower_the_loss(tmp_path):
                            config=TINY, max_steps=20)
     assert result.steps == 20 and result.stop_reason == "max_steps"
     assert sum(result.losses[-3:]) / 3 < 0.7 * sum(result.losses[:3]) / 3
-    assert (tmp_path / "run" / "model" / "tokenizer.json").exists()
+    # the saved tokenizer, loaded as evaluate loads it, reads a dialogue as the student's own tokenizer does
+    from transformers import AutoTokenizer
+
+    saved = AutoTokenizer.from_pretrained(tmp_path / "run" / "model")
+    _, fresh = build_student(domain, TINY)
+    messages = dialogue_messages(domain, *_dialogue(domain))
+    assert tokenize_chat(saved, messages)[0] == tokenize_chat(fresh, messages)[0]
 
 
 @pytest.mark.parametrize("domain", [get_domain("hotel"), get_domain("flight")], ids=lambda d: d.name)

@@ -132,7 +132,8 @@ def package_shoppers(domain, space):
     return keys
 
 
-@pytest.mark.parametrize("temperature,lapse", [(0.0, 0.0), (0.5, 0.0), (0.0, 0.1), (0.3, 0.05)])
+@pytest.mark.parametrize("temperature,lapse", [(0.0, 0.0), (0.5, 0.0), (0.0, 0.1),
+                                               pytest.param(0.3, 0.05, marks=pytest.mark.slow)])
 def test_posterior_matches_brute_force(temperature, lapse):
     domain = get_domain("webshop").with_user(temperature=temperature, lapse=lapse)
     rows = raw_rows()
@@ -198,6 +199,7 @@ def test_options_are_catalogue_products_of_one_category():
     assert text.startswith("category: ") and "n/a" not in text and ", price: $" in text
 
 
+@pytest.mark.slow
 def test_bayesian_assistant_learns():
     domain = get_domain("webshop")
     run = run_protocol(domain, BayesianAssistant(), n_users=40, seed=0, n_heldout=40)

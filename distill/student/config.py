@@ -1,6 +1,7 @@
 """The embedded student's settings: its shape, its tokenizer choices and its training defaults, in one
 ``StudentConfig`` that extends the trainer's ``TrainConfig`` (the same fields, read by the same trainer), saved
-inside every run.  Why each default is what it is: the comment above it (measurements in ``distill/student/model.py``).
+inside every run.  Why each default is what it is: the comment above it (the measurements behind them:
+experiments/README.md, "The embedded student's design").
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ class StudentConfig(TrainConfig):
     read by the same trainer) whose defaults are the student's."""
     # --- training: TrainConfig's fields with the student's defaults ----------------------------------
     model_name_or_path: str = "embedded-student"
-    # every weight of a from-scratch model trains, in float32 (what every number below was measured with)
+    # every weight of a from-scratch model trains, in float32 (the precision the defaults below were chosen in)
     method: str = "full"
     dtype: str = "float32"
     # Longest sequence; a 6-round hotel dialogue is at most ~51 tokens with option tokens (one per option
@@ -34,8 +35,8 @@ class StudentConfig(TrainConfig):
     weight_decay: float = 0.01
     # Adam's second-moment decay.  0.95 rather than the usual 0.999: with 0.999 a token seen once in a while
     # gets a step of ~3x the learning rate per coordinate each time it appears (its second moment has decayed
-    # towards zero since its last appearance); 0.95 keeps such steps near the learning rate.  Measured with
-    # frozen option rows, 600 steps, same data: 73-75% agreement with 0.95, 64-69% with 0.999.
+    # towards zero since its last appearance); 0.95 keeps such steps near the learning rate (see
+    # experiments/README.md).
     adam_beta2: float = 0.95
     # The wall-clock budget of train_student (the whole call: tokenising, calibration and saving included).
     budget_minutes: float | None = DEFAULT_BUDGET_MINUTES
@@ -44,11 +45,9 @@ class StudentConfig(TrainConfig):
     keep_last_checkpoints: int = 1
 
     # --- the model -----------------------------------------------------------------------------------
-    # Width of the residual stream.  At 128 (4 layers, ~0.92M parameters besides the embedding tables) a
-    # step of 32 six-round hotel dialogues takes 0.13-0.25 s on 2 cores depending on the machine, so the main
-    # job fits ~2,000-4,100 steps (3,138-3,401 in Dec 2026 on the release's hotel); the task has few concepts
-    # (4 features x <= 11 values).  Measured (Dec 2026, equal budgets): 256 wide at the 800 steps 10 minutes fit,
-    # 70.0% after round 5 against 72.2% for 128 at 1,500 steps; 6 layers at 1,300 steps stayed near chance.
+    # Width of the residual stream.  The task has few concepts (4 features x <= 11 values); a narrow, shallow
+    # model fits more steps into a CPU budget, and wider or deeper ones did no better within the same budget
+    # (see experiments/README.md).
     hidden_size: int = 128
     # Transformer blocks.  Comparing options within a round and accumulating feedback across rounds needs
     # a few hops of attention (option values -> option, choice -> chosen option, preference -> new options).
@@ -59,17 +58,13 @@ class StudentConfig(TrainConfig):
     intermediate_size: int = 384
     # Option-line and restated-choice embeddings stay as initialised (header + ordinal value directions, see
     # option_token_init): ~21,800 rows each seen ~30 times in a run would otherwise each take ~30 Adam steps
-    # of noise as large as their structure.  Measured (hotel, the 20,000 dialogues of teaching users 0-199,
-    # steps of 32, beta2 0.95, the previous option_token_init): frozen, the student agreed with the teacher
-    # on 73-75% of picks in rounds 1-5 after 600 steps (79/76/74/76/75% after 800); trained, on 42/46/51/54/52%
-    # after 600.  With beta2 0.999 and trained rows (all 52,400 dialogues, steps of 64) it stayed at chance
-    # (31-37%) for 800 steps.  Everything else, the digit and header rows included, trains.
+    # of noise as large as their structure (see experiments/README.md).  Everything else, the digit and
+    # header rows included, trains.
     freeze_option_embeddings: bool = True
     # Soft-target KL weight (used only if the data has soft targets; the pipeline sets 1.0 for the soft
     # teacher).  The answers are one token, so the trainer scores the candidates on the conversation's own
-    # row (no extra rows).  Measured (main job, hotel, 10 minutes): soft teaching fitted 3,331 steps (its
-    # candidates take ~2 minutes to tokenise) and reached 71.7% after round 5 (77.7% agreement); hard
-    # Bayesian picks fitted 4,150 steps and reached 74.3% (80.2%).
+    # row (no extra rows).  Soft teaching's candidates cost tokenising time out of the same budget, so it
+    # fits fewer steps than hard picks (see experiments/README.md).
     kl_weight: float = 0.0
     # One token per "feature: value" (", price: $370"): ~5 tokens an option instead of ~12, so ~half the
     # sequence length, and the answer needs to attend to fewer, more informative tokens.
@@ -82,29 +77,22 @@ class StudentConfig(TrainConfig):
     # The chat template restates, at the start of each feedback turn, the option the user says they prefer, as
     # one "Chosen: <description>" token (with option tokens).  No information is added (the option is in the
     # previous turn), but finding it there takes an attention hop keyed on the option number that a model
-    # trained from scratch does not find within a CPU budget.  Measured on a minimal rendering of the task
-    # (1,000 steps): with the chosen option restated, 81/80/77/77/77% agreement with the teacher in rounds
-    # 1-5; with only the option number, 81% in round 1 (no feedback needed) and ~40% after.
+    # trained from scratch does not find within a CPU budget: without the restated option it learns round 1
+    # (no feedback needed) and little after (see experiments/README.md).
     restate_choices: bool = True
     # With restate_choices: the options the user did not choose follow it, as "Rejected: <description>" tokens
     # (frozen, like the option lines, with a marker of their own), so that each comparison the feedback
     # reveals (chosen over rejected) sits at adjacent positions instead of behind a search of the turn before.
-    # No information is added.  Measured (hotel, 1,500 steps of 32, the same 52,400 dialogues, 100 held-out users x
-    # 20 sets): after round 5, seed 0: 74.0% (80.5% agreement) against 72.2% (79.7%) without; seed 1: 71.6%
-    # (79.7%) against 72.0% (80.2%).  No reliable gain, ~20% longer sequences: off.
+    # No information is added, and no reliable gain was found for the longer sequences (see
+    # experiments/README.md): off.
     restate_rejected: bool = False
     # The answer's option number comes right after the last option line, with no question, end marker or
-    # "The best option is Hotel" in between (student_chat_template).  Measured on a minimal rendering of
-    # the same task: predicted at a separate "assistant" token, a 4-layer student agreed with the teacher on
-    # ~50% of picks after 2,000 steps; predicted at the last option's position, on ~77-82% after 1,000.  A
-    # constant token has nothing of its own to compute with in its first layer; the last option line has
-    # its features and number there to compare with the other options from layer one.
+    # "The best option is Hotel" in between (student_chat_template).  A constant token has nothing of its
+    # own to compute with in its first layer; the last option line has its features and number there to
+    # compare with the other options from layer one (see experiments/README.md).
     answer_after_options: bool = True
-    # Keep the "Round k." lines (with answer_after_options; see student_chat_template).  Measured when the
-    # teaching dialogues had 5 rounds (evaluation after round 5 then asked about a 6th, whose "Round 6."
-    # token no training example contained; the pipeline now teaches 6-round dialogues): with the lines,
-    # 66.8% accuracy and 71.6% agreement after round 5 (71.9 / 82.0 after round 4); without, 69.6% and 75.2%
-    # (71.4 / 82.7).
+    # Keep the "Round k." lines (with answer_after_options; see student_chat_template).  Off: they add a
+    # token per round and did not help (see experiments/README.md).
     round_markers: bool = False
     # Start value embeddings on an ordinal quarter circle (see the module docstring).
     ordinal_value_init: bool = True

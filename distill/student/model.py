@@ -4,7 +4,7 @@ one domain's dialogue text, trained fully on the teaching data within a wall-clo
     model, tokenizer = build_student(domain)                       # random weights, domain tokenizer
     result = train_student(domain, "data/train-bayesian.jsonl", "runs/student", budget_minutes=10)
 
-Design (measured on hotel, 2 shared CPU cores, Nov 2026; numbers in the docstrings below):
+Design (the measurements behind each choice: experiments/README.md, "The embedded student's design"):
 
 * **Tokenizer: one token per phrase** (``distill/student/tokenizer.py``, with the chat template).  Word-level
   over a vocabulary derived from the domain declaration and ``eval.text.dialogue``'s fixed phrases, never
@@ -12,26 +12,26 @@ Design (measured on hotel, 2 shared CPU cores, Nov 2026; numbers in the docstrin
   (", price: $370"), each bare value text ("$370", "4 stars", "10:48 AM"), "Hotel 2:", "Round 3." and the
   recurring answer / feedback phrases ("Not quite: I prefer Hotel") are single tokens.  A regex pre-tokeniser
   tries these phrases longest first, then falls back to words, single digits and single punctuation marks (all
-  in the vocabulary), so any number is representable.  Whitespace is dropped.  With the default template a
-  5-round hotel dialogue is 98 tokens (203 with word-level feature names and values; 42 with option tokens,
-  the default), which is what makes CPU training feasible.
+  in the vocabulary), so any number is representable.  Whitespace is dropped.  A dialogue is then a few
+  times shorter than with word-level tokens (shorter still with option tokens, the default), which is what
+  makes CPU training feasible.
 * **Option tokens** (``option_tokens``, default on): where a domain has few enough value combinations
   (hotel 3 x 5,445 lines, flight 3 x 3,993), each whole option line "Hotel 2: distance to downtown: 3 miles,
   price: $460, ..." is one token, its embedding fixed at the header's plus the sum of its values' ordinal
   directions (``freeze_option_embeddings``).  The trainer computes logits only where the loss reads them, so
   the large vocabulary costs little.
-* **What made it learn** (Nov 2026; before these changes it stayed at chance for 1,800 steps in every
-  variant of width, depth, learning rate and token granularity tried):
+* **What made it learn** (without these changes it stayed at chance in every variant of width, depth,
+  learning rate and token granularity tried):
   1. ``restate_choices``: each feedback turn starts with the chosen option's description ("Chosen: ..."),
      so the evidence is where attention can pool it, not one hop away behind an option number;
   2. ``answer_after_options``: the answer's option number is predicted at the last option line's position,
      not at a constant "assistant" token (``student_chat_template``);
   3. ``freeze_option_embeddings`` and Adam's beta2 = 0.95: ~21,800 rarely seen option rows no longer take
      noisy Adam steps as large as their structure;
-  4. the answer is the option number alone: with a period and an end marker after it as targets too, the
-     same student stayed at chance for 600 steps (31-35%) where the number alone reached 69-82%.
-  Numbers per change are in the ``StudentConfig`` comments (``distill/student/config.py``); the run's own
-  are in its report.
+  4. the answer is the option number alone: a period and an end marker after it as targets too kept the
+     same student at chance.
+  Why each default is what it is: the ``StudentConfig`` comments (``distill/student/config.py``); a run's
+  own numbers are in its report.
 * **Chat template** (``student_chat_template``): ``<|role|>content`` per message, without the closing
   question; an answer is its option number alone.  Append-only, so ``eval.text.chat_format.tokenize_chat``
   segments it exactly.
@@ -42,9 +42,9 @@ Design (measured on hotel, 2 shared CPU cores, Nov 2026; numbers in the docstrin
 * **Longest prefix only**: the teaching set holds every prefix of a dialogue as its own example, but the loss
   of the longest one already covers every assistant turn of the shorter ones, so ``train_student`` keeps only
   the longest example of each dialogue: same targets, about a third of the tokens.
-* **Threads and schedule fitted to a shared machine**: a few timed steps pick the torch thread count (one
-  thread was 0.7 s/step where two were 5.4 s/step while other jobs ran); the cosine decay follows the wall
-  clock so that it ends with the budget, whatever the step time turns out to be.
+* **Threads and schedule fitted to a shared machine**: a few timed steps pick the torch thread count (on
+  cores that other jobs also use, one thread can be several times faster than two); the cosine decay follows
+  the wall clock so that it ends with the budget, whatever the step time turns out to be.
 """
 from __future__ import annotations
 
@@ -110,9 +110,8 @@ def option_token_init(model, tokenizer, domain: Domain, planes: list[torch.Tenso
     at an ordinary embedding's norm, without noise: lines that share values are close, a linear read-out of
     the embedding is already a weighted sum of the features, and the option number is there to copy
     (``tie_option_numbers`` ties the answer digits to the headers).  A restated choice ("Chosen: ...") is
-    the same directions plus one shared marker.  Measured with these rows frozen (20,000 dialogues of all
-    users, 600 steps): 69/82/78/77/77% agreement with the teacher in rounds 1-5 with features at full norm;
-    67/40/38/38/37% with the features summed to one norm and half the usual noise added."""
+    the same directions plus one shared marker.  Each feature at full norm, not the features summed to one
+    norm: the latter left the student near chance after round 1 (see experiments/README.md)."""
     descriptions = option_descriptions(domain, template=template)
     if not descriptions:
         return
@@ -246,8 +245,8 @@ def calibrate(model, tokenizer, examples_lines: list[str], config: StudentConfig
     optimizer = torch.optim.AdamW(probe.parameters(), lr=1e-4)
     batch = collate(data, tokenizer.pad_token_id)
     targets = max(1, int(batch.target_mask[:, 1:].sum()))
-    # On a shared CPU, intra-op threads that wait for each other can be far slower than one thread (measured:
-    # 5.4 s vs 0.7 s per step on 2 busy cores), so time every thread count up to the default and keep the best.
+    # On a shared CPU, intra-op threads that wait for each other can be far slower than one thread, so time
+    # every thread count up to the default and keep the best.
     best = (math.inf, torch.get_num_threads())
     for threads in sorted({1, torch.get_num_threads()}):
         torch.set_num_threads(threads)
@@ -262,7 +261,7 @@ def calibrate(model, tokenizer, examples_lines: list[str], config: StudentConfig
             times.append(time.perf_counter() - t0)
         median = sorted(times[1:])[len(times[1:]) // 2]
         # more threads must win clearly (by 1.25x): their speed is the first to collapse when other jobs
-        # start.  Measured on 2 idle cores, a 6-round hotel batch: 0.19 s a step on 1 thread, 0.125 s on 2.
+        # start, while on idle cores two threads win by more than that.
         best = min(best, (median if threads == 1 else median / 0.8, threads))
     torch.set_num_threads(best[1])
     return best[0], tokenize_s, best[1]

@@ -1,10 +1,10 @@
 """The embedded student's text side: a phrase-level tokenizer made for one domain and its chat template.
 
 See ``distill.student.model`` for why the text is rendered this way (restated choices, the answer right after the
-last option line, no round markers) and what each choice measured.  All fixed wording (instructions, headers,
-answers, feedback) comes from the prompt template (``eval.text.dialogue``), so a student built with a custom
-template reads exactly the text its teaching data holds; its chat template's edits are derived from the same
-template (``template_parts``).
+last option line, no round markers), and experiments/README.md for what each choice measured.  All fixed
+wording (instructions, headers, answers, feedback) comes from the prompt template (``eval.text.dialogue``), so
+a student built with a custom template reads exactly the text its teaching data holds; its chat template's
+edits are derived from the same template (``template_parts``).
 """
 from __future__ import annotations
 
@@ -150,7 +150,7 @@ def student_chat_template(domain: Domain, restate: bool = False, answer_after_op
         says_prefer = " or ".join(f"message['content'].startswith({before!r} ~ k ~ {after!r})"
                                   for before, after in parts["feedback"])
     # Both edits cut strings with split() rather than looping over lines: the sandboxed Jinja renderer
-    # charges for every call, and line loops made tokenising 4x slower (3.5 vs 0.9 ms a 5-round dialogue).
+    # charges for every call, and line loops made tokenising several times slower.
     restated = (
         f"{{% for k in range(1, {domain.n_options + 1}) %}}"
         f"{{% if {says_prefer} %}}"

@@ -245,7 +245,7 @@ def tokenize_dataset(tokenizer, examples: list[ChatExample], max_length: int, wi
     no assistant token within max_length: it would silently contribute nothing.
 
     ``workers`` > 1 tokenises in that many forked processes (rendering chat templates is pure-Python work,
-    ~1-3 ms a conversation); the result is the same list, in the same order."""
+    milliseconds a conversation); the result is the same list, in the same order."""
     global _WORKER_STATE
     if workers > 1 and len(examples) >= 100 * workers and "fork" in multiprocessing.get_all_start_methods():
         _WORKER_STATE = (tokenizer, examples, max_length, with_soft_targets)

@@ -52,8 +52,10 @@ class TrainConfig:
     # "lora": LoRA on an unquantised base (no bitsandbytes needed); "full": every weight is trained.
     method: str = "qlora"
     # Precision the base weights are loaded in (and the 4-bit compute dtype): "auto" = bfloat16 on a GPU that
-    # supports it, float32 otherwise.  On CPU "bfloat16" is worth choosing for LoRA on a real model (measured
-    # on SmolLM2-135M: see benchmarks/bench_train_throughput.py); float32 keeps tests bit-reproducible.
+    # supports it, float32 otherwise.  On CPU, "bfloat16" pays only where the CPU has bfloat16 instructions
+    # (AVX-512 BF16 or AMX): there LoRA trains faster than in float32 and in less memory, while on an AVX2-only
+    # CPU bfloat16 is several times slower than float32 (benchmarks/bench_train_throughput.py measures both).
+    # float32 keeps tests bit-reproducible.
     dtype: str = "auto"
     # transformers' attention kernel: "sdpa" (torch's scaled_dot_product_attention, fused where available)
     # or "eager".

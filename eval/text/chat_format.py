@@ -48,8 +48,8 @@ def _render_plain(tokenizer, messages, add_generation_prompt: bool) -> str:
 
 # A tokenizer whose attribute of this name equals its chat_template holds a template this process wrote itself
 # (the embedded student's, distill/student/tokenizer.py): render_chat then renders it with plain Jinja instead of
-# transformers' sandbox, which guards against a hub model's template and costs ~2.6x the time (27 vs 10 ms a
-# 6-round dialogue's segments).  A tokenizer loaded from disk never has the attribute: its template is sandboxed.
+# transformers' sandbox, which guards against a hub model's template and costs a few times the rendering time
+# (benchmarks/bench_tokenize.py).  A tokenizer loaded from disk never has the attribute: its template is sandboxed.
 OWN_TEMPLATE_ATTRIBUTE = "bayes_teach_own_chat_template"
 
 

@@ -1,6 +1,6 @@
 """Bayesian vs oracle teaching of a real pretrained LM on CPU, with transfer: the study's headline, measured.
 
-    python benchmarks/real_lm_teaching.py [--model smollm2] [--budget 45] [--users 12] [--heldout 10] \
+    python experiments/real_lm_teaching.py [--model smollm2] [--budget 45] [--users 12] [--heldout 10] \
         [--work runs/real_lm_teaching] [--parallel 2 --threads 1]
 
 Three models: the LM as released, taught on the Bayesian assistant's picks, and taught on the users' own
@@ -8,14 +8,14 @@ choices (oracle), by LoRA (``--method full``: full fine-tuning, the study's meth
 only the assistant turns differ), the same budget and settings.  Each is evaluated in score mode on flight
 (the users the teaching sets held out, ``evaluate --users-of``) and on hotel (transfer: no hotel was taught),
 beside the Bayesian assistant and random on the same users and held-out sets.  Every step is a ``cli.py``
-command run as a resumable stage (benchmarks/stage_runner.py); the JSON quotes each command and its wall time.
+command run as a resumable stage (experiments/stage_runner.py); the JSON quotes each command and its wall time.
 
 Settings, and why: teaching dialogues are whole 5-round dialogues (``--prefixes longest``: every assistant
 turn is learnt from one example, a fifth of the text of every-prefix examples, which matters at ~70 tokens/s);
 float32 without gradient checkpointing, batch 2, when the CPU lacks bf16 instructions (bf16 runs ~6x slower
 than float32 there; checkpointing trades ~40% speed for memory that 2 runs x ~7 GB do not need); the
 learning-rate schedule spans ``--max-steps`` and the budget stops the run.  Writes
-benchmarks/results/real_lm_teaching.json.
+experiments/results/real_lm_teaching.json.
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from pathlib import Path
 
 from stage_runner import REPO_ROOT, Stage, print_plan, results_header, round_metrics, run_stages, write_json  # noqa: E402
 
-RESULTS = REPO_ROOT / "benchmarks" / "results" / "real_lm_teaching.json"
+RESULTS = REPO_ROOT / "experiments" / "results" / "real_lm_teaching.json"
 TEACHERS = ("bayesian", "oracle")
 
 

@@ -1,4 +1,4 @@
-"""Long experiments as resumable stages of ``cli.py`` commands, for the teaching benchmarks.
+"""Long experiments as resumable stages of ``cli.py`` commands (teacher_budgets.py, real_lm_teaching.py).
 
 A stage is one CLI command and the file that says it finished.  ``run_stages`` runs the missing ones, at most
 ``parallel`` at a time (each with ``threads`` torch threads), and records every stage's exact command, wall
@@ -126,7 +126,7 @@ def print_plan(stages: list[Stage]) -> None:
 
 
 def results_header(benchmark: str, args) -> dict:
-    """The fields every teaching benchmark's JSON opens with: its name, when, the machine and the settings."""
+    """The fields every teaching experiment's JSON opens with: its name, when, the machine and the settings."""
     return {"benchmark": benchmark, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": machine(),
             "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}}
 

@@ -1,6 +1,7 @@
 """How much an oracle teacher's labels can teach: the cross-entropy floor of the oracle target per round.
 
-    python benchmarks/oracle_signal.py [--domain hotel] [--dialogues 100] [--rounds 6] [--out results/oracle_signal.json]
+    python experiments/oracle_signal.py [--domain hotel] [--dialogues 100] [--rounds 6] \
+        [--out experiments/results/oracle_signal.json]
 
 The oracle teacher's answer in round r is the user's own choice.  Given the history (rounds before r), the
 best any student can predict that choice is the exact Bayesian posterior predictive p_bayes(. | history), so
@@ -111,7 +112,7 @@ def main(argv=None) -> dict:
     start = time.perf_counter()
     result = oracle_signal(domain, users, args.dialogues, args.rounds or domain.n_rounds + 1, args.seed)
     result["wall_s"] = round(time.perf_counter() - start, 2)
-    result["command"] = "python benchmarks/oracle_signal.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    result["command"] = "python experiments/oracle_signal.py " + " ".join(argv if argv is not None else sys.argv[1:])
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")

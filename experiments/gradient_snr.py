@@ -1,8 +1,8 @@
 """Why the oracle-taught student sits at ln 3: the training gradient's signal and noise per teacher, measured.
 
-    python benchmarks/gradient_snr.py --model runs/hotel-oracle/train/model \
+    python experiments/gradient_snr.py --model runs/hotel-oracle/train/model \
         --data bayesian=runs/hotel-bayesian/data/train-bayesian.jsonl --data oracle=runs/hotel-oracle/data/train-oracle.jsonl \
-        [--batch-size 32] [--batches 48] [--out benchmarks/results/gradient_snr.json]
+        [--batch-size 32] [--batches 48] [--out experiments/results/gradient_snr.json]
 
 At the weights of ``--model`` (an embedded student saved by train/distill, e.g. one stuck on the ln 3 plateau),
 for each teaching set, the trainer's loss (distill.training.loss.micro_batch_loss, the student's frozen option rows
@@ -126,7 +126,7 @@ def main(argv=None) -> dict:
     results = measure(args.model, {k: Path(v) for k, v in data.items()}, args.batch_size, args.batches)
     out = {"benchmark": "gradient_snr", "model": str(args.model), "batch_size": args.batch_size,
            "batches": args.batches, "data": data, "teachers": results, "wall_s": round(time.perf_counter() - start, 1),
-           "command": "python benchmarks/gradient_snr.py " + " ".join(argv if argv is not None else sys.argv[1:])}
+           "command": "python experiments/gradient_snr.py " + " ".join(argv if argv is not None else sys.argv[1:])}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=2) + "\n")
     print(f"{'teacher':10s} {'part':10s} {'signal^2':>10s} {'+- se':>9s} {'noise^2':>9s} {'snr':>10s}")

@@ -1,11 +1,11 @@
 """How fast each teacher teaches the embedded student: Bayesian vs oracle at equal budgets of optimizer steps.
 
-    python benchmarks/teacher_budgets.py [--domain hotel] [--bayesian-steps 500,1500] [--oracle-steps 500,1500] \
+    python experiments/teacher_budgets.py [--domain hotel] [--bayesian-steps 500,1500] [--oracle-steps 500,1500] \
         [--work runs/teacher_budgets] [--parallel 2 --threads 1]
 
-Resumable stages (benchmarks/stage_runner.py) of ``cli.py`` commands, seed 0:
+Resumable stages (experiments/stage_runner.py) of ``cli.py`` commands, seed 0:
 
-* ``data-T``: ``make-data --domain D --teacher T --dialogues 100 --rounds 7 --prefixes longest`` once per teacher
+* ``data-T``: ``make-data --domain D --teacher T --dialogues 100 --rounds 6 --prefixes longest`` once per teacher
   (what ``distill`` writes for the embedded student; --rounds is the domain's + 1),
 * ``T-N-train``: ``train --data WORK/data-T/train-T.jsonl --domain D --max-steps N --out WORK/T-N/train``,
 * ``T-N``: ``evaluate --model WORK/T-N/train/model --users-of WORK/data-T --heldout 20 --out WORK/T-N``: the
@@ -19,7 +19,7 @@ other jobs share the CPU are comparable: the student sees the same number of exa
 speed.  For each point the JSON holds the accuracy and agreement with the Bayesian assistant after each
 round, and the loss curve's plateau: the first step at which the mean training loss over the last 50 steps
 falls 0.01 below ln 3, i.e. where the student starts to use what it reads.  Writes
-benchmarks/results/teacher_budgets.json and a plot (accuracy after the last round against steps, per teacher;
+experiments/results/teacher_budgets.json and a plot (accuracy after the last round against steps, per teacher;
 loss curves) beside it.
 """
 from __future__ import annotations
@@ -32,7 +32,7 @@ from pathlib import Path
 
 from stage_runner import REPO_ROOT, Stage, print_plan, results_header, round_metrics, run_stages, write_json  # noqa: E402
 
-RESULTS = REPO_ROOT / "benchmarks" / "results" / "teacher_budgets.json"
+RESULTS = REPO_ROOT / "experiments" / "results" / "teacher_budgets.json"
 PLATEAU_WINDOW = 50
 PLATEAU_DROP = 0.01
 
