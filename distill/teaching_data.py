@@ -28,7 +28,7 @@ from eval.text.dialogue import PromptTemplate, candidate_answers, default_templa
 from eval.text.prompt_template import PromptTemplateError, check_template
 from eval.report import package_versions
 from ppl_models import Domain, all_users, infer, simulate_dialogues
-from ppl_models.errors import BayesTeachError
+from ppl_models.errors import BayesTeachError, read_user_text
 from ppl_models.rng import generator
 
 TEACHERS = ("bayesian", "oracle", "soft")
@@ -46,7 +46,8 @@ def split_users(domain: Domain, n_eval_users: int, seed: int) -> tuple[torch.Ten
     """(teaching users, evaluation users): a seeded, disjoint split of the prior's support."""
     support = all_users(domain)
     if not 0 <= n_eval_users < len(support):
-        raise BayesTeachError(f"n_eval_users must be between 0 and {len(support) - 1}, got {n_eval_users}")
+        raise BayesTeachError(f"the users held out for evaluation (--eval-users, n_eval_users) must number 0 to "
+                              f"{len(support) - 1} on {domain.name}, which has {len(support)} users; got {n_eval_users}")
     order = torch.randperm(len(support), generator=generator(seed, "eval-users"))
     eval_users = support[order[:n_eval_users]].sort().values
     train_users = support[order[n_eval_users:]].sort().values
@@ -179,7 +180,7 @@ def held_out_users(manifest_path, domain: Domain, n_users: int | None = None) ->
 def _read_json(path: Path) -> dict:
     """A manifest's contents; a damaged one is the user's file at fault (one line)."""
     try:
-        return json.loads(path.read_text())
+        return json.loads(read_user_text(path))
     except json.JSONDecodeError as error:
         raise BayesTeachError(f"{path}: not valid JSON ({error.msg}, line {error.lineno})") from None
 

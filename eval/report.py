@@ -26,7 +26,7 @@ import json
 import os
 from pathlib import Path
 
-from ppl_models.errors import BayesTeachError
+from ppl_models.errors import BayesTeachError, read_user_text
 
 from eval.beliefs.elicitation import belief_report
 from eval.metrics import summarise_run
@@ -92,7 +92,7 @@ def save_report(report: dict, path) -> Path:
 def load_report(path) -> dict:
     path = Path(path)
     try:
-        report = json.loads(path.read_text())
+        report = json.loads(read_user_text(path))
     except FileNotFoundError:
         raise FileNotFoundError(f"no report at {path}") from None
     except json.JSONDecodeError as error:

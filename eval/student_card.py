@@ -22,7 +22,7 @@ import json
 from pathlib import Path
 
 from ppl_models import Domain
-from ppl_models.errors import BayesTeachError
+from ppl_models.errors import BayesTeachError, read_user_text
 
 STUDENT_CARD_NAME = "student.json"
 SCHEMA = "bayes-teach/student/v1"
@@ -69,7 +69,7 @@ def read_student_card(model_dir) -> dict | None:
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(read_user_text(path))
     except json.JSONDecodeError as error:
         raise BayesTeachError(f"{path}: not valid JSON ({error.msg}, line {error.lineno})") from None
 

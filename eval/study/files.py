@@ -12,7 +12,7 @@ import torch
 
 from ppl_models import Domain
 from ppl_models.domain import Feature
-from ppl_models.errors import BayesTeachError
+from ppl_models.errors import BayesTeachError, read_user_text
 from ppl_models.linear import linear_utility, linear_weight_prior
 
 from eval.records import ProtocolData
@@ -45,7 +45,7 @@ def file_record(path: Path) -> dict:
 def read_jsonl(path: Path) -> list:
     """(line number, object) for every non-blank line."""
     rows = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
+    for number, line in enumerate(read_user_text(path, StudyDataError).splitlines(), start=1):
         if line.strip():
             try:
                 rows.append((number, json.loads(line)))

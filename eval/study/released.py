@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 
 from ppl_models import Domain, hypothesis_space, simulate_choices
+from ppl_models.errors import read_user_text
 from ppl_models.rng import generator
 
 from eval.records import N_HELDOUT, ProtocolData, pick_argmax
@@ -168,7 +169,7 @@ def read_heldout(domain: Domain, path: Path, weights: list, n_heldout: int | Non
     """The shared held-out sets, long [M, O, F], each user's picks, long [N, M], and the users whose picks
     came from their weights (no entry for their ``reward_fn`` in the file)."""
     try:
-        heldout = json.loads(path.read_text())
+        heldout = json.loads(read_user_text(path, StudyDataError))
     except json.JSONDecodeError as error:
         raise StudyDataError(f"{path}: not valid JSON ({error.msg}, line {error.lineno})") from None
     check_features(domain, need(heldout, "features", str(path)), str(path))
