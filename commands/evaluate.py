@@ -214,6 +214,6 @@ def plot(reports, out, metric):
     """Overlay several report.json files in one per-round plot."""
     from eval.report import load_report, plot_reports
 
-    loaded = [load_report(path) for path in reports]
+    loaded = [load_report(path, metric=metric) for path in reports]
     plot_reports(loaded, out, metric=metric)
     click.echo(f"plot: {out}")

@@ -174,6 +174,11 @@ def held_out_users(manifest_path, domain: Domain, n_users: int | None = None) ->
         raise BayesTeachError(f"{path} held out {manifest['domain']} users, not {domain.name} users")
     if not manifest["eval_users"]:
         raise BayesTeachError(f"{path} held out no users (make-data --eval-users 0)")
+    known = set(all_users(domain).tolist())
+    strange = [u for u in manifest["eval_users"] if isinstance(u, bool) or not isinstance(u, int) or u not in known]
+    if strange:
+        raise BayesTeachError(f"{path}: eval_users lists {strange[0]!r}, not a user of {domain.name} (whole numbers "
+                              f"0 to {max(known)})")
     return torch.tensor(manifest["eval_users"][:n_users] if n_users else manifest["eval_users"], dtype=torch.long)
 
 

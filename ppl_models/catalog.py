@@ -170,22 +170,26 @@ def catalog_from_records(rows, columns, schema=None, source: str = "catalogue") 
     products, unknown_values = [], {}
     for line, row in rows:
         where = f"{source}: line {line}"
-        category = _text(row.get("category"))
-        if not category or category.lower() == NOT_APPLICABLE:
-            raise CatalogError(f"{where}: empty category")
-        price = _price(row.get("price"), where)
-        attributes = {}
-        for name in attribute_columns:
+
+        def cell(name: str) -> str:
             try:
-                value = _text(row.get(name))
+                return _text(row.get(name))
             except CatalogError as error:
                 raise CatalogError(f"{where}: {name}: {error}") from None
+
+        category = cell("category")
+        if not category or category.lower() == NOT_APPLICABLE:
+            raise CatalogError(f"{where}: empty category")
+        price = _price(cell("price"), where)
+        attributes = {}
+        for name in attribute_columns:
+            value = cell(name)
             if not value or value.lower() == NOT_APPLICABLE:
                 continue
             if schema is not None and value not in schema[name]:
                 unknown_values.setdefault(name, {}).setdefault(value, line)
             attributes[name] = value
-        products.append(Product(category, price, attributes, _text(row.get("id")), _text(row.get("title"))))
+        products.append(Product(category, price, attributes, cell("id"), cell("title")))
     if unknown_values:
         parts = [
             f"{name}: " + ", ".join(f"{value!r} (line {line})" for value, line in values.items())

@@ -62,6 +62,24 @@ def need(obj, key: str, where: str):
     return obj[key]
 
 
+def need_list(obj, key: str, where: str) -> list:
+    """``obj[key]``, which must be a list."""
+    value = need(obj, key, where)
+    if not isinstance(value, list):
+        raise StudyDataError(f"{where}: {key!r} must be a list, got {type(value).__name__}")
+    return value
+
+
+def need_numbers(obj, key: str, where: str) -> list:
+    """``obj[key]``, which must be a list of finite numbers."""
+    import math
+
+    value = need_list(obj, key, where)
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value):
+        raise StudyDataError(f"{where}: {key!r} must list finite numbers")
+    return value
+
+
 def option_table(options, choice, where: str, n_options: int) -> tuple:
     """A round's option texts and pick, checked: (list of str, int)."""
     if not isinstance(options, list) or len(options) != n_options or not all(isinstance(o, str) for o in options):
