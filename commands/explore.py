@@ -81,5 +81,7 @@ def posterior(domain, catalog, user_temperature, user_lapse, dialogue_path, json
             cells = "  ".join(f"{label:>5}: {p:.3f}" for label, p in probs.items())
             click.echo(f"  {site:<36} {cells}")
     if json_out:
-        Path(json_out).write_text(json.dumps({"domain": loaded.name, "rounds": summary}, indent=2) + "\n")
+        from eval.io_utils import atomic_write_text
+
+        atomic_write_text(json_out, json.dumps({"domain": loaded.name, "rounds": summary}, indent=2) + "\n")
         click.echo(f"marginals: {json_out}")

@@ -18,12 +18,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import torch
 
 from eval.assistants import pick_argmax
+from eval.io_utils import atomic_write_bytes
 from eval.text.dialogue import PromptTemplate, candidate_answers, default_template, dialogue_messages, load_template
 from eval.text.prompt_template import PromptTemplateError, check_template
 from eval.report import package_versions
@@ -101,14 +101,10 @@ def build_examples(domain: Domain, teacher: str, users: torch.Tensor, n_dialogue
 
 
 def _write_atomic(path: Path, text: str) -> str:
-    """Write ``text`` to ``path`` via a temp file and rename; return its sha256."""
+    """Write ``text`` to ``path`` atomically (eval.io_utils: a failure leaves the previous file and no partial
+    one); return its sha256."""
     data = text.encode()
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    atomic_write_bytes(path, data)
     return hashlib.sha256(data).hexdigest()
 
 

@@ -23,9 +23,9 @@ from __future__ import annotations
 import datetime as _dt
 import importlib.metadata
 import json
-import os
 from pathlib import Path
 
+from eval.io_utils import atomic_save_figure, atomic_write_text
 from ppl_models.errors import BayesTeachError, read_user_text
 
 from eval.beliefs.elicitation import belief_report
@@ -82,10 +82,7 @@ def build_report(run: EvaluationRun, *, model=None, adapter=None, mode=None, ext
 def save_report(report: dict, path) -> Path:
     """Write ``report`` as JSON atomically (a temp file, then rename)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(report, indent=2) + "\n")  # serialised first: a failure leaves the old file
     return path
 
 
@@ -229,6 +226,6 @@ def plot_reports(reports, out=None, metric: str = "accuracy", references=None, t
     if isinstance(out, (str, Path)):
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         figure.tight_layout()
-        figure.savefig(out, dpi=120)
+        atomic_save_figure(figure, out, dpi=120)
         plt.close(figure)
     return figure

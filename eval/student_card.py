@@ -56,7 +56,9 @@ def save_student_card(domain: Domain, directory, chat_template_options: dict | N
     if chat_template_options is not None:
         card["chat_template_options"] = dict(chat_template_options)
     path = Path(directory) / STUDENT_CARD_NAME
-    path.write_text(json.dumps(card, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    from eval.io_utils import atomic_write_text
+
+    atomic_write_text(path, json.dumps(card, indent=2, ensure_ascii=False) + "\n")
     return path
 
 

@@ -161,7 +161,9 @@ def load_template(path=None) -> PromptTemplate:
 def save_template(template: PromptTemplate, directory) -> Path:
     """Write ``template``'s content to ``directory/prompt_template.json`` (beside a model trained on its text)."""
     path = Path(directory) / SAVED_TEMPLATE_NAME
-    path.write_text(json.dumps(template.content(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    from eval.io_utils import atomic_write_text
+
+    atomic_write_text(path, json.dumps(template.content(), indent=2, ensure_ascii=False) + "\n")
     return path
 
 
