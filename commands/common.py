@@ -15,6 +15,8 @@ DTYPE_CHOICES = ("auto", "float32", "bfloat16")  # eval.lm.loading.DTYPES' names
 MAX_HELDOUT = 10_000
 MAX_DIALOGUES = 10_000
 MAX_ROUNDS = 50
+# numpy's seed (transformers.set_seed seeds it with the training seed) is 0 to 2**32 - 1
+TRAINING_SEED = click.IntRange(0, 2**32 - 1)
 TEACHER_HELP = "bayesian: the Bayesian assistant's picks; oracle: the user's choices; soft: bayesian plus its predictive."
 
 
@@ -98,6 +100,15 @@ def explicit(ctx: click.Context, name: str) -> bool:
     source = ctx.get_parameter_source(name)
     return source is not None and source not in (click.core.ParameterSource.DEFAULT,
                                                  click.core.ParameterSource.DEFAULT_MAP)
+
+
+def refuse_unused(options: list[tuple[str, str]], reason: str) -> None:
+    """A usage error naming each of ``options`` ((parameter name, flag)) that the user gave although it changes
+    nothing ``reason`` (e.g. "without --model"): an option that asks for something says when it cannot do it."""
+    ctx = click.get_current_context()
+    given = [flag for name, flag in options if explicit(ctx, name)]
+    if given:
+        raise click.UsageError(f"{' and '.join(given)} {'does' if len(given) == 1 else 'do'} nothing {reason}")
 
 
 def check_resume(resume: bool, checkpoints_dir, fresh_flag: str = "leave out --resume") -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from commands.common import MAX_HELDOUT, DTYPE_CHOICES, OutputPath, domain_options, load_domain, progress_bar, run_and_report
+from commands.common import MAX_HELDOUT, DTYPE_CHOICES, OutputPath, refuse_unused, domain_options, load_domain, progress_bar, run_and_report
 
 
 def reference_reports(domain, n_users, seed, n_heldout, users=None):
@@ -103,6 +103,9 @@ def evaluate(domain, catalog, user_temperature, user_lapse, assistant, model, ad
         raise click.UsageError("--prompt-template needs --model (built-in assistants read no prompts)")
     if study_file and not study_dir:
         raise click.UsageError("--study-file needs --study-data")
+    if not model:
+        refuse_unused([("mode", "--mode"), ("dtype", "--dtype"), ("load_in_4bit", "--load-in-4bit")],
+                      "without --model (a built-in assistant reads no prompts and loads no weights)")
     if users_of and study_dir:
         raise click.UsageError("--users-of and --study-data both choose the users: give one")
     loaded = load_domain(domain, catalog, user_temperature, user_lapse)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from commands.common import MAX_DIALOGUES, MAX_HELDOUT, MAX_ROUNDS, DTYPE_CHOICES, TEACHER_HELP, OutputPath, check_resume, domain_options, load_domain, prompt_template_option
+from commands.common import MAX_DIALOGUES, MAX_HELDOUT, MAX_ROUNDS, DTYPE_CHOICES, TEACHER_HELP, TRAINING_SEED, OutputPath, check_resume, domain_options, refuse_unused, load_domain, prompt_template_option
 
 CLI_SCRIPT = Path(__file__).resolve().parents[1] / "cli.py"  # what `accelerate launch` runs for train
 
@@ -66,7 +66,7 @@ def make_data(domain, catalog, user_temperature, user_lapse, teacher, dialogues,
               help="Run this command under `accelerate launch --config_file FILE` (configs/accelerate/ddp.yaml, fsdp.yaml, "
                    "zero3.yaml); the file is checked first.")
 @click.option("--resume", is_flag=True, help="Continue from the last complete checkpoint in --out.")
-@click.option("--seed", type=int, default=None, help="Seed for initialisation and data order (default 0).")
+@click.option("--seed", type=TRAINING_SEED, default=None, help="Seed for initialisation and data order (default 0).")
 @click.option("--prompt-template", type=click.Path(dir_okay=False), default=None,
               help="With no --model: the prompt template the teaching set was written with (the embedded student's "
                    "tokenizer is made for its text); default: the one its manifest.json records, else the default.")
@@ -80,6 +80,10 @@ def train(data_path, model, domain, recipe, method, dtype, gradient_checkpointin
 
     load_chat_jsonl(data_path)  # a bad line is one error now, not a traceback after the model is built
     check_resume(resume, Path(out_dir) / "checkpoints")
+    if model is not None and domain is not None:
+        raise click.UsageError("--domain is for the embedded student (no --model); a --model learns the teaching set's text as it is")
+    if model is None:
+        refuse_unused([("merge", "--merge")], "for the embedded student (no adapter to merge; it saves the whole model)")
     if accelerate_config is not None and "LOCAL_RANK" not in os.environ:  # not yet launched: check, then launch
         from distill.training.launch import check_accelerate_config, relaunch, without_option
 
@@ -139,7 +143,7 @@ def train(data_path, model, domain, recipe, method, dtype, gradient_checkpointin
 @click.option("--teach-rounds", type=click.IntRange(1, MAX_ROUNDS), default=None,
               help="Rounds per teaching dialogue (default: 5, as in the study, for --model; 6 for the embedded student, "
                    "so that the question after round 5, which evaluation asks, is taught too).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed for data, training and evaluation.")
+@click.option("--seed", type=TRAINING_SEED, default=0, show_default=True, help="Seed for data, training and evaluation.")
 @click.option("--resume", is_flag=True, help="Resume an interrupted training run in --out.")
 @click.option("--eval-domains", default="",
               help="Comma-separated domains to evaluate the model on before and after teaching, e.g. hotel,webshop (the "
@@ -160,6 +164,9 @@ def distill(domain, teacher, model, method, budget_minutes, max_steps, dtype, gr
     from distill.training.config import DEFAULT_BUDGET_MINUTES
 
     check_resume(resume, Path(out_dir or f"runs/{domain}-{teacher}") / "train" / "checkpoints")
+    if model is None:
+        refuse_unused([("method", "--method"), ("dtype", "--dtype"), ("gradient_checkpointing", "--gradient-checkpointing")],
+                      "for the embedded student (they set how a --model is trained)")
 
     if budget_minutes is None:  # with --max-steps the steps end the run, not the clock
         budget_minutes = math.inf if max_steps else DEFAULT_BUDGET_MINUTES

@@ -35,7 +35,7 @@ def _resolve(path: str):
     except ImportError as error:  # the module, or something it imports, is not installed
         raise UnknownDomainError(f"cannot import {module_name!r} for domain {path!r}: {error}") from error
     if not hasattr(module, attribute):
-        raise UnknownDomainError(f"module {module_name!r} has no attribute {attribute!r}")
+        raise UnknownDomainError(f"domain {path!r}: module {module_name!r} has no attribute {attribute!r}")
     value = getattr(module, attribute)
     if argument is not None:
         if not argument.strip().lstrip("+-").isdigit():

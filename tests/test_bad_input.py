@@ -512,3 +512,101 @@ def test_bad_input_accepted_runs_for_real(case, samples, tmp_path, monkeypatch, 
     monkeypatch.undo()
     (tmp_path / "real").mkdir()
     assert run_case(case, samples, tmp_path / "real", monkeypatch, stub_work=False) in ("ok", "rejected")
+
+
+# ------------------------------------------------------------------------------------------------------------
+# regressions: the tracebacks found by hand, and flags that ask for something the command cannot do
+# ------------------------------------------------------------------------------------------------------------
+def one_error_line(result) -> str:
+    assert "Traceback" not in result.output and result.exception is None or isinstance(result.exception, SystemExit)
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error")]
+    assert len(errors) == 1, result.stderr
+    return errors[0]
+
+
+def test_a_teaching_set_with_one_malformed_json_line_is_one_error_naming_the_line(samples, tmp_path):
+    lines = samples["teaching_set"].read_text().splitlines()
+    lines[2] = '{"messages": [broken'
+    data = tmp_path / "train.jsonl"
+    data.write_text("\n".join(lines) + "\n")
+    result = CliRunner().invoke(main, ["train", "--data", str(data), "--domain", "hotel", "--max-steps", "1",
+                                       "--out", str(tmp_path / "out")])
+    assert f"{data}:3: not valid JSON" in one_error_line(result)
+    assert not (tmp_path / "out").exists()  # refused before any work
+
+
+@pytest.mark.parametrize("spec,message", [
+    ("json:dumps", "must be a Domain or a function that returns one when called with 0 argument(s)"),
+    ("os:getcwd", "is a str, not a Domain (nor a function returning one)"),
+    ("ppl_models.domains.hotel:__name__", "is a str, not a Domain"),
+    ("ppl_models.domains.hotel:no_such_attr", "has no attribute 'no_such_attr'"),
+    ("no_such_module_xyz:domain", "cannot import 'no_such_module_xyz'"),
+    ("ppl_models.domains.hotel:__name__(3)", "is not a function to call with 3"),
+    (":domain", "give module:attribute"),
+])
+def test_a_domain_spec_that_is_no_domain_is_one_error(spec, message):
+    result = CliRunner().invoke(main, ["simulate", "--domain", spec, "--users", "2", "--heldout", "2"])
+    line = one_error_line(result)
+    assert message in line and spec.split("(")[0] in line
+
+
+@pytest.mark.parametrize("command", [["simulate", "--out", "{file}/sub/report.json"],
+                                     ["make-data", "--eval-users", "620", "--out", "{file}/sub"],
+                                     ["evaluate", "--assistant", "bayesian", "--out", "{file}/sub"]])
+def test_an_output_under_a_regular_file_is_one_error_before_any_work(command, tmp_path):
+    regular = tmp_path / "regular"
+    regular.write_text("x")
+    args = [a.format(file=regular) for a in command]
+    line = one_error_line(CliRunner().invoke(main, args))
+    assert f"{regular} is a file, not a folder" in line and "--out" in line
+
+
+def test_train_resume_with_nothing_to_resume_refuses_naming_the_flag(samples, tmp_path):
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["train", "--data", str(samples["teaching_set"]), "--domain", "hotel",
+                                       "--max-steps", "1", "--resume", "--out", str(out)])
+    line = one_error_line(result)
+    assert "--resume: nothing to resume" in line and str(out / "checkpoints") in line and "leave out --resume" in line
+    assert not out.exists()
+
+
+def test_distill_resume_with_nothing_to_resume_refuses(tmp_path):
+    result = CliRunner().invoke(main, ["distill", "--domain", "hotel", "--resume", "--out", str(tmp_path / "run")])
+    assert "--resume: nothing to resume" in one_error_line(result)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["evaluate", "--assistant", "bayesian", "--mode", "generate"], "--mode does nothing without --model"),
+    (["evaluate", "--assistant", "bayesian", "--dtype", "bfloat16", "--load-in-4bit"],
+     "--dtype and --load-in-4bit do nothing without --model"),
+    (["distill", "--method", "lora"], "--method does nothing for the embedded student"),
+    (["distill", "--gradient-checkpointing"], "--gradient-checkpointing does nothing for the embedded student"),
+    (["train", "--domain", "hotel", "--merge"], "--merge does nothing for the embedded student"),
+    (["train", "--domain", "hotel", "--model", "x"], "--domain is for the embedded student"),
+])
+def test_options_that_change_nothing_here_say_so(args, message, samples, tmp_path):
+    extra = {"evaluate": ["--out", str(tmp_path / "e")], "distill": ["--out", str(tmp_path / "d")],
+             "train": ["--data", str(samples["teaching_set"]), "--out", str(tmp_path / "t")]}[args[0]]
+    assert message in one_error_line(CliRunner().invoke(main, args + extra))
+
+
+def test_the_errors_page_lists_every_project_error_class():
+    """docs/guide/errors.md names every BayesTeachError subclass with its module (the classes found as
+    tests/test_cli.py finds them), so a new error class needs its line there."""
+    import importlib
+    import inspect
+    import pkgutil
+
+    from ppl_models.errors import BayesTeachError
+
+    page = (ROOT / "docs" / "guide" / "errors.md").read_text()
+    found = []
+    for package in ("ppl_models", "eval", "distill"):
+        for info in pkgutil.walk_packages(importlib.import_module(package).__path__, prefix=f"{package}."):
+            for name, value in vars(importlib.import_module(info.name)).items():
+                if inspect.isclass(value) and issubclass(value, BayesTeachError) and value.__module__ == info.name:
+                    found.append((name, info.name))
+    assert len(found) >= 15
+    missing = [f"{name} ({module})" for name, module in found if f"| `{name}` | `{module}` |" not in page]
+    assert missing == []
