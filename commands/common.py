@@ -81,11 +81,26 @@ class FiniteFloatRange(click.FloatRange):
         return number
 
 
-def finite_floats(command: click.Command) -> click.Command:
+class NonEmptyString(click.types.StringParamType):
+    """Text that is not empty: an empty --model or --domain names nothing (and an empty --model used to read as
+    no --model at all)."""
+
+    def convert(self, value, param, ctx):
+        text = super().convert(value, param, ctx)
+        if not text.strip():
+            self.fail("is empty; give a value or leave the option out", param, ctx)
+        return text
+
+
+def checked_parameters(command: click.Command) -> click.Command:
     """``command`` with every float option and argument refusing nan and infinities (FiniteFloat,
-    FiniteFloatRange), so that a new float option is covered without anyone remembering to."""
+    FiniteFloatRange), and every free-text option whose default is not empty text refusing empty text
+    (NonEmptyString), so that a new option is covered without anyone remembering to."""
     for param in command.params:
         kind = param.type
+        if type(kind) is click.types.StringParamType and param.default != "":
+            param.type = NonEmptyString()
+            continue
         if isinstance(kind, click.FloatRange) and not isinstance(kind, FiniteFloatRange):
             param.type = FiniteFloatRange(kind.min, kind.max, min_open=kind.min_open, max_open=kind.max_open,
                                           clamp=kind.clamp)

@@ -17,9 +17,10 @@ Each case ends in success or in exit code 2 with one ``Error:`` line that names 
 value); never a traceback, never a hang (an alarm per case), never exit code 0 without the outputs it was asked
 for.  The fast cases run in this process (CliRunner) with the expensive work of ``train`` and ``distill``
 (building and training a model, writing a teaching set) replaced by a stub: reaching it means every check of the
-input passed, so each command must check its input before that work.  The cases that need another user (files
-unreadable by permissions: root reads whatever the mode) and the real runs of what the stub stood for are
-``slow``.
+input passed, so each command must check its input before that work.  The ``slow`` part runs the ``train`` cases
+that reached the stub for real.  Tests often run as root, which reads and writes whatever a file's mode says; the
+unreadable and read-only cases drop root's capabilities to override file modes while they run
+(``obeying_file_permissions``), and are skipped, saying why, where that cannot be done.
 """
 from __future__ import annotations
 
@@ -27,15 +28,12 @@ import contextlib
 import ctypes
 import dataclasses
 import json
-import math
 import os
 import random
 import re
 import shutil
 import signal
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import click

@@ -20,7 +20,6 @@ import tempfile
 from pathlib import Path
 
 import pytest
-import torch
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from ppl_models.errors import BayesTeachError
