@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from commands.common import DTYPE_CHOICES, domain_options, load_domain, progress_bar, run_and_report
+from commands.common import MAX_HELDOUT, DTYPE_CHOICES, OutputPath, refuse_unused, domain_options, load_domain, progress_bar, run_and_report
 
 
 def reference_reports(domain, n_users, seed, n_heldout, users=None):
@@ -61,7 +61,7 @@ def lm_assistant(model, adapter, mode, load_in_4bit, label=None, template=None, 
                    "it held out of teaching (the first --users of them), so that a taught model meets no user it "
                    "was taught on.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for users, options and choices.")
-@click.option("--heldout", type=click.IntRange(min=1), default=None,
+@click.option("--heldout", type=click.IntRange(1, MAX_HELDOUT), default=None,
               help="Held-out option sets per user (default: 100 for built-in assistants, 20 for --model).")
 @click.option("--elicit-beliefs/--no-elicit-beliefs", default=None,
               help="Also ask for the user's preference on each feature after each round (1-5 scale) and score the "
@@ -77,7 +77,7 @@ def lm_assistant(model, adapter, mode, load_in_4bit, label=None, template=None, 
 @click.option("--study-file", default=None,
               help="With --study-data: the release file to replay, e.g. flight_human or webshop/area_rugs (default: "
                    "the domain's own, e.g. flight_3features for flight3).")
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Directory for report.json and accuracy.png.")
+@click.option("--out", "out_dir", required=True, type=OutputPath("dir"), help="Directory for report.json and accuracy.png.")
 def evaluate(domain, catalog, user_temperature, user_lapse, assistant, model, adapter, mode, load_in_4bit, dtype, n_users,
              users_of, seed, heldout, elicit_beliefs, prompt_template, study_dir, study_file, out_dir):
     """Evaluate an assistant or a language model with the study's protocol.
@@ -103,6 +103,9 @@ def evaluate(domain, catalog, user_temperature, user_lapse, assistant, model, ad
         raise click.UsageError("--prompt-template needs --model (built-in assistants read no prompts)")
     if study_file and not study_dir:
         raise click.UsageError("--study-file needs --study-data")
+    if not model:
+        refuse_unused([("mode", "--mode"), ("dtype", "--dtype"), ("load_in_4bit", "--load-in-4bit")],
+                      "without --model (a built-in assistant reads no prompts and loads no weights)")
     if users_of and study_dir:
         raise click.UsageError("--users-of and --study-data both choose the users: give one")
     loaded = load_domain(domain, catalog, user_temperature, user_lapse)
@@ -207,13 +210,13 @@ def evaluate_study(loaded, assistant, model, adapter, mode, load_in_4bit, n_user
 
 @click.command()
 @click.argument("reports", nargs=-1, required=True, type=click.Path(dir_okay=False))
-@click.option("--out", required=True, type=click.Path(dir_okay=False), help="The PNG file to write.")
+@click.option("--out", required=True, type=OutputPath("file"), help="The PNG file to write.")
 @click.option("--metric", default="accuracy", show_default=True,
               help="Which per-round metric to draw (accuracy, agreement_with_bayesian, log_loss, ...).")
 def plot(reports, out, metric):
     """Overlay several report.json files in one per-round plot."""
     from eval.report import load_report, plot_reports
 
-    loaded = [load_report(path) for path in reports]
+    loaded = [load_report(path, metric=metric) for path in reports]
     plot_reports(loaded, out, metric=metric)
     click.echo(f"plot: {out}")

@@ -69,7 +69,7 @@ class DistillSettings:
 
     def __post_init__(self) -> None:
         if not self.budget_minutes > 0:
-            raise ConfigError(f"the budget must be > 0 minutes, got {self.budget_minutes}")
+            raise ConfigError(f"budget_minutes: the budget must be > 0 minutes, got {self.budget_minutes}")
         if self.model is None and (self.dtype != "auto" or self.gradient_checkpointing):
             raise ConfigError("dtype and gradient checkpointing apply to --model; the embedded student trains in float32")
         if self.max_steps is not None and self.max_steps < 1:

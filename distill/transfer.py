@@ -99,7 +99,9 @@ def write_transfer(out_dir, teaching_domain: str, teacher: str, teaching_reports
         plot_reports([report], out / "eval" / name / "accuracy.png", references=references,
                      title=f"{name}: taught on {teaching_domain} ({teacher})")
     table = build_transfer_table(per_domain, teaching_domain, teacher, paths, settings)
-    (out / "transfer.json").write_text(json.dumps(table, indent=2) + "\n")
+    from eval.io_utils import atomic_write_text
+
+    atomic_write_text(out / "transfer.json", json.dumps(table, indent=2) + "\n")
     plot_transfer_table(table, out / "transfer.png")
     log(format_transfer_table(table))
     log(f"transfer: {out / 'transfer.json'}, {out / 'transfer.png'}; per domain: {out / 'eval'}/<domain>/report.json")

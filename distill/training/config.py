@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ppl_models.errors import BayesTeachError
+from ppl_models.errors import BayesTeachError, read_user_text
 
 METHODS = ("qlora", "lora", "full")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -154,7 +154,7 @@ class TrainConfig:
             (self.global_batch_size is None or self.global_batch_size >= 1, "global_batch_size must be >= 1 (or None)"),
             (self.max_steps is None or self.max_steps >= 1, "max_steps must be >= 1 (or None)"),
             (self.epochs is None or self.epochs > 0, "epochs must be > 0 (or None)"),
-            (self.budget_minutes is None or self.budget_minutes > 0, f"the budget must be > 0 minutes, got {self.budget_minutes}"),
+            (self.budget_minutes is None or self.budget_minutes > 0, f"budget_minutes: the budget must be > 0 minutes, got {self.budget_minutes}"),
             (self.warmup_ratio is None or 0 <= self.warmup_ratio < 1, "warmup_ratio must be in [0, 1) (or None)"),
             (self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}"),
             (self.kl_weight >= 0, "kl_weight must be >= 0"),
@@ -194,12 +194,15 @@ class TrainConfig:
         for name, value in values.items():
             if not _has_type(value, hints[name]):
                 raise ConfigError(f"{where}: {name} must be {_type_name(hints[name])}, got {value!r}")
-        return cls(**values)
+        try:
+            return cls(**values)
+        except ConfigError as error:  # a value out of range: say which file set it
+            raise ConfigError(f"{where}: {error}") from None
 
     @classmethod
     def from_json_file(cls, path: str | Path) -> "TrainConfig":
         try:
-            values = json.loads(Path(path).read_text())
+            values = json.loads(read_user_text(path, ConfigError))
         except json.JSONDecodeError as error:
             raise ConfigError(f"{path}: not valid JSON ({error.msg}, line {error.lineno})") from None
         return cls.from_dict(values, str(path))
@@ -220,7 +223,8 @@ class TrainConfig:
         if not path.is_file():
             raise ConfigError(f"recipe {path} does not exist")
         try:
-            values = json.loads(path.read_text()) if path.suffix == ".json" else yaml.safe_load(path.read_text()) or {}
+            text = read_user_text(path, ConfigError)
+            values = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text) or {}
         except (yaml.YAMLError, json.JSONDecodeError) as error:
             raise ConfigError(f"{path}: not valid YAML/JSON ({str(error).splitlines()[0]})") from None
         if isinstance(values, dict):  # YAML 1.1 reads 2e-6 (no dot) as a string: take it as the number it is
