@@ -22,7 +22,7 @@ from eval.text.dialogue import load_template
 from eval.lm import load_causal_lm, prepare_loaded_lm
 from eval.lm.loading import dtype_from_name
 from eval.lm.assistant import LMAssistant
-from eval.protocol import run_protocol
+from eval.runner import evaluate_users
 from eval.report import build_report, format_table, plot_reports, save_report
 from eval.student_card import read_student_card
 from ppl_models import get_domain
@@ -79,7 +79,7 @@ class DistillSettings:
 
 def _evaluate(domain, assistant, users, settings: DistillSettings, label: str, log):
     start = time.perf_counter()
-    run = run_protocol(domain, assistant, users=users, seed=settings.seed, n_heldout=settings.n_heldout)
+    run = evaluate_users(domain, assistant, users, settings.seed, settings.n_heldout)  # evaluate's path (eval/runner)
     report = build_report(run, extra={"label": label})
     log(f"evaluated {label} in {time.perf_counter() - start:.0f} s")
     return report
@@ -155,7 +155,7 @@ def run_distill(settings: DistillSettings, log=print) -> dict:
 
     # ---- 4. the student after training, and the references -----------------------------------------
     after = LMAssistant(after_lm, name="student (after)", template=template)
-    after_run = run_protocol(domain, after, users=eval_users, seed=settings.seed, n_heldout=settings.n_heldout)
+    after_run = evaluate_users(domain, after, eval_users, settings.seed, settings.n_heldout)
     reports["bayesian"] = _evaluate(domain, BayesianAssistant(), eval_users, settings, "bayesian assistant", log)
     reports["random"] = _evaluate(domain, RandomAssistant(), eval_users, settings, "random", log)
     after_elsewhere = evaluate_domains(after, others, settings.n_eval_users, settings.n_heldout, settings.seed,
