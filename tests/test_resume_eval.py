@@ -141,3 +141,16 @@ def test_a_second_evaluation_into_the_same_folder_refuses(tmp_path):
     assert result.returncode == 2
     assert f"being written by another evaluation (process {os.getpid()}" in result.stderr.strip().splitlines()[-1]
     assert not (out / "report.json").exists() and (out / "evaluate.lock").exists()
+
+
+@pytest.mark.slow
+def test_two_processes_resume_a_killed_evaluation(tmp_path, uninterrupted):
+    out = _killed(tmp_path, "mid-chunk", 1)  # chunk 0 finished; chunks 1-3 left for two processes
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                             str(ROOT / "cli.py"), "evaluate", *ARGS, "--resume", "--out", str(out)],
+                            capture_output=True, text=True, env=_env(), timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "resuming: 1 of 4 chunks finished, 3 to play" in result.stderr
+    report = _report(out)
+    assert report.pop("extra") == {"processes": {"world_size": 2, "backend": "gloo"}}
+    assert uninterrupted["extra"] == {} and report == {k: v for k, v in uninterrupted.items() if k != "extra"}
