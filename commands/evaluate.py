@@ -59,7 +59,7 @@ def lm_assistant(model, adapter, mode, load_in_4bit, label=None, template=None, 
               help="score: probability of each option's answer; generate: greedy decoding, then parse the option.")
 @click.option("--load-in-4bit", is_flag=True, help="Load --model in 4-bit NF4 (bitsandbytes).")
 @click.option("--dtype", type=click.Choice(DTYPE_CHOICES), default="auto", show_default=True,
-              help="Precision of --model's weights and activations; auto is float32 on CPU and bfloat16 on a GPU.")
+              help="Precision of --model's weights and activations; auto is bfloat16 on a GPU and on a CPU with AVX-512 BF16 or AMX, float32 elsewhere (the choice is printed and recorded).")
 @click.option("--users", "n_users", type=click.IntRange(min=1), default=None,
               help="How many users (default: all for built-in assistants, 50 for --model).")
 @click.option("--users-of", "users_of", type=click.Path(exists=True), default=None,

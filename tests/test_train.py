@@ -33,7 +33,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py: tiny mo
 
 
 def small_config(**overrides) -> TrainConfig:
-    values = dict(method="lora", lora_r=4, lora_alpha=8, lora_dropout=0.1, learning_rate=5e-3, warmup_steps=1,
+    values = dict(method="lora", dtype="float32", lora_r=4, lora_alpha=8, lora_dropout=0.1, learning_rate=5e-3, warmup_steps=1,
                   batch_size=2, grad_accum_steps=2, max_steps=6, save_every_steps=3, kl_weight=0.5)
     values.update(overrides)
     return TrainConfig(**values)

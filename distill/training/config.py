@@ -21,6 +21,8 @@ from ppl_models.errors import BayesTeachError
 
 METHODS = ("qlora", "lora", "full")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+# Keys train_config.json records beside the fields (what the run resolved), not read back as settings.
+RECORDED_KEYS = ("dtype_resolved",)
 # The default wall-clock budget of the teaching loop (`distill`) and of the embedded student, in minutes.
 DEFAULT_BUDGET_MINUTES = 10.0
 
@@ -52,8 +54,9 @@ class TrainConfig:
     # "lora": LoRA on an unquantised base (no bitsandbytes needed); "full": every weight is trained.
     method: str = "qlora"
     # Precision the base weights are loaded in (and the 4-bit compute dtype): "auto" = bfloat16 on a GPU that
-    # supports it, float32 otherwise.  On CPU "bfloat16" is worth choosing for LoRA on a real model (measured
-    # on SmolLM2-135M: see benchmarks/bench_train_throughput.py); float32 keeps tests bit-reproducible.
+    # supports it and on a CPU with AVX-512 BF16 or AMX (eval.lm.loading.auto_dtype; LoRA on SmolLM2-135M ran
+    # faster in less memory there, see benchmarks/bench_train_throughput.py), float32 otherwise; the choice and
+    # its reason go into train_config.json ("dtype_resolved").  float32 keeps tests bit-reproducible.
     dtype: str = "auto"
     # transformers' attention kernel: "sdpa" (torch's scaled_dot_product_attention, fused where available)
     # or "eager".
@@ -200,6 +203,8 @@ class TrainConfig:
             values = json.loads(Path(path).read_text())
         except json.JSONDecodeError as error:
             raise ConfigError(f"{path}: not valid JSON ({error.msg}, line {error.lineno})") from None
+        if isinstance(values, dict):
+            values = {key: value for key, value in values.items() if key not in RECORDED_KEYS}
         return cls.from_dict(values, str(path))
 
     @classmethod
