@@ -154,3 +154,14 @@ def test_two_processes_resume_a_killed_evaluation(tmp_path, uninterrupted):
     report = _report(out)
     assert report.pop("extra") == {"processes": {"world_size": 2, "backend": "gloo"}}
     assert uninterrupted["extra"] == {} and report == {k: v for k, v in uninterrupted.items() if k != "extra"}
+
+
+def test_differences_name_each_argument_and_cut_long_values_short():
+    from eval.runner.store import differences
+
+    old = {"heldout": 6, "users": list(range(100)), "seed": 0}
+    new = {"heldout": 5, "users": list(range(1, 101)), "seed": 0}
+    changed = differences(old, new)
+    assert changed[0] == "heldout 6 there, 5 now"
+    assert changed[1].startswith("users [0, 1, 2") and "..." in changed[1] and len(changed[1]) < 150
+    assert len(changed) == 2

@@ -48,9 +48,14 @@ def arguments_hash(arguments: dict) -> str:
     return hashlib.sha256(json.dumps(arguments, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def _shown(value, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def differences(old: dict, new: dict) -> list[str]:
-    """What differs between two argument records, as "name X there, Y now"."""
-    return [f"{key} {old.get(key)!r} there, {new.get(key)!r} now"
+    """What differs between two argument records, as "name X there, Y now" (long values cut short)."""
+    return [f"{key} {_shown(old.get(key))} there, {_shown(new.get(key))} now"
             for key in sorted(set(old) | set(new)) if old.get(key) != new.get(key)]
 
 
