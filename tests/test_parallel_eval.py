@@ -138,3 +138,29 @@ def test_two_processes_write_the_one_process_report_for_a_language_model(tmp_pat
     whole.beliefs = elicit_beliefs(whole, assistant)
     expected = build_report(whole, model=str(model_dir), mode="score")
     assert_reports_close(double, expected | {"extra": double["extra"], "prompt_template": double["prompt_template"]})
+
+
+def test_progress_counts_prompts_exactly_whatever_the_hints(tmp_path):
+    from eval.runner import ProgressMeter, prompts_per_user
+
+    steps = prompts_per_user(5, 10, 4)  # 5 rounds, 10 held-out sets, 4 belief features
+    assert steps == [1, 1, 1, 1, 1, 60, 24]
+    meter = ProgressMeter("x", 3, steps, show=False)
+    assert meter.total == 3 * 89
+    meter.begin_chunk(2)
+    for _ in range(5):
+        meter.hint(2)  # a round's prompts reported by the scorer, then the protocol's step: no double count
+        meter.step()
+    meter.hint(50)
+    meter.hint(500)  # more than the step holds: capped
+    assert meter.prompts == 10 + 120
+    meter.step()
+    meter.end_chunk(2)  # the belief step, not reported, is counted at the chunk's end
+    assert (meter.prompts, meter.users) == (2 * 89, 2)
+    # rank 0 adds the other processes' counts; a resumed run starts from its finished users
+    other = ProgressMeter("x", 3, steps, rank=1, world_size=2, folder=tmp_path, show=False)
+    other.begin_chunk(1)
+    other.end_chunk(1)
+    main = ProgressMeter("x", 3, steps, rank=0, world_size=2, folder=tmp_path, show=False, done_users=2)
+    assert main.totals() == (3 * 89, 3)
+    assert main.eta_seconds() == 0.0
