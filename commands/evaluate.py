@@ -145,8 +145,6 @@ def evaluate(domain, catalog, user_temperature, user_lapse, assistant, model, ad
     if model:
         n_users, heldout = n_users or 50, heldout or 20
         dtype_choice = resolve_dtype_choice(dtype, launch.device, load_in_4bit)
-        if launch.is_main:
-            click.echo(f"dtype: {dtype_choice['dtype']} ({dtype_choice['reason']})", err=True)
     else:
         heldout = heldout or 100
     if elicit_beliefs is None:
@@ -163,6 +161,8 @@ def evaluate(domain, catalog, user_temperature, user_lapse, assistant, model, ad
     if model:
         chosen = lm_assistant(model, adapter, mode, load_in_4bit, template=template, domain=loaded, device=launch.device,
                               dtype=dtype_choice["torch_dtype"])
+        if launch.is_main:  # once the model loaded (a bad model path stays one line)
+            click.echo(f"dtype: {dtype_choice['dtype']} ({dtype_choice['reason']})", err=True)
     else:
         chosen = make_assistant(assistant)
     run, finish = play_evaluation(loaded, chosen, users, seed, heldout, bool(elicit_beliefs), out_dir, arguments,

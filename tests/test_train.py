@@ -400,7 +400,7 @@ def test_qlora_trains_a_4bit_tiny_llama_on_cpu_and_merges(student_dir, tmp_path)
     from transformers import AutoModelForCausalLM
 
     data = write_jsonl(tmp_path / "repeated.jsonl", [hotel_conversation(0)] * 4)
-    config = TrainConfig(method="qlora", lora_r=16, lora_alpha=32, lora_dropout=0.0, learning_rate=1e-2,
+    config = TrainConfig(method="qlora", dtype="float32", lora_r=16, lora_alpha=32, lora_dropout=0.0, learning_rate=1e-2,
                          warmup_steps=0, batch_size=4, max_steps=12, save_every_steps=0, merge_adapter=True)
     result = train(config, data, tmp_path / "qlora", model=str(student_dir))
     base_layer = result.model.base_model.model.model.layers[0].self_attn.q_proj.base_layer

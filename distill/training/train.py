@@ -231,7 +231,6 @@ def train(config: TrainConfig, dataset_path, out_dir, *, model=None, resume: boo
     if is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         io_utils.atomic_write_text(out_dir / "train_config.json", config_json)
-        print(f"dtype: {str(dtype).removeprefix('torch.')} ({dtype_reason})", file=sys.stderr, flush=True)
 
     # ---- model: quantised base + adapters, or the full model; then the data ------------------------
     from transformers import set_seed
@@ -239,6 +238,8 @@ def train(config: TrainConfig, dataset_path, out_dir, *, model=None, resume: boo
     set_seed(config.seed)  # LoRA initialisation and dropout; the Trainer seeds the data order
     scratch = tempfile.TemporaryDirectory(prefix="bayes-teach-base-")  # in-memory base re-quantised via disk
     trainable = build_trainable_model(config, source, args.device, Path(scratch.name))
+    if is_main:  # once the model loaded (a bad model path stays one line)
+        print(f"dtype: {str(dtype).removeprefix('torch.')} ({dtype_reason})", file=sys.stderr, flush=True)
     tokenizer = trainable.tokenizer
     pad_id = next(i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0) if i is not None)
     data, truncation = tokenize_dataset(tokenizer, examples, config.max_length, with_soft_targets=config.kl_weight > 0,
