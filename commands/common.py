@@ -187,19 +187,23 @@ def progress_bar(total, description):
 
 
 def run_and_report(domain, assistant, n_users, seed, n_heldout, elicit_beliefs=False, users=None, **ids):
-    """(the EvaluationRun, its report); ``users``: these user ids instead of ``n_users`` drawn at random."""
-    from eval.beliefs import belief_levels, elicit_beliefs as elicit
-    from eval.protocol import run_protocol
+    """(the EvaluationRun, its report) in this process, with a progress bar weighted by prompts (eval/runner);
+    ``users``: these user ids instead of ``n_users`` drawn at random."""
+    from ppl_models import pick_users
+
+    from eval.beliefs import belief_levels, belief_sites
+    from eval.protocol import simulate_protocol_data
     from eval.report import build_report
+    from eval.runner import ProgressMeter, play_users, prompts_per_user
 
     if elicit_beliefs:
         belief_levels(domain)  # fail before playing on a domain whose preferences are not per-feature weights
-    bar = progress_bar(domain.n_rounds + 1 + int(elicit_beliefs), f"{assistant.name} on {domain.name}")
+    users = pick_users(domain, n_users, seed) if users is None else users
+    data = simulate_protocol_data(domain, users, seed, n_heldout)
+    steps = prompts_per_user(domain.n_rounds, n_heldout, len(belief_sites(domain)) if elicit_beliefs else 0)
+    progress = ProgressMeter(f"{assistant.name} on {domain.name}", len(users), steps)
     try:
-        run = run_protocol(domain, assistant, n_users=n_users, users=users, seed=seed, n_heldout=n_heldout,
-                           progress=bar.update)
-        if elicit_beliefs:
-            run.beliefs = elicit(run, assistant, bar.update)
+        run = play_users(domain, assistant, data, seed, elicit_beliefs=elicit_beliefs, progress=progress)
     finally:
-        bar.close()
+        progress.close()
     return run, build_report(run, **ids)

@@ -6,7 +6,11 @@ from pathlib import Path
 
 import click
 
-from commands.common import MAX_HELDOUT, DTYPE_CHOICES, OutputPath, refuse_unused, domain_options, load_domain, progress_bar, run_and_report
+from commands.common import MAX_HELDOUT, DTYPE_CHOICES, OutputPath, refuse_unused, domain_options, load_domain, progress_bar
+from commands.evaluation import (
+    DEFAULT_CHUNK_USERS_BUILTIN, DEFAULT_CHUNK_USERS_LM, evaluation_run_options, play_evaluation, relaunch_if_asked,
+    resolve_dtype_choice,
+)
 
 
 def reference_reports(domain, n_users, seed, n_heldout, users=None):
@@ -22,15 +26,17 @@ def reference_reports(domain, n_users, seed, n_heldout, users=None):
     return reports
 
 
-def lm_assistant(model, adapter, mode, load_in_4bit, label=None, template=None, dtype="auto", domain=None):
-    """An LMAssistant for ``model``; an embedded student saved with its template's options (student card) gets
-    its chat template rendered as this process's own (the same text, without the sandbox's cost)."""
+def lm_assistant(model, adapter, mode, load_in_4bit, label=None, template=None, dtype="auto", domain=None, device="cpu"):
+    """An LMAssistant for ``model`` on ``device``; an embedded student saved with its template's options (student
+    card) gets its chat template rendered as this process's own (the same text, without the sandbox's cost).
+    ``dtype``: a --dtype name or a torch dtype."""
     from eval.lm import load_causal_lm
     from eval.lm.assistant import LMAssistant
     from eval.lm.loading import dtype_from_name
     from eval.student_card import read_student_card
 
-    lm = load_causal_lm(model, adapter=adapter, load_in_4bit=load_in_4bit, dtype=dtype_from_name(dtype))
+    dtype = dtype_from_name(dtype) if isinstance(dtype, str) else dtype
+    lm = load_causal_lm(model, adapter=adapter, load_in_4bit=load_in_4bit, dtype=dtype, device=device)
     for warning in lm.warnings:
         click.echo(f"warning: {warning}", err=True)
     card = read_student_card(model)
@@ -53,7 +59,7 @@ def lm_assistant(model, adapter, mode, load_in_4bit, label=None, template=None, 
               help="score: probability of each option's answer; generate: greedy decoding, then parse the option.")
 @click.option("--load-in-4bit", is_flag=True, help="Load --model in 4-bit NF4 (bitsandbytes).")
 @click.option("--dtype", type=click.Choice(DTYPE_CHOICES), default="auto", show_default=True,
-              help="Precision of --model's weights and activations; auto is float32 on CPU and bfloat16 on a GPU.")
+              help="Precision of --model's weights and activations; auto is bfloat16 on a GPU and on a CPU with AVX-512 BF16 or AMX, float32 elsewhere (the choice is printed and recorded).")
 @click.option("--users", "n_users", type=click.IntRange(min=1), default=None,
               help="How many users (default: all for built-in assistants, 50 for --model).")
 @click.option("--users-of", "users_of", type=click.Path(exists=True), default=None,
@@ -77,9 +83,11 @@ def lm_assistant(model, adapter, mode, load_in_4bit, label=None, template=None, 
 @click.option("--study-file", default=None,
               help="With --study-data: the release file to replay, e.g. flight_human or webshop/area_rugs (default: "
                    "the domain's own, e.g. flight_3features for flight3).")
+@evaluation_run_options
 @click.option("--out", "out_dir", required=True, type=OutputPath("dir"), help="Directory for report.json and accuracy.png.")
 def evaluate(domain, catalog, user_temperature, user_lapse, assistant, model, adapter, mode, load_in_4bit, dtype, n_users,
-             users_of, seed, heldout, elicit_beliefs, prompt_template, study_dir, study_file, out_dir):
+             users_of, seed, heldout, elicit_beliefs, prompt_template, study_dir, study_file, chunk_users, resume,
+             resume_if_partial, accelerate_config, out_dir):
     """Evaluate an assistant or a language model with the study's protocol.
 
     Writes DIR/report.json (per-round accuracy, agreement with the Bayesian assistant, log-loss, KL and Brier
@@ -87,7 +95,12 @@ def evaluate(domain, catalog, user_temperature, user_lapse, assistant, model, ad
     beliefs also the belief metrics and DIR/beliefs.png.  With --study-data, the users are the released
     file's (--users N: its first N; --heldout N: the first N held-out sets) and the report also says where
     the data came from and whose choices no user of the model could have made.
+
+    Under `torchrun --nproc_per_node N cli.py evaluate ...` or `accelerate launch` (or --accelerate-config)
+    the processes share the users and rank 0 writes the report; finished chunks of users are kept in
+    DIR/partial/ until the report is written, so that a killed run continues with --resume.
     """
+    relaunch_if_asked(accelerate_config, "evaluate")
     from eval.assistants import make_assistant
     from eval.beliefs.scale import belief_levels, is_elicitable
     from eval.beliefs.elicitation import plot_beliefs
@@ -108,6 +121,13 @@ def evaluate(domain, catalog, user_temperature, user_lapse, assistant, model, ad
                       "without --model (a built-in assistant reads no prompts and loads no weights)")
     if users_of and study_dir:
         raise click.UsageError("--users-of and --study-data both choose the users: give one")
+    if resume and resume_if_partial:
+        raise click.UsageError("give --resume or --resume-if-partial, not both")
+    from eval.runner import Launch
+
+    launch = Launch.from_env()
+    if study_dir and (launch.distributed or resume or resume_if_partial or chunk_users):
+        raise click.UsageError("--study-data replays in one process, without chunks: drop the launcher, --resume and --chunk-users")
     loaded = load_domain(domain, catalog, user_temperature, user_lapse)
     users = None
     if users_of:  # the users a teaching set held out of teaching
@@ -122,19 +142,47 @@ def evaluate(domain, catalog, user_temperature, user_lapse, assistant, model, ad
     if study_dir:
         return evaluate_study(loaded, assistant, model, adapter, mode, load_in_4bit, n_users, seed, heldout,
                               elicit_beliefs, study_dir, study_file, out_dir, template, dtype)
+    from ppl_models import pick_users
+
+    dtype_choice = None
     if model:
         n_users, heldout = n_users or 50, heldout or 20
-        chosen = lm_assistant(model, adapter, mode, load_in_4bit, template=template, dtype=dtype, domain=loaded)
+        dtype_choice = resolve_dtype_choice(dtype, launch.device, load_in_4bit)
     else:
         heldout = heldout or 100
-        chosen = make_assistant(assistant)
     if elicit_beliefs is None:
         elicit_beliefs = not model and is_elicitable(loaded)
     elif elicit_beliefs:
         belief_levels(loaded)  # a domain without per-feature weights: a clear error before any work
-    run, report = run_and_report(loaded, chosen, n_users, seed, heldout, elicit_beliefs, users=users,
-                                 model=model, adapter=adapter, mode=mode if model else None,
-                                 extra={"dtype": dtype} if model else None)
+    users = pick_users(loaded, n_users, seed) if users is None else users
+    arguments = {"domain": loaded.name, "catalog": catalog, "user_temperature": user_temperature, "user_lapse": user_lapse,
+                 "assistant": assistant, "model": model, "adapter": adapter, "mode": mode if model else None,
+                 "load_in_4bit": load_in_4bit, "dtype": dtype_choice and dtype_choice["dtype"], "users": users.tolist(),
+                 "seed": seed, "heldout": heldout, "elicit_beliefs": bool(elicit_beliefs),
+                 "prompt_template": template.summary() if template is not None else None}
+    chunk_users = chunk_users or (DEFAULT_CHUNK_USERS_LM if model else DEFAULT_CHUNK_USERS_BUILTIN)
+    if model:
+        chosen = lm_assistant(model, adapter, mode, load_in_4bit, template=template, domain=loaded, device=launch.device,
+                              dtype=dtype_choice["torch_dtype"])
+        if launch.is_main:  # once the model loaded (a bad model path stays one line)
+            click.echo(f"dtype: {dtype_choice['dtype']} ({dtype_choice['reason']})", err=True)
+    else:
+        chosen = make_assistant(assistant)
+    run, finish = play_evaluation(loaded, chosen, users, seed, heldout, bool(elicit_beliefs), out_dir, arguments,
+                                  chunk_users=chunk_users, launch=launch,
+                                  resume="yes" if resume else "if-any" if resume_if_partial else "no",
+                                  description=f"{chosen.name} on {loaded.name}")
+    if not launch.is_main:
+        launch.close()
+        return
+    from eval.report import build_report
+
+    extra = {}
+    if model:
+        extra["dtype"] = {key: dtype_choice[key] for key in ("requested", "dtype", "reason")}
+    if launch.distributed:
+        extra["processes"] = {"world_size": launch.world_size, "backend": launch.backend}
+    report = build_report(run, model=model, adapter=adapter, mode=mode if model else None, extra=extra or None)
     out = Path(out_dir)
     if users_of:
         report["users_of"] = {"manifest": str(users_of), "users": users.tolist()}
@@ -148,6 +196,8 @@ def evaluate(domain, catalog, user_temperature, user_lapse, assistant, model, ad
                  title=f"{loaded.name}: accuracy on held-out option sets")
     if elicit_beliefs:
         plot_beliefs(run, report, out / "beliefs.png")
+    finish()
+    launch.close()
     click.echo(f"{chosen.name} on {loaded.name}, {report['n_users']} users x {heldout} held-out sets, seed {seed}")
     click.echo(run_table(report))
     if report["failures"]["unparseable_answers"]:

@@ -132,7 +132,7 @@ def train(data_path, model, domain, recipe, method, dtype, gradient_checkpointin
               help="Train for this many optimizer steps instead of filling the clock (the schedule follows the steps): "
                    "equal compute whatever else runs on the machine, e.g. to compare teachers; --budget still caps it.")
 @click.option("--dtype", type=click.Choice(DTYPE_CHOICES), default="auto", show_default=True,
-              help="Precision of --model's weights in training and evaluation; auto is float32 on CPU, bfloat16 on a GPU.")
+              help="Precision of --model's weights in training and evaluation; auto is bfloat16 on a GPU and on a CPU with AVX-512 BF16 or AMX, float32 elsewhere (the choice is printed and recorded).")
 @click.option("--gradient-checkpointing", is_flag=True,
               help="Recompute --model's activations in the backward pass: less memory, about a third more compute.")
 @click.option("--eval-users", type=click.IntRange(min=1), default=100, show_default=True, help="Users held out of teaching for evaluation.")

@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ["ppl_models", "eval", "distill", "commands"]
 LAYERS = PACKAGES + ["cli"]
 SUBLAYERS = {  # lowest first; a module may import its own sub-layer and those before it
-    "eval": ["io_utils", "records", "text", "beliefs", "student_card", "dialogue_io", "assistants", "lm", "protocol",
+    "eval": ["io_utils", "records", "text", "beliefs", "student_card", "dialogue_io", "assistants", "lm", "protocol", "runner",
              "metrics", "report", "transfer_report", "study"],
     "distill": ["lazy", "training", "student", "teaching_data", "transfer", "pipeline"],
 }

@@ -21,6 +21,8 @@ from ppl_models.errors import BayesTeachError, read_user_text
 
 METHODS = ("qlora", "lora", "full")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+# Keys train_config.json records beside the fields (what the run resolved), not read back as settings.
+RECORDED_KEYS = ("dtype_resolved",)
 # The default wall-clock budget of the teaching loop (`distill`) and of the embedded student, in minutes.
 DEFAULT_BUDGET_MINUTES = 10.0
 
@@ -52,10 +54,9 @@ class TrainConfig:
     # "lora": LoRA on an unquantised base (no bitsandbytes needed); "full": every weight is trained.
     method: str = "qlora"
     # Precision the base weights are loaded in (and the 4-bit compute dtype): "auto" = bfloat16 on a GPU that
-    # supports it, float32 otherwise.  On CPU, "bfloat16" pays only where the CPU has bfloat16 instructions
-    # (AVX-512 BF16 or AMX): there LoRA trains faster than in float32 and in less memory, while on an AVX2-only
-    # CPU bfloat16 is several times slower than float32 (benchmarks/bench_train_throughput.py measures both).
-    # float32 keeps tests bit-reproducible.
+    # supports it and on a CPU with AVX-512 BF16 or AMX (eval.lm.loading.auto_dtype; there LoRA trains
+    # faster in less memory, while on an AVX2-only CPU bfloat16 is several times slower: bench_train_throughput.py), float32 otherwise; the choice and
+    # its reason go into train_config.json ("dtype_resolved").  float32 keeps tests bit-reproducible.
     dtype: str = "auto"
     # transformers' attention kernel: "sdpa" (torch's scaled_dot_product_attention, fused where available)
     # or "eager".
@@ -205,6 +206,8 @@ class TrainConfig:
             values = json.loads(read_user_text(path, ConfigError))
         except json.JSONDecodeError as error:
             raise ConfigError(f"{path}: not valid JSON ({error.msg}, line {error.lineno})") from None
+        if isinstance(values, dict):
+            values = {key: value for key, value in values.items() if key not in RECORDED_KEYS}
         return cls.from_dict(values, str(path))
 
     @classmethod
