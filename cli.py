@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import click
 
+from commands.common import checked_parameters
 from commands.errors import FriendlyGroup
 from commands.evaluate import evaluate, plot
 from commands.explore import domains, posterior, simulate
@@ -21,7 +22,7 @@ def main(debug):
 
 
 for command in (domains, simulate, posterior, evaluate, plot, make_data, train, distill):
-    main.add_command(command)
+    main.add_command(checked_parameters(command))
 
 
 if __name__ == "__main__":

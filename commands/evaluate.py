@@ -7,8 +7,12 @@ from pathlib import Path
 import click
 
 from commands.common import (
-    DEFAULT_CANDIDATES, DEFAULT_LM_CANDIDATES, DTYPE_CHOICES, check_design_options, domain_options, lm_design_options,
-    load_domain, progress_bar, run_and_report,
+    DEFAULT_CANDIDATES, DEFAULT_LM_CANDIDATES, MAX_HELDOUT, DTYPE_CHOICES, OutputPath, check_design_options, refuse_unused,
+    domain_options, lm_design_options, load_domain, progress_bar,
+)
+from commands.evaluation import (
+    DEFAULT_CHUNK_USERS_BUILTIN, DEFAULT_CHUNK_USERS_LM, evaluation_run_options, play_evaluation, relaunch_if_asked,
+    resolve_dtype_choice,
 )
 
 
@@ -32,15 +36,17 @@ def reference_reports(domain, n_users, seed, n_heldout, users=None, design="rand
     return reports
 
 
-def lm_assistant(model, adapter, mode, load_in_4bit, label=None, template=None, dtype="auto", domain=None):
-    """An LMAssistant for ``model``; an embedded student saved with its template's options (student card) gets
-    its chat template rendered as this process's own (the same text, without the sandbox's cost)."""
+def lm_assistant(model, adapter, mode, load_in_4bit, label=None, template=None, dtype="auto", domain=None, device="cpu"):
+    """An LMAssistant for ``model`` on ``device``; an embedded student saved with its template's options (student
+    card) gets its chat template rendered as this process's own (the same text, without the sandbox's cost).
+    ``dtype``: a --dtype name or a torch dtype."""
     from eval.lm import load_causal_lm
     from eval.lm.assistant import LMAssistant
     from eval.lm.loading import dtype_from_name
     from eval.student_card import read_student_card
 
-    lm = load_causal_lm(model, adapter=adapter, load_in_4bit=load_in_4bit, dtype=dtype_from_name(dtype))
+    dtype = dtype_from_name(dtype) if isinstance(dtype, str) else dtype
+    lm = load_causal_lm(model, adapter=adapter, load_in_4bit=load_in_4bit, dtype=dtype, device=device)
     for warning in lm.warnings:
         click.echo(f"warning: {warning}", err=True)
     card = read_student_card(model)
@@ -51,11 +57,12 @@ def lm_assistant(model, adapter, mode, load_in_4bit, label=None, template=None, 
     return LMAssistant(lm, mode=mode, name=label, template=template)
 
 
-def lm_designer(model, adapter, mode, load_in_4bit, template=None, dtype="auto", domain=None):
+def lm_designer(model, adapter, mode, load_in_4bit, template=None, dtype="auto", domain=None, device="cpu"):
     """An LMDesigner for ``model`` (``--design lm``), loaded as ``lm_assistant`` loads it."""
     from eval.lm.designer import LMDesigner
 
-    assistant = lm_assistant(model, adapter, mode, load_in_4bit, template=template, dtype=dtype, domain=domain)
+    assistant = lm_assistant(model, adapter, mode, load_in_4bit, template=template, dtype=dtype, domain=domain,
+                             device=device)
     return LMDesigner(assistant.lm, mode=mode, template=assistant.template)
 
 
@@ -71,7 +78,7 @@ def lm_designer(model, adapter, mode, load_in_4bit, template=None, dtype="auto",
               help="score: probability of each option's answer; generate: greedy decoding, then parse the option.")
 @click.option("--load-in-4bit", is_flag=True, help="Load --model in 4-bit NF4 (bitsandbytes).")
 @click.option("--dtype", type=click.Choice(DTYPE_CHOICES), default="auto", show_default=True,
-              help="Precision of --model's weights and activations; auto is float32 on CPU and bfloat16 on a GPU.")
+              help="Precision of --model's weights and activations; auto is bfloat16 on a GPU and on a CPU with AVX-512 BF16 or AMX, float32 elsewhere (the choice is printed and recorded).")
 @click.option("--users", "n_users", type=click.IntRange(min=1), default=None,
               help="How many users (default: all for built-in assistants, 50 for --model).")
 @click.option("--users-of", "users_of", type=click.Path(exists=True), default=None,
@@ -79,7 +86,7 @@ def lm_designer(model, adapter, mode, load_in_4bit, template=None, dtype="auto",
                    "it held out of teaching (the first --users of them), so that a taught model meets no user it "
                    "was taught on.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for users, options and choices.")
-@click.option("--heldout", type=click.IntRange(min=1), default=None,
+@click.option("--heldout", type=click.IntRange(1, MAX_HELDOUT), default=None,
               help="Held-out option sets per user (default: 100 for built-in assistants, 20 for --model).")
 @click.option("--elicit-beliefs/--no-elicit-beliefs", default=None,
               help="Also ask for the user's preference on each feature after each round (1-5 scale) and score the "
@@ -95,10 +102,12 @@ def lm_designer(model, adapter, mode, load_in_4bit, template=None, dtype="auto",
 @click.option("--study-file", default=None,
               help="With --study-data: the release file to replay, e.g. flight_human or webshop/area_rugs (default: "
                    "the domain's own, e.g. flight_3features for flight3).")
+@evaluation_run_options
 @lm_design_options
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Directory for report.json and accuracy.png.")
+@click.option("--out", "out_dir", required=True, type=OutputPath("dir"), help="Directory for report.json and accuracy.png.")
 def evaluate(domain, catalog, user_temperature, user_lapse, assistant, model, adapter, mode, load_in_4bit, dtype, n_users,
-             users_of, seed, heldout, elicit_beliefs, prompt_template, study_dir, study_file, design, n_candidates, out_dir):
+             users_of, seed, heldout, elicit_beliefs, prompt_template, study_dir, study_file, chunk_users, resume,
+             resume_if_partial, accelerate_config, design, n_candidates, out_dir):
     """Evaluate an assistant or a language model with the study's protocol.
 
     Writes DIR/report.json (per-round accuracy, agreement with the Bayesian assistant, log-loss, KL and Brier
@@ -109,7 +118,12 @@ def evaluate(domain, catalog, user_temperature, user_lapse, assistant, model, ad
     observed round's option set by exact information gain (any assistant or --model then plays it); --design lm
     lets --model choose among --candidates labelled sets, scored against the Bayesian designer, while
     --assistant (default bayesian) recommends.
+
+    Under `torchrun --nproc_per_node N cli.py evaluate ...` or `accelerate launch` (or --accelerate-config)
+    the processes share the users and rank 0 writes the report; finished chunks of users are kept in
+    DIR/partial/ until the report is written, so that a killed run continues with --resume.
     """
+    relaunch_if_asked(accelerate_config, "evaluate")
     from eval.assistants import make_assistant
     from eval.beliefs.scale import belief_levels, is_elicitable
     from eval.beliefs.elicitation import plot_beliefs
@@ -130,8 +144,18 @@ def evaluate(domain, catalog, user_temperature, user_lapse, assistant, model, ad
         raise click.UsageError("--prompt-template needs --model (built-in assistants read no prompts)")
     if study_file and not study_dir:
         raise click.UsageError("--study-file needs --study-data")
+    if not model:
+        refuse_unused([("mode", "--mode"), ("dtype", "--dtype"), ("load_in_4bit", "--load-in-4bit")],
+                      "without --model (a built-in assistant reads no prompts and loads no weights)")
     if users_of and study_dir:
         raise click.UsageError("--users-of and --study-data both choose the users: give one")
+    if resume and resume_if_partial:
+        raise click.UsageError("give --resume or --resume-if-partial, not both")
+    from eval.runner import Launch
+
+    launch = Launch.from_env()
+    if study_dir and (launch.distributed or resume or resume_if_partial or chunk_users):
+        raise click.UsageError("--study-data replays in one process, without chunks: drop the launcher, --resume and --chunk-users")
     loaded = load_domain(domain, catalog, user_temperature, user_lapse)
     check_design_options(design, n_candidates, loaded, has_model=model is not None)
     if n_candidates is None:
@@ -149,26 +173,63 @@ def evaluate(domain, catalog, user_temperature, user_lapse, assistant, model, ad
     if study_dir:
         return evaluate_study(loaded, assistant, model, adapter, mode, load_in_4bit, n_users, seed, heldout,
                               elicit_beliefs, study_dir, study_file, out_dir, template, dtype)
-    designer = None
+    from ppl_models import pick_users
+
+    dtype_choice = None
     if lm_designs:
         n_users, heldout = n_users or 20, heldout or 100
-        designer = lm_designer(model, adapter, mode, load_in_4bit, template=template, dtype=dtype, domain=loaded)
-        chosen = make_assistant(assistant)
+        dtype_choice = resolve_dtype_choice(dtype, launch.device, load_in_4bit)
     elif model:
         n_users, heldout = n_users or 50, heldout or 20
-        chosen = lm_assistant(model, adapter, mode, load_in_4bit, template=template, dtype=dtype, domain=loaded)
+        dtype_choice = resolve_dtype_choice(dtype, launch.device, load_in_4bit)
     else:
         heldout = heldout or 100
-        chosen = make_assistant(assistant)
     if elicit_beliefs is None:
         elicit_beliefs = not (model and not lm_designs) and is_elicitable(loaded)
     elif elicit_beliefs:
         belief_levels(loaded)  # a domain without per-feature weights: a clear error before any work
-    run, report = run_and_report(loaded, chosen, n_users, seed, heldout, elicit_beliefs, users=users, design=design,
-                                 n_candidates=n_candidates, designer=designer, model=model, adapter=adapter,
-                                 mode=mode if model else None,
-                                 extra=({"dtype": dtype} | ({"label": f"{assistant} on dialogues {Path(model).name or model} designed"}
-                                                             if lm_designs else {})) if model else None)
+    users = pick_users(loaded, n_users, seed) if users is None else users
+    arguments = {"domain": loaded.name, "catalog": catalog, "user_temperature": user_temperature, "user_lapse": user_lapse,
+                 "assistant": assistant, "model": model, "adapter": adapter, "mode": mode if model else None,
+                 "load_in_4bit": load_in_4bit, "dtype": dtype_choice and dtype_choice["dtype"], "users": users.tolist(),
+                 "seed": seed, "heldout": heldout, "elicit_beliefs": bool(elicit_beliefs),
+                 "prompt_template": template.summary() if template is not None else None,
+                 "design": design, "candidates": n_candidates}
+    chunk_users = chunk_users or (DEFAULT_CHUNK_USERS_LM if model and not lm_designs else DEFAULT_CHUNK_USERS_BUILTIN)
+    designer = None
+    if lm_designs:  # the LM designs the observed rounds; the built-in --assistant recommends
+        designer = lm_designer(model, adapter, mode, load_in_4bit, template=template, dtype=dtype_choice["torch_dtype"],
+                               domain=loaded, device=launch.device)
+        chosen = make_assistant(assistant)
+    elif model:
+        chosen = lm_assistant(model, adapter, mode, load_in_4bit, template=template, domain=loaded, device=launch.device,
+                              dtype=dtype_choice["torch_dtype"])
+    else:
+        chosen = make_assistant(assistant)
+    if model and launch.is_main:  # once the model loaded (a bad model path stays one line)
+        click.echo(f"dtype: {dtype_choice['dtype']} ({dtype_choice['reason']})", err=True)
+    # The observed rounds' option sets (eval/design.py): made first, round by round, the same in every process.
+    from eval.design import designed_protocol_data
+
+    designed, record = designed_protocol_data(loaded, users, seed, design, n_candidates, heldout, designer=designer)
+    run, finish = play_evaluation(loaded, chosen, users, seed, heldout, bool(elicit_beliefs), out_dir, arguments,
+                                  chunk_users=chunk_users, launch=launch,
+                                  resume="yes" if resume else "if-any" if resume_if_partial else "no",
+                                  description=f"{chosen.name} on {loaded.name}", data=designed)
+    if not launch.is_main:
+        launch.close()
+        return
+    run.design = record
+    from eval.report import build_report
+
+    extra = {}
+    if model:
+        extra["dtype"] = {key: dtype_choice[key] for key in ("requested", "dtype", "reason")}
+    if lm_designs:
+        extra["label"] = f"{assistant} on dialogues {Path(model).name or model} designed"
+    if launch.distributed:
+        extra["processes"] = {"world_size": launch.world_size, "backend": launch.backend}
+    report = build_report(run, model=model, adapter=adapter, mode=mode if model else None, extra=extra or None)
     out = Path(out_dir)
     if users_of:
         report["users_of"] = {"manifest": str(users_of), "users": users.tolist()}
@@ -184,6 +245,8 @@ def evaluate(domain, catalog, user_temperature, user_lapse, assistant, model, ad
                  title=f"{loaded.name}: accuracy on held-out option sets")
     if elicit_beliefs:
         plot_beliefs(run, report, out / "beliefs.png")
+    finish()
+    launch.close()
     click.echo(f"{chosen.name} on {loaded.name}, {report['n_users']} users x {heldout} held-out sets, seed {seed}")
     click.echo(run_table(report))
     if lm_designs:
@@ -266,13 +329,13 @@ def evaluate_study(loaded, assistant, model, adapter, mode, load_in_4bit, n_user
 
 @click.command()
 @click.argument("reports", nargs=-1, required=True, type=click.Path(dir_okay=False))
-@click.option("--out", required=True, type=click.Path(dir_okay=False), help="The PNG file to write.")
+@click.option("--out", required=True, type=OutputPath("file"), help="The PNG file to write.")
 @click.option("--metric", default="accuracy", show_default=True,
               help="Which per-round metric to draw (accuracy, agreement_with_bayesian, log_loss, ...).")
 def plot(reports, out, metric):
     """Overlay several report.json files in one per-round plot."""
     from eval.report import load_report, plot_reports
 
-    loaded = [load_report(path) for path in reports]
+    loaded = [load_report(path, metric=metric) for path in reports]
     plot_reports(loaded, out, metric=metric)
     click.echo(f"plot: {out}")

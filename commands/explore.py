@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import click
 
-from commands.common import check_design_options, design_options, domain_options, load_domain, run_and_report
+from commands.common import (
+    MAX_HELDOUT, OutputPath, check_design_options, design_options, domain_options, load_domain, run_and_report,
+)
 
 
 @click.command()
@@ -35,10 +36,10 @@ def domains():
 @click.option("--users", "n_users", type=click.IntRange(min=1), default=None,
               help="How many users to simulate (drawn at random from the prior's support); default: all of them.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for users, options and choices.")
-@click.option("--heldout", type=click.IntRange(min=1), default=100, show_default=True,
+@click.option("--heldout", type=click.IntRange(1, MAX_HELDOUT), default=100, show_default=True,
               help="Held-out option sets per user for the accuracy after each round.")
 @design_options
-@click.option("--out", type=click.Path(dir_okay=False), default=None, help="Write the JSON report to this file.")
+@click.option("--out", type=OutputPath("file"), default=None, help="Write the JSON report to this file.")
 def simulate(domain, catalog, user_temperature, user_lapse, assistant, n_users, seed, heldout, design, n_candidates, out):
     """Simulate users talking to an assistant and print its per-round accuracy.
 
@@ -65,7 +66,7 @@ def simulate(domain, catalog, user_temperature, user_lapse, assistant, n_users, 
 @domain_options
 @click.option("--dialogue", "dialogue_path", required=True, type=click.Path(dir_okay=False),
               help="A dialogue as JSON: {\"rounds\": [{\"options\": [{feature: value, ...}, ...], \"choice\": N}]} (N from 1).")
-@click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None,
+@click.option("--json", "json_out", type=OutputPath("file"), default=None,
               help="Also write the marginals after each round to this JSON file.")
 def posterior(domain, catalog, user_temperature, user_lapse, dialogue_path, json_out):
     """Show each feature's posterior marginal after each round of a dialogue."""
@@ -87,5 +88,7 @@ def posterior(domain, catalog, user_temperature, user_lapse, dialogue_path, json
             cells = "  ".join(f"{label:>5}: {p:.3f}" for label, p in probs.items())
             click.echo(f"  {site:<36} {cells}")
     if json_out:
-        Path(json_out).write_text(json.dumps({"domain": loaded.name, "rounds": summary}, indent=2) + "\n")
+        from eval.io_utils import atomic_write_text
+
+        atomic_write_text(json_out, json.dumps({"domain": loaded.name, "rounds": summary}, indent=2) + "\n")
         click.echo(f"marginals: {json_out}")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from commands.common import DTYPE_CHOICES, TEACHER_HELP, domain_options, load_domain, prompt_template_option
+from commands.common import MAX_DIALOGUES, MAX_HELDOUT, MAX_ROUNDS, DTYPE_CHOICES, TEACHER_HELP, TRAINING_SEED, OutputPath, check_resume, domain_options, refuse_unused, load_domain, prompt_template_option
 
 CLI_SCRIPT = Path(__file__).resolve().parents[1] / "cli.py"  # what `accelerate launch` runs for train
 
@@ -16,17 +16,17 @@ CLI_SCRIPT = Path(__file__).resolve().parents[1] / "cli.py"  # what `accelerate 
 @click.command("make-data")
 @domain_options
 @click.option("--teacher", type=click.Choice(["bayesian", "oracle", "soft"]), default="bayesian", show_default=True, help=TEACHER_HELP)
-@click.option("--dialogues", type=click.IntRange(min=1), default=10, show_default=True, help="Simulated dialogues per teaching user.")
+@click.option("--dialogues", type=click.IntRange(1, MAX_DIALOGUES), default=10, show_default=True, help="Simulated dialogues per teaching user.")
 @click.option("--eval-users", type=click.IntRange(min=0), default=100, show_default=True,
               help="Users held out of the teaching data for evaluation (listed in the manifest).")
 @click.option("--prefixes", type=click.Choice(["all", "longest"]), default="all", show_default=True,
               help="all: every prefix of a dialogue is an example (the study); longest: one example per whole dialogue "
                    "(the same assistant turns for a trainer that learns every turn, a fifth of the text).")
-@click.option("--rounds", type=click.IntRange(min=1), default=None,
+@click.option("--rounds", type=click.IntRange(1, MAX_ROUNDS), default=None,
               help="Rounds per teaching dialogue (default: the domain's, 5, as in the study).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed; the same seed gives byte-identical files.")
 @prompt_template_option
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Directory for the JSONL file and manifest.json.")
+@click.option("--out", "out_dir", required=True, type=OutputPath("dir"), help="Directory for the JSONL file and manifest.json.")
 def make_data(domain, catalog, user_temperature, user_lapse, teacher, dialogues, eval_users, prefixes, rounds, seed,
               prompt_template, out_dir):
     """Write a teaching set: every prefix of every simulated dialogue as a chat example (JSONL)."""
@@ -66,16 +66,24 @@ def make_data(domain, catalog, user_temperature, user_lapse, teacher, dialogues,
               help="Run this command under `accelerate launch --config_file FILE` (configs/accelerate/ddp.yaml, fsdp.yaml, "
                    "zero3.yaml); the file is checked first.")
 @click.option("--resume", is_flag=True, help="Continue from the last complete checkpoint in --out.")
-@click.option("--seed", type=int, default=None, help="Seed for initialisation and data order (default 0).")
+@click.option("--seed", type=TRAINING_SEED, default=None, help="Seed for initialisation and data order (default 0).")
 @click.option("--prompt-template", type=click.Path(dir_okay=False), default=None,
               help="With no --model: the prompt template the teaching set was written with (the embedded student's "
                    "tokenizer is made for its text); default: the one its manifest.json records, else the default.")
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Directory for checkpoints, logs and the adapter or model.")
+@click.option("--out", "out_dir", required=True, type=OutputPath("dir"), help="Directory for checkpoints, logs and the adapter or model.")
 def train(data_path, model, domain, recipe, method, dtype, gradient_checkpointing, epochs, max_steps, learning_rate,
           batch_size, kl_weight, budget_minutes, merge, accelerate_config, resume, seed, prompt_template, out_dir):
     """Fine-tune a model on a teaching set (QLoRA by default; `accelerate launch` or --accelerate-config for several GPUs)."""
     import os
 
+    from distill.training.chat_dataset import load_chat_jsonl
+
+    load_chat_jsonl(data_path)  # a bad line is one error now, not a traceback after the model is built
+    check_resume(resume, Path(out_dir) / "checkpoints")
+    if model is not None and domain is not None:
+        raise click.UsageError("--domain is for the embedded student (no --model); a --model learns the teaching set's text as it is")
+    if model is None:
+        refuse_unused([("merge", "--merge")], "for the embedded student (no adapter to merge; it saves the whole model)")
     if accelerate_config is not None and "LOCAL_RANK" not in os.environ:  # not yet launched: check, then launch
         from distill.training.launch import check_accelerate_config, relaunch, without_option
 
@@ -124,25 +132,25 @@ def train(data_path, model, domain, recipe, method, dtype, gradient_checkpointin
               help="Train for this many optimizer steps instead of filling the clock (the schedule follows the steps): "
                    "equal compute whatever else runs on the machine, e.g. to compare teachers; --budget still caps it.")
 @click.option("--dtype", type=click.Choice(DTYPE_CHOICES), default="auto", show_default=True,
-              help="Precision of --model's weights in training and evaluation; auto is float32 on CPU, bfloat16 on a GPU.")
+              help="Precision of --model's weights in training and evaluation; auto is bfloat16 on a GPU and on a CPU with AVX-512 BF16 or AMX, float32 elsewhere (the choice is printed and recorded).")
 @click.option("--gradient-checkpointing", is_flag=True,
               help="Recompute --model's activations in the backward pass: less memory, about a third more compute.")
 @click.option("--eval-users", type=click.IntRange(min=1), default=100, show_default=True, help="Users held out of teaching for evaluation.")
-@click.option("--heldout", type=click.IntRange(min=1), default=20, show_default=True, help="Held-out option sets per evaluation user and round.")
-@click.option("--dialogues", type=click.IntRange(min=1), default=None,
+@click.option("--heldout", type=click.IntRange(1, MAX_HELDOUT), default=20, show_default=True, help="Held-out option sets per evaluation user and round.")
+@click.option("--dialogues", type=click.IntRange(1, MAX_DIALOGUES), default=None,
               help="Simulated dialogues per teaching user (default: 10, every prefix an example, as in the study, for "
                    "--model; 100 whole dialogues for the embedded student, which memorises fewer).")
-@click.option("--teach-rounds", type=click.IntRange(min=1), default=None,
+@click.option("--teach-rounds", type=click.IntRange(1, MAX_ROUNDS), default=None,
               help="Rounds per teaching dialogue (default: 5, as in the study, for --model; 6 for the embedded student, "
                    "so that the question after round 5, which evaluation asks, is taught too).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed for data, training and evaluation.")
+@click.option("--seed", type=TRAINING_SEED, default=0, show_default=True, help="Seed for data, training and evaluation.")
 @click.option("--resume", is_flag=True, help="Resume an interrupted training run in --out.")
 @click.option("--eval-domains", default="",
               help="Comma-separated domains to evaluate the model on before and after teaching, e.g. hotel,webshop (the "
                    "teaching domain is always included): one report per domain and a transfer table and plot. The "
                    "embedded student accepts its own domain only.")
 @prompt_template_option
-@click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False), help="Output directory (default: runs/<domain>-<teacher>).")
+@click.option("--out", "out_dir", default=None, type=OutputPath("dir"), help="Output directory (default: runs/<domain>-<teacher>).")
 def distill(domain, teacher, model, method, budget_minutes, max_steps, dtype, gradient_checkpointing, eval_users, heldout,
             dialogues, teach_rounds, seed, resume, eval_domains, prompt_template, out_dir):
     """Teach a student the Bayesian strategy: data, training, and evaluation before and after.
@@ -154,6 +162,11 @@ def distill(domain, teacher, model, method, budget_minutes, max_steps, dtype, gr
     """
     from distill.pipeline import DistillSettings, run_distill
     from distill.training.config import DEFAULT_BUDGET_MINUTES
+
+    check_resume(resume, Path(out_dir or f"runs/{domain}-{teacher}") / "train" / "checkpoints")
+    if model is None:
+        refuse_unused([("method", "--method"), ("dtype", "--dtype"), ("gradient_checkpointing", "--gradient-checkpointing")],
+                      "for the embedded student (they set how a --model is trained)")
 
     if budget_minutes is None:  # with --max-steps the steps end the run, not the clock
         budget_minutes = math.inf if max_steps else DEFAULT_BUDGET_MINUTES

@@ -20,9 +20,9 @@ import torch
 from eval.assistants import BayesianAssistant, RandomAssistant
 from eval.text.dialogue import load_template
 from eval.lm import load_causal_lm, prepare_loaded_lm
-from eval.lm.loading import dtype_from_name
+from eval.lm.loading import auto_dtype, dtype_from_name
 from eval.lm.assistant import LMAssistant
-from eval.protocol import run_protocol
+from eval.runner import evaluate_users
 from eval.report import build_report, format_table, plot_reports, save_report
 from eval.student_card import read_student_card
 from ppl_models import get_domain
@@ -42,8 +42,8 @@ class DistillSettings:
     # Optimizer steps to train for instead of filling the budget (the schedule then follows the steps): equal
     # compute on a machine whose speed varies, e.g. to compare teachers at a fixed budget of steps.
     max_steps: int | None = None
-    # For --model: precision of the weights in training and in evaluation ("auto": float32 on CPU, bfloat16 on a
-    # GPU that has it), and activation recomputation in training (less memory, ~30-40% more compute).
+    # For --model: precision of the weights in training and in evaluation ("auto": bfloat16 on a GPU that has it
+    # and on a CPU with AVX-512 BF16 or AMX, float32 elsewhere), and activation recomputation in training (less memory, ~30-40% more compute).
     dtype: str = "auto"
     gradient_checkpointing: bool = False
     out_dir: str = "runs/distill"
@@ -69,7 +69,7 @@ class DistillSettings:
 
     def __post_init__(self) -> None:
         if not self.budget_minutes > 0:
-            raise ConfigError(f"the budget must be > 0 minutes, got {self.budget_minutes}")
+            raise ConfigError(f"budget_minutes: the budget must be > 0 minutes, got {self.budget_minutes}")
         if self.model is None and (self.dtype != "auto" or self.gradient_checkpointing):
             raise ConfigError("dtype and gradient checkpointing apply to --model; the embedded student trains in float32")
         if self.max_steps is not None and self.max_steps < 1:
@@ -78,7 +78,7 @@ class DistillSettings:
 
 def _evaluate(domain, assistant, users, settings: DistillSettings, label: str, log):
     start = time.perf_counter()
-    run = run_protocol(domain, assistant, users=users, seed=settings.seed, n_heldout=settings.n_heldout)
+    run = evaluate_users(domain, assistant, users, settings.seed, settings.n_heldout)  # evaluate's path (eval/runner)
     report = build_report(run, extra={"label": label})
     log(f"evaluated {label} in {time.perf_counter() - start:.0f} s")
     return report
@@ -109,7 +109,8 @@ def run_distill(settings: DistillSettings, log=print) -> dict:
 
     # ---- 2. the student, before training ------------------------------------------------------------
     reports = {}
-    dtype = dtype_from_name(settings.dtype)
+    # evaluation on the CPU (load_causal_lm's device), in the dtype training resolves "auto" to there
+    dtype = auto_dtype("cpu")[0] if settings.dtype == "auto" else dtype_from_name(settings.dtype)
     if settings.model is None:
         from distill.student.model import StudentConfig, build_student, train_student
         from distill.student.tokenizer import adopt_saved_template
@@ -154,7 +155,7 @@ def run_distill(settings: DistillSettings, log=print) -> dict:
 
     # ---- 4. the student after training, and the references -----------------------------------------
     after = LMAssistant(after_lm, name="student (after)", template=template)
-    after_run = run_protocol(domain, after, users=eval_users, seed=settings.seed, n_heldout=settings.n_heldout)
+    after_run = evaluate_users(domain, after, eval_users, settings.seed, settings.n_heldout)
     reports["bayesian"] = _evaluate(domain, BayesianAssistant(), eval_users, settings, "bayesian assistant", log)
     reports["random"] = _evaluate(domain, RandomAssistant(), eval_users, settings, "random", log)
     after_elsewhere = evaluate_domains(after, others, settings.n_eval_users, settings.n_heldout, settings.seed,

@@ -18,17 +18,17 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import torch
 
 from eval.assistants import pick_argmax
+from eval.io_utils import atomic_write_bytes
 from eval.text.dialogue import PromptTemplate, candidate_answers, default_template, dialogue_messages, load_template
 from eval.text.prompt_template import PromptTemplateError, check_template
 from eval.report import package_versions
 from ppl_models import Domain, all_users, infer, simulate_dialogues
-from ppl_models.errors import BayesTeachError
+from ppl_models.errors import BayesTeachError, read_user_text
 from ppl_models.rng import generator
 
 TEACHERS = ("bayesian", "oracle", "soft")
@@ -46,7 +46,8 @@ def split_users(domain: Domain, n_eval_users: int, seed: int) -> tuple[torch.Ten
     """(teaching users, evaluation users): a seeded, disjoint split of the prior's support."""
     support = all_users(domain)
     if not 0 <= n_eval_users < len(support):
-        raise BayesTeachError(f"n_eval_users must be between 0 and {len(support) - 1}, got {n_eval_users}")
+        raise BayesTeachError(f"the users held out for evaluation (--eval-users, n_eval_users) must number 0 to "
+                              f"{len(support) - 1} on {domain.name}, which has {len(support)} users; got {n_eval_users}")
     order = torch.randperm(len(support), generator=generator(seed, "eval-users"))
     eval_users = support[order[:n_eval_users]].sort().values
     train_users = support[order[n_eval_users:]].sort().values
@@ -100,14 +101,10 @@ def build_examples(domain: Domain, teacher: str, users: torch.Tensor, n_dialogue
 
 
 def _write_atomic(path: Path, text: str) -> str:
-    """Write ``text`` to ``path`` via a temp file and rename; return its sha256."""
+    """Write ``text`` to ``path`` atomically (eval.io_utils: a failure leaves the previous file and no partial
+    one); return its sha256."""
     data = text.encode()
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    atomic_write_bytes(path, data)
     return hashlib.sha256(data).hexdigest()
 
 
@@ -173,13 +170,18 @@ def held_out_users(manifest_path, domain: Domain, n_users: int | None = None) ->
         raise BayesTeachError(f"{path} held out {manifest['domain']} users, not {domain.name} users")
     if not manifest["eval_users"]:
         raise BayesTeachError(f"{path} held out no users (make-data --eval-users 0)")
+    known = set(all_users(domain).tolist())
+    strange = [u for u in manifest["eval_users"] if isinstance(u, bool) or not isinstance(u, int) or u not in known]
+    if strange:
+        raise BayesTeachError(f"{path}: eval_users lists {strange[0]!r}, not a user of {domain.name} (whole numbers "
+                              f"0 to {max(known)})")
     return torch.tensor(manifest["eval_users"][:n_users] if n_users else manifest["eval_users"], dtype=torch.long)
 
 
 def _read_json(path: Path) -> dict:
     """A manifest's contents; a damaged one is the user's file at fault (one line)."""
     try:
-        return json.loads(path.read_text())
+        return json.loads(read_user_text(path))
     except json.JSONDecodeError as error:
         raise BayesTeachError(f"{path}: not valid JSON ({error.msg}, line {error.lineno})") from None
 

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from eval.assistants import BayesianAssistant, RandomAssistant
-from eval.protocol import run_protocol
+from eval.runner import evaluate_users
 from eval.report import build_report, plot_reports, save_report
 from eval.student_card import StudentDomainError
 from eval.transfer_report import build_transfer_table, format_transfer_table, plot_transfer_table
@@ -63,7 +63,7 @@ def evaluate_domains(assistant, domain_names, n_users: int, n_heldout: int, seed
         name = domain.name
         start = time.perf_counter()
         users = pick_users(domain, n_users, seed)
-        run = run_protocol(domain, assistant, users=users, seed=seed, n_heldout=n_heldout)
+        run = evaluate_users(domain, assistant, users, seed, n_heldout)  # evaluate's path (eval/runner)
         reports[name] = build_report(run, model=model, mode="score" if model else None, extra={"label": label})
         log(f"evaluated {label} on {name} in {time.perf_counter() - start:.0f} s")
     return reports
@@ -99,7 +99,9 @@ def write_transfer(out_dir, teaching_domain: str, teacher: str, teaching_reports
         plot_reports([report], out / "eval" / name / "accuracy.png", references=references,
                      title=f"{name}: taught on {teaching_domain} ({teacher})")
     table = build_transfer_table(per_domain, teaching_domain, teacher, paths, settings)
-    (out / "transfer.json").write_text(json.dumps(table, indent=2) + "\n")
+    from eval.io_utils import atomic_write_text
+
+    atomic_write_text(out / "transfer.json", json.dumps(table, indent=2) + "\n")
     plot_transfer_table(table, out / "transfer.png")
     log(format_transfer_table(table))
     log(f"transfer: {out / 'transfer.json'}, {out / 'transfer.png'}; per domain: {out / 'eval'}/<domain>/report.json")

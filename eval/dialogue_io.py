@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from ppl_models import Domain
-from ppl_models.errors import BayesTeachError
+from ppl_models.errors import BayesTeachError, read_user_text
 
 
 class DialogueFileError(BayesTeachError):
@@ -39,7 +39,7 @@ def read_dialogue(domain: Domain, path) -> tuple[torch.Tensor, torch.Tensor]:
     if not path.is_file():
         raise FileNotFoundError(f"no dialogue file at {path}")
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(read_user_text(path, DialogueFileError))
     except json.JSONDecodeError as error:
         raise DialogueFileError(f"{path} is not valid JSON (line {error.lineno}: {error.msg})") from None
     rounds = data.get("rounds") if isinstance(data, dict) else None

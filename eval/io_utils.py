@@ -62,6 +62,16 @@ def atomic_write_json(path: str | Path, obj) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
+def atomic_save_figure(figure, path: str | Path, **savefig_options) -> None:
+    """A matplotlib figure saved as ``path`` (its suffix the format) atomically: drawn in memory first, so a
+    failing draw or a full disk leaves the previous file."""
+    import io
+
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format=Path(path).suffix.lstrip(".") or "png", **savefig_options)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
 @contextlib.contextmanager
 def atomic_directory(final: str | Path) -> Iterator[Path]:
     """Yield a temporary sibling directory to fill; on success mark it complete and rename it to ``final``.

@@ -7,6 +7,8 @@ of ``eval``: everything else may import it, it imports only ``ppl_models``.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 from dataclasses import dataclass
 
 import torch
@@ -40,13 +42,40 @@ class Recommendation:
     failures: torch.Tensor | None = None  # bool [D, M]: answers that named no option (counted wrong)
 
 
+# Which rows of the whole evaluation's users the batch being played holds: (start, stop, total), or None
+# for the whole batch.  Set by ``user_rows`` (eval/runner plays users in chunks and over processes).
+_USER_ROWS: contextvars.ContextVar = contextvars.ContextVar("user_rows", default=None)
+
+
+@contextlib.contextmanager
+def user_rows(start: int, stop: int, total: int):
+    """Within this block, batches hold users ``start:stop`` of ``total``: ``pick_argmax`` draws its tie-breaking
+    noise for all ``total`` users and keeps these rows, so that a chunk of users (or a process holding some of
+    them) breaks every tie exactly as one batch of all users would."""
+    if not 0 <= start < stop <= total:
+        raise ValueError(f"bad user rows {start}:{stop} of {total}")
+    token = _USER_ROWS.set((start, stop, total))
+    try:
+        yield
+    finally:
+        _USER_ROWS.reset(token)
+
+
 def pick_argmax(probs: torch.Tensor, gen: torch.Generator, tolerance: float = 5e-7) -> torch.Tensor:
     """The most probable option, ties broken uniformly at random with ``gen``: long [...].
 
     ``tolerance``: options within it of the best count as tied.  Exact inference accumulates in float32
     (rounding ~1e-8), so exact ties must not be decided by rounding; distinct predictive probabilities differ
-    by at least 1 / (number of hypotheses), 2.6e-6 for the largest built-in domain (8-feature flight)."""
-    noise = torch.rand(probs.shape, generator=gen)
+    by at least 1 / (number of hypotheses), 2.6e-6 for the largest built-in domain (8-feature flight).
+    Inside ``user_rows`` the first dimension of ``probs`` must be those users."""
+    rows = _USER_ROWS.get()
+    if rows is None:
+        noise = torch.rand(probs.shape, generator=gen)
+    else:
+        start, stop, total = rows
+        if probs.shape[0] != stop - start:
+            raise ValueError(f"pick_argmax inside user_rows({start}, {stop}, {total}) got {probs.shape[0]} rows")
+        noise = torch.rand((total, *probs.shape[1:]), generator=gen)[start:stop]
     is_best = probs >= probs.amax(-1, keepdim=True) - tolerance
     return torch.where(is_best, noise, -1.0).argmax(-1)
 

@@ -27,10 +27,10 @@ from __future__ import annotations
 import datetime as _dt
 import importlib.metadata
 import json
-import os
 from pathlib import Path
 
-from ppl_models.errors import BayesTeachError
+from eval.io_utils import atomic_save_figure, atomic_write_text
+from ppl_models.errors import BayesTeachError, read_user_text
 
 from eval.beliefs.elicitation import belief_report
 from eval.metrics import summarise_run
@@ -118,24 +118,59 @@ def design_report(run: EvaluationRun) -> dict:
 def save_report(report: dict, path) -> Path:
     """Write ``report`` as JSON atomically (a temp file, then rename)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(report, indent=2) + "\n")  # serialised first: a failure leaves the old file
     return path
 
 
-def load_report(path) -> dict:
+def load_report(path, metric: str | None = None) -> dict:
+    """A report.json written by ``save_report``, checked as far as it is read (``plot_reports``, ``run_table``);
+    with ``metric``, the report must have that metric to plot.  A file that is not one raises BayesTeachError
+    naming the file and the key."""
     path = Path(path)
     try:
-        report = json.loads(path.read_text())
+        report = json.loads(read_user_text(path))
     except FileNotFoundError:
         raise FileNotFoundError(f"no report at {path}") from None
     except json.JSONDecodeError as error:
         raise BayesTeachError(f"{path} is not valid JSON: {error}") from None
-    if "accuracy" not in report or "rounds" not in report:
+    if not isinstance(report, dict) or "accuracy" not in report or "rounds" not in report:
         raise BayesTeachError(f"{path} is not a bayes-teach report (no 'accuracy'/'rounds')")
+    _check_report(report, path, metric)
     return report
+
+
+def _is_number(value, none_ok: bool = False) -> bool:
+    return (value is None and none_ok) or (isinstance(value, (int, float)) and not isinstance(value, bool))
+
+
+def _check_report(report: dict, path: Path, metric: str | None) -> None:
+    def fail(problem: str):
+        raise BayesTeachError(f"{path}: {problem}")
+
+    rounds = report["rounds"]
+    if not isinstance(rounds, list) or not rounds or not all(_is_number(r) and r == int(r) for r in rounds):
+        fail("'rounds' must be a list of round numbers")
+    n = len(rounds)
+    if not isinstance(report["accuracy"], list) or len(report["accuracy"]) != n or \
+            not all(_is_number(a, none_ok=True) for a in report["accuracy"]):
+        fail(f"'accuracy' must be {n} numbers, one per round")
+    for key in ("metrics", "extra"):
+        if key in report and not isinstance(report[key], dict):
+            fail(f"{key!r} must be an object")
+    metrics = report.get("metrics", {})
+    if metric is not None and metric not in metrics:
+        fail(f"no metric {metric!r}; it has: {', '.join(sorted(map(str, metrics))) or 'none'}")
+    for name in [metric] if metric is not None else []:
+        values = metrics[name]
+        mean, ci = (values.get("mean"), values.get("ci95")) if isinstance(values, dict) else (None, None)
+        if not isinstance(mean, list) or len(mean) != n or not all(_is_number(v, none_ok=True) for v in mean):
+            fail(f"metrics.{name}.mean must be {n} numbers, one per round")
+        if not isinstance(ci, list) or len(ci) != n or not all(
+                c is None or (isinstance(c, list) and len(c) == 2 and all(_is_number(v) for v in c)) for c in ci):
+            fail(f"metrics.{name}.ci95 must be {n} [low, high] pairs (or null), one per round")
+    label = report.get("extra", {}).get("label")
+    if label is not None and not isinstance(label, str):
+        fail("extra.label must be text")
 
 
 def report_label(report: dict) -> str:
@@ -246,6 +281,6 @@ def plot_reports(reports, out=None, metric: str = "accuracy", references=None, t
     if isinstance(out, (str, Path)):
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         figure.tight_layout()
-        figure.savefig(out, dpi=120)
+        atomic_save_figure(figure, out, dpi=120)
         plt.close(figure)
     return figure

@@ -22,7 +22,7 @@ import json
 from pathlib import Path
 
 from ppl_models import Domain
-from ppl_models.errors import BayesTeachError
+from ppl_models.errors import BayesTeachError, read_user_text
 
 STUDENT_CARD_NAME = "student.json"
 SCHEMA = "bayes-teach/student/v1"
@@ -56,7 +56,9 @@ def save_student_card(domain: Domain, directory, chat_template_options: dict | N
     if chat_template_options is not None:
         card["chat_template_options"] = dict(chat_template_options)
     path = Path(directory) / STUDENT_CARD_NAME
-    path.write_text(json.dumps(card, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    from eval.io_utils import atomic_write_text
+
+    atomic_write_text(path, json.dumps(card, indent=2, ensure_ascii=False) + "\n")
     return path
 
 
@@ -69,7 +71,7 @@ def read_student_card(model_dir) -> dict | None:
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(read_user_text(path))
     except json.JSONDecodeError as error:
         raise BayesTeachError(f"{path}: not valid JSON ({error.msg}, line {error.lineno})") from None
 

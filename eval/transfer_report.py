@@ -113,6 +113,8 @@ def plot_transfer_table(table: dict, out) -> Path:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     figure.tight_layout()
-    figure.savefig(out, dpi=120)
+    from eval.io_utils import atomic_save_figure
+
+    atomic_save_figure(figure, out, dpi=120)
     plt.close(figure)
     return out

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import io
 import json
 import math
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ import torch
 from pyro.ops.indexing import Vindex
 
 from .domain import Domain, DomainError, Feature
+from .errors import read_user_text
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 BUILTIN_CATALOG = DATA_DIR / "webshop_catalog.jsonl"
@@ -110,13 +112,13 @@ def load_catalog(path, schema=None) -> Catalog:
         raise FileNotFoundError(f"no catalogue file at {path}")
     suffix = path.suffix.lower()
     if suffix == ".csv":
-        with path.open(newline="", encoding="utf-8-sig") as handle:
+        with io.StringIO(read_user_text(path, CatalogError), newline="") as handle:
             reader = csv.DictReader(handle)
             columns = [c.strip() for c in (reader.fieldnames or []) if c is not None]
             rows = [(line, {(k or "").strip(): v for k, v in row.items()}) for line, row in enumerate(reader, start=2)]
     elif suffix in (".jsonl", ".ndjson", ".json"):
         rows, columns = [], {}
-        for line, text in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        for line, text in enumerate(read_user_text(path, CatalogError).splitlines(), start=1):
             if not text.strip():
                 continue
             try:
@@ -139,8 +141,8 @@ def read_schema(schema) -> dict | None:
         return None
     if isinstance(schema, (str, Path)):
         try:
-            schema = json.loads(Path(schema).read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as error:
+            schema = json.loads(read_user_text(schema, CatalogError))
+        except (OSError, json.JSONDecodeError, CatalogError) as error:
             raise CatalogError(f"cannot read the catalogue schema {schema}: {error}") from None
     if not isinstance(schema, Mapping) or not all(
         isinstance(v, (list, tuple)) and v for v in schema.values()
@@ -168,22 +170,26 @@ def catalog_from_records(rows, columns, schema=None, source: str = "catalogue") 
     products, unknown_values = [], {}
     for line, row in rows:
         where = f"{source}: line {line}"
-        category = _text(row.get("category"))
-        if not category or category.lower() == NOT_APPLICABLE:
-            raise CatalogError(f"{where}: empty category")
-        price = _price(row.get("price"), where)
-        attributes = {}
-        for name in attribute_columns:
+
+        def cell(name: str) -> str:
             try:
-                value = _text(row.get(name))
+                return _text(row.get(name))
             except CatalogError as error:
                 raise CatalogError(f"{where}: {name}: {error}") from None
+
+        category = cell("category")
+        if not category or category.lower() == NOT_APPLICABLE:
+            raise CatalogError(f"{where}: empty category")
+        price = _price(cell("price"), where)
+        attributes = {}
+        for name in attribute_columns:
+            value = cell(name)
             if not value or value.lower() == NOT_APPLICABLE:
                 continue
             if schema is not None and value not in schema[name]:
                 unknown_values.setdefault(name, {}).setdefault(value, line)
             attributes[name] = value
-        products.append(Product(category, price, attributes, _text(row.get("id")), _text(row.get("title"))))
+        products.append(Product(category, price, attributes, cell("id"), cell("title")))
     if unknown_values:
         parts = [
             f"{name}: " + ", ".join(f"{value!r} (line {line})" for value, line in values.items())

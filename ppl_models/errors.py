@@ -15,3 +15,17 @@ class BayesTeachError(ValueError):
     A broken promise between two parts of bayes-teach (a tensor of the wrong shape passed by our own code, an
     impossible internal state) is not one: raise a plain ``ValueError`` (or ``RuntimeError``) there, so that it
     shows its traceback.  A subclass of ``ValueError``, so that ``except ValueError`` keeps catching it."""
+
+
+def read_user_text(path, error: type[BayesTeachError] = BayesTeachError) -> str:
+    """The text of a file the user gave, read as UTF-8 (a byte-order mark is dropped).  Bytes that are not UTF-8
+    raise ``error`` naming the file and the line, instead of a UnicodeDecodeError naming neither; a missing path
+    or a folder keeps its FileNotFoundError / IsADirectoryError (the command line shows those as bad input too)."""
+    from pathlib import Path
+
+    data = Path(path).read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as failure:
+        line = data.count(b"\n", 0, failure.start) + 1
+        raise error(f"{path}:{line}: not UTF-8 text (byte {failure.start}: {failure.reason}); is it the right file?") from None

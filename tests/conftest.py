@@ -34,3 +34,14 @@ def dataset(tmp_path_factory):
     from tiny_student_fixtures import hotel_conversation, write_jsonl
 
     return write_jsonl(tmp_path_factory.mktemp("data") / "train.jsonl", [hotel_conversation(s) for s in range(8)])
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The size of the generated bad-input suite (tests/test_bad_input.py), when it ran."""
+    ran = {report.nodeid for reports in terminalreporter.stats.values() for report in reports
+           if getattr(report, "nodeid", "").startswith("tests/test_bad_input.py::test_bad_input[")}
+    if ran:
+        from test_bad_input import CASES
+
+        terminalreporter.write_line(f"bad-input suite: {len(CASES)} cases generated from the command tree "
+                                    f"({len(ran)} run)")

@@ -93,6 +93,7 @@ def test_distill_for_a_number_of_steps_instead_of_the_clock(tmp_path, embedded):
     if not embedded:  # the settings reach the trainer
         saved = json.loads((tmp_path / "run" / "train" / "train_config.json").read_text())
         assert saved["dtype"] == "float32" and saved["gradient_checkpointing"] is True and saved["max_steps"] == 3
+        assert saved["dtype_resolved"] == {"dtype": "float32", "reason": "--dtype float32 given"}
 
 
 def test_distill_refuses_model_settings_for_the_embedded_student(tmp_path):

@@ -13,7 +13,7 @@ PACKAGES = ["ppl_models", "eval", "distill", "commands"]
 LAYERS = PACKAGES + ["cli"]
 SUBLAYERS = {  # lowest first; a module may import its own sub-layer and those before it
     "eval": ["io_utils", "records", "text", "beliefs", "student_card", "dialogue_io", "assistants", "lm", "protocol",
-             "design", "metrics", "report", "transfer_report", "study"],
+             "design", "runner", "metrics", "report", "transfer_report", "study"],
     "distill": ["lazy", "training", "student", "teaching_data", "transfer", "pipeline"],
 }
 MAX_MODULES_PER_FOLDER = 12

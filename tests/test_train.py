@@ -35,7 +35,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py: tiny mo
 
 
 def small_config(**overrides) -> TrainConfig:
-    values = dict(method="lora", lora_r=4, lora_alpha=8, lora_dropout=0.1, learning_rate=5e-3, warmup_steps=1,
+    values = dict(method="lora", dtype="float32", lora_r=4, lora_alpha=8, lora_dropout=0.1, learning_rate=5e-3, warmup_steps=1,
                   batch_size=2, grad_accum_steps=2, max_steps=6, save_every_steps=3, kl_weight=0.5)
     values.update(overrides)
     return TrainConfig(**values)
@@ -407,7 +407,7 @@ def test_qlora_trains_a_4bit_tiny_llama_on_cpu_and_merges(student_dir, tmp_path)
     from transformers import AutoModelForCausalLM
 
     data = write_jsonl(tmp_path / "repeated.jsonl", [hotel_conversation(0)] * 4)
-    config = TrainConfig(method="qlora", lora_r=16, lora_alpha=32, lora_dropout=0.0, learning_rate=1e-2,
+    config = TrainConfig(method="qlora", dtype="float32", lora_r=16, lora_alpha=32, lora_dropout=0.0, learning_rate=1e-2,
                          warmup_steps=0, batch_size=4, max_steps=12, save_every_steps=0, merge_adapter=True)
     result = train(config, data, tmp_path / "qlora", model=str(student_dir))
     base_layer = result.model.base_model.model.model.layers[0].self_attn.q_proj.base_layer

@@ -188,7 +188,7 @@ def free_port() -> int:
 def test_fsdp_full_shard_on_two_cpu_processes_matches_one_process(student_dir, dataset, tmp_path):
     """configs/accelerate/fsdp.yaml's FULL_SHARD on 2 CPU processes (gloo) trains the tiny model fully; the
     global batch of 4 conversations is the same as one process with accumulation 2, so are the losses."""
-    config = dict(method="full", learning_rate=1e-3, warmup_steps=1, batch_size=1, global_batch_size=4, max_steps=3,
+    config = dict(method="full", dtype="float32", learning_rate=1e-3, warmup_steps=1, batch_size=1, global_batch_size=4, max_steps=3,
                   save_every_steps=0, kl_weight=0.5, report_to="none")
     recipe = tmp_path / "recipe.json"
     recipe.write_text(json.dumps(config))

@@ -280,6 +280,7 @@ def train_student(domain: Domain, dataset_path, out_dir, budget_minutes: float |
     from distill.training.chat_dataset import tokenize_workers
     from distill.training.train import train
     from distill.training.callbacks import clock_cosine
+    from eval.io_utils import atomic_write_text
 
     budget_minutes = config.budget_minutes if budget_minutes is None else budget_minutes
     start = time.perf_counter()
@@ -290,7 +291,7 @@ def train_student(domain: Domain, dataset_path, out_dir, budget_minutes: float |
         lines = longest_prefixes(lines)
     data_path = out_dir / "student-train.jsonl"
     if not (resume and data_path.exists()):
-        data_path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+        atomic_write_text(data_path, "".join(line + "\n" for line in lines))
     model, tokenizer = build_student(domain, config, seed, template)
 
     plan_path = out_dir / "student_plan.json"
@@ -305,7 +306,7 @@ def train_student(domain: Domain, dataset_path, out_dir, budget_minutes: float |
         plan = {"max_steps": max_steps or max(1, int(10 * usable / step_s)), "seconds_per_step": step_s,
                 "tokenize_seconds_per_example": tokenize_s, "threads": threads, "examples": len(lines),
                 "student_config": config.__dict__, "budget_minutes": budget_minutes}
-        plan_path.write_text(json.dumps(plan, indent=2) + "\n")
+        atomic_write_text(plan_path, json.dumps(plan, indent=2) + "\n")
     remaining = max(0.05, budget_minutes - (time.perf_counter() - start) / 60)
     run_config = dataclasses.replace(config, max_steps=plan["max_steps"], seed=seed,
                                      budget_minutes=remaining if math.isfinite(remaining) else None,

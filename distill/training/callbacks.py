@@ -177,7 +177,7 @@ class LossPlotCallback(TrainerCallback):
         axis.set_ylabel("training loss")
         figure.tight_layout()
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        figure.savefig(self.path, dpi=100)
+        io_utils.atomic_save_figure(figure, self.path, dpi=100)
         plt.close(figure)
 
 

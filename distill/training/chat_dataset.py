@@ -29,7 +29,7 @@ import torch
 from eval.text.chat_format import (
     ChatTemplateError, encode_segment, join_segments, render_chat, tokenize_chat, tokenize_segments,
 )
-from ppl_models.errors import BayesTeachError
+from ppl_models.errors import BayesTeachError, read_user_text
 
 ROLES = ("system", "user", "assistant")
 IGNORE_INDEX = -100  # label value the loss skips (the PyTorch / HF convention)
@@ -65,16 +65,15 @@ def load_chat_jsonl(path: str | Path) -> list[ChatExample]:
     a valid conversation raises DatasetFormatError naming the file and the (1-based) line number."""
     path = Path(path)
     examples = []
-    with path.open(encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{line_number}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise DatasetFormatError(f"{where}: not valid JSON ({error})") from None
-            examples.append(parse_example(record, where))
+    for line_number, line in enumerate(read_user_text(path, DatasetFormatError).splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{path}:{line_number}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise DatasetFormatError(f"{where}: not valid JSON ({error})") from None
+        examples.append(parse_example(record, where))
     if not examples:
         raise DatasetFormatError(f"{path}: no conversations in the file")
     return examples

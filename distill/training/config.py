@@ -17,10 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ppl_models.errors import BayesTeachError
+from ppl_models.errors import BayesTeachError, read_user_text
 
 METHODS = ("qlora", "lora", "full")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+# Keys train_config.json records beside the fields (what the run resolved), not read back as settings.
+RECORDED_KEYS = ("dtype_resolved",)
 # The default wall-clock budget of the teaching loop (`distill`) and of the embedded student, in minutes.
 DEFAULT_BUDGET_MINUTES = 10.0
 
@@ -52,10 +54,9 @@ class TrainConfig:
     # "lora": LoRA on an unquantised base (no bitsandbytes needed); "full": every weight is trained.
     method: str = "qlora"
     # Precision the base weights are loaded in (and the 4-bit compute dtype): "auto" = bfloat16 on a GPU that
-    # supports it, float32 otherwise.  On CPU, "bfloat16" pays only where the CPU has bfloat16 instructions
-    # (AVX-512 BF16 or AMX): there LoRA trains faster than in float32 and in less memory, while on an AVX2-only
-    # CPU bfloat16 is several times slower than float32 (benchmarks/bench_train_throughput.py measures both).
-    # float32 keeps tests bit-reproducible.
+    # supports it and on a CPU with AVX-512 BF16 or AMX (eval.lm.loading.auto_dtype; there LoRA trains
+    # faster in less memory, while on an AVX2-only CPU bfloat16 is several times slower: bench_train_throughput.py), float32 otherwise; the choice and
+    # its reason go into train_config.json ("dtype_resolved").  float32 keeps tests bit-reproducible.
     dtype: str = "auto"
     # transformers' attention kernel: "sdpa" (torch's scaled_dot_product_attention, fused where available)
     # or "eager".
@@ -154,7 +155,7 @@ class TrainConfig:
             (self.global_batch_size is None or self.global_batch_size >= 1, "global_batch_size must be >= 1 (or None)"),
             (self.max_steps is None or self.max_steps >= 1, "max_steps must be >= 1 (or None)"),
             (self.epochs is None or self.epochs > 0, "epochs must be > 0 (or None)"),
-            (self.budget_minutes is None or self.budget_minutes > 0, f"the budget must be > 0 minutes, got {self.budget_minutes}"),
+            (self.budget_minutes is None or self.budget_minutes > 0, f"budget_minutes: the budget must be > 0 minutes, got {self.budget_minutes}"),
             (self.warmup_ratio is None or 0 <= self.warmup_ratio < 1, "warmup_ratio must be in [0, 1) (or None)"),
             (self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}"),
             (self.kl_weight >= 0, "kl_weight must be >= 0"),
@@ -194,14 +195,19 @@ class TrainConfig:
         for name, value in values.items():
             if not _has_type(value, hints[name]):
                 raise ConfigError(f"{where}: {name} must be {_type_name(hints[name])}, got {value!r}")
-        return cls(**values)
+        try:
+            return cls(**values)
+        except ConfigError as error:  # a value out of range: say which file set it
+            raise ConfigError(f"{where}: {error}") from None
 
     @classmethod
     def from_json_file(cls, path: str | Path) -> "TrainConfig":
         try:
-            values = json.loads(Path(path).read_text())
+            values = json.loads(read_user_text(path, ConfigError))
         except json.JSONDecodeError as error:
             raise ConfigError(f"{path}: not valid JSON ({error.msg}, line {error.lineno})") from None
+        if isinstance(values, dict):
+            values = {key: value for key, value in values.items() if key not in RECORDED_KEYS}
         return cls.from_dict(values, str(path))
 
     @classmethod
@@ -220,7 +226,8 @@ class TrainConfig:
         if not path.is_file():
             raise ConfigError(f"recipe {path} does not exist")
         try:
-            values = json.loads(path.read_text()) if path.suffix == ".json" else yaml.safe_load(path.read_text()) or {}
+            text = read_user_text(path, ConfigError)
+            values = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text) or {}
         except (yaml.YAMLError, json.JSONDecodeError) as error:
             raise ConfigError(f"{path}: not valid YAML/JSON ({str(error).splitlines()[0]})") from None
         if isinstance(values, dict):  # YAML 1.1 reads 2e-6 (no dot) as a string: take it as the number it is

@@ -39,13 +39,21 @@ class TrainableModel:
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    return dtype_choice(name, device)[0]
+
+
+def dtype_choice(name: str, device: torch.device) -> tuple[torch.dtype, str]:
+    """The dtype of ``--dtype NAME`` on ``device`` and why: "auto" by the hardware (``eval.lm.loading.auto_dtype``:
+    bfloat16 on a GPU and on a CPU with AVX-512 BF16 or AMX, float32 elsewhere)."""
     if name == "auto":
-        use_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
-        return torch.bfloat16 if use_bf16 else torch.float32
+        from eval.lm.loading import auto_dtype
+
+        dtype, reason = auto_dtype(str(device))
+        return dtype, f"--dtype auto: {reason}"
     dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
     if name not in dtypes:
         raise ConfigError(f"dtype must be 'auto' or one of {sorted(dtypes)}, got {name!r}")
-    return dtypes[name]
+    return dtypes[name], f"--dtype {name} given"
 
 
 def load_tokenizer(source: str, trust_remote_code: bool = False):

@@ -43,6 +43,7 @@ import logging
 import math
 import resource
 import tempfile
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,7 +55,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from eval import io_utils
 from distill.training.chat_dataset import ChatBatch, EmptyLossMaskError, collate, load_chat_jsonl, tokenize_dataset, tokenize_workers
 from distill.training.loss import micro_batch_loss
-from distill.training.model_setup import TrainableModel, build_trainable_model, merge_adapter
+from distill.training.model_setup import TrainableModel, build_trainable_model, dtype_choice, merge_adapter
 from distill.training.callbacks import (
     BudgetCallback, BudgetProgressCallback, CompleteMarker, LossPlotCallback, StepRecorder,
 )
@@ -224,9 +225,12 @@ def train(config: TrainConfig, dataset_path, out_dir, *, model=None, resume: boo
     examples = load_chat_jsonl(dataset_path)  # a bad line fails now, not after a long model load
     args = training_arguments(config, out_dir, None)  # sets up the processes (DDP / FSDP / DeepSpeed)
     is_main = args.process_index == 0
+    dtype, dtype_reason = dtype_choice(config.dtype, args.device)
+    config_json = json.dumps({**config.to_dict(), "dtype_resolved": {"dtype": str(dtype).removeprefix("torch."),
+                                                                     "reason": dtype_reason}}, indent=2, sort_keys=True)
     if is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
-        io_utils.atomic_write_text(out_dir / "train_config.json", config.to_json())
+        io_utils.atomic_write_text(out_dir / "train_config.json", config_json)
 
     # ---- model: quantised base + adapters, or the full model; then the data ------------------------
     from transformers import set_seed
@@ -234,6 +238,8 @@ def train(config: TrainConfig, dataset_path, out_dir, *, model=None, resume: boo
     set_seed(config.seed)  # LoRA initialisation and dropout; the Trainer seeds the data order
     scratch = tempfile.TemporaryDirectory(prefix="bayes-teach-base-")  # in-memory base re-quantised via disk
     trainable = build_trainable_model(config, source, args.device, Path(scratch.name))
+    if is_main:  # once the model loaded (a bad model path stays one line)
+        print(f"dtype: {str(dtype).removeprefix('torch.')} ({dtype_reason})", file=sys.stderr, flush=True)
     tokenizer = trainable.tokenizer
     pad_id = next(i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0) if i is not None)
     data, truncation = tokenize_dataset(tokenizer, examples, config.max_length, with_soft_targets=config.kl_weight > 0,
@@ -260,7 +266,7 @@ def train(config: TrainConfig, dataset_path, out_dir, *, model=None, resume: boo
                              kl_weight=config.kl_weight, lr_lambda=lr_lambda)
     recorder = StepRecorder(trainer, log_path, config.kl_weight)
     budget = BudgetCallback(config.budget_minutes * 60, run_start) if config.budget_minutes is not None else None
-    callbacks = [recorder, CompleteMarker(config.to_json()), LossPlotCallback(log_path, out_dir / "tensorboard" / "loss.png")]
+    callbacks = [recorder, CompleteMarker(config_json), LossPlotCallback(log_path, out_dir / "tensorboard" / "loss.png")]
     if budget is not None:
         from transformers.trainer_callback import ProgressCallback, PrinterCallback
 

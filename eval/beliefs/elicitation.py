@@ -173,5 +173,7 @@ def plot_beliefs(run: EvaluationRun, report: dict, out) -> None:
     right.grid(alpha=0.3)
     right.legend(fontsize=8)
     figure.tight_layout()
-    figure.savefig(out, dpi=110)
+    from eval.io_utils import atomic_save_figure
+
+    atomic_save_figure(figure, out, dpi=110)
     plt.close(figure)

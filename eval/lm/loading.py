@@ -153,6 +153,28 @@ def dtype_from_name(name: str) -> torch.dtype | None:
     return DTYPES[name]
 
 
+CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of CPUs with native bfloat16 arithmetic
+
+
+def auto_dtype(device: str, cpuinfo: str = "/proc/cpuinfo") -> tuple[torch.dtype, str]:
+    """What ``--dtype auto`` means on ``device``, and why: bfloat16 on a GPU that has it (else float16) and on
+    a CPU with AVX-512 BF16 or AMX (read from ``cpuinfo``'s flags), float32 on other CPUs."""
+    if str(device).startswith("cuda"):
+        name = torch.cuda.get_device_name(torch.device(device))
+        if torch.cuda.is_bf16_supported():
+            return torch.bfloat16, f"GPU {name} supports bfloat16"
+        return torch.float16, f"GPU {name} has no bfloat16"
+    try:
+        flags = set(next((line.split(":", 1)[1].split() for line in Path(cpuinfo).read_text().splitlines()
+                          if line.startswith("flags")), []))
+    except OSError:
+        flags = set()
+    found = [flag for flag in CPU_BF16_FLAGS if flag in flags]
+    if found:
+        return torch.bfloat16, f"CPU with {' and '.join(found)} (native bfloat16)"
+    return torch.float32, f"CPU without {' or '.join(CPU_BF16_FLAGS)} in {cpuinfo}"
+
+
 def _default_dtype(device: str) -> torch.dtype:
     if device.startswith("cuda"):
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16

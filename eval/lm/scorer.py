@@ -32,8 +32,11 @@ class ChoiceScorer:
     through the batched KV path of ``lm_scoring``, where ``batch_size`` dialogues share a forward (and
     conversations share one when generating); the naive (per-prompt) baseline runs ``naive_batch_rows``
     (prompt + candidate) sequences per forward; ``memory_budget_bytes`` bounds what one forward adds
-    (its attention mask and weights, logits, cache copies).
+    (its attention mask and weights, logits, cache copies).  ``on_prompts``: called with a number of prompts
+    each time that many are scored or answered (a progress bar's hint; eval/runner/progress.py).
     """
+
+    on_prompts = None
 
     def __init__(self, lm: LoadedLM, batch_size: int = 8, naive_batch_rows: int = 16,
                  memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET_BYTES):
@@ -63,12 +66,18 @@ class ChoiceScorer:
         if self.tree is None:
             dialogues = [DialogueRequest([request]) for group in groups for request in group]
             flat = iter(candidate_logprobs_kv(self.call, tokenizer, dialogues, self.batch_size, self.memory_budget_bytes))
+            self._report(len(dialogues))
             return [torch.cat([next(flat) for _ in group]) for group in groups]
         results = []
         for group in groups:
             scored = self.tree.score_group([round_ids(tokenizer, request) for request in group])
             results.append(torch.stack(scored) if scored else torch.zeros(0, 0))
+            self._report(len(group))
         return results
+
+    def _report(self, n_prompts: int) -> None:
+        if self.on_prompts is not None:
+            self.on_prompts(n_prompts)
 
     def score_groups(self, groups: list[list[RoundRequest]]) -> list[torch.Tensor]:
         """Probabilities over candidates of grouped prompts (``group_logprobs``), [n_prompts, n_candidates]
@@ -118,6 +127,7 @@ class ChoiceScorer:
             )
             new_tokens = output[:, width:].cpu()  # [rows, <= max_new_tokens]
             answers += [text.strip() for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+            self._report(len(prompts))
         return answers
 
 

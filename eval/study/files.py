@@ -12,7 +12,7 @@ import torch
 
 from ppl_models import Domain
 from ppl_models.domain import Feature
-from ppl_models.errors import BayesTeachError
+from ppl_models.errors import BayesTeachError, read_user_text
 from ppl_models.linear import linear_utility, linear_weight_prior
 
 from eval.records import ProtocolData
@@ -45,7 +45,7 @@ def file_record(path: Path) -> dict:
 def read_jsonl(path: Path) -> list:
     """(line number, object) for every non-blank line."""
     rows = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
+    for number, line in enumerate(read_user_text(path, StudyDataError).splitlines(), start=1):
         if line.strip():
             try:
                 rows.append((number, json.loads(line)))
@@ -60,6 +60,24 @@ def need(obj, key: str, where: str):
     if not isinstance(obj, dict) or key not in obj:
         raise StudyDataError(f"{where}: missing key {key!r}")
     return obj[key]
+
+
+def need_list(obj, key: str, where: str) -> list:
+    """``obj[key]``, which must be a list."""
+    value = need(obj, key, where)
+    if not isinstance(value, list):
+        raise StudyDataError(f"{where}: {key!r} must be a list, got {type(value).__name__}")
+    return value
+
+
+def need_numbers(obj, key: str, where: str) -> list:
+    """``obj[key]``, which must be a list of finite numbers."""
+    import math
+
+    value = need_list(obj, key, where)
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value):
+        raise StudyDataError(f"{where}: {key!r} must list finite numbers")
+    return value
 
 
 def option_table(options, choice, where: str, n_options: int) -> tuple:

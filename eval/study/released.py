@@ -32,11 +32,12 @@ from pathlib import Path
 import torch
 
 from ppl_models import Domain, hypothesis_space, simulate_choices
+from ppl_models.errors import read_user_text
 from ppl_models.rng import generator
 
 from eval.records import N_HELDOUT, ProtocolData, pick_argmax
 from eval.study.webshop import load_webshop
-from eval.study.files import StudyDataError, StudyReplay, file_record, need, option_table, read_jsonl, strip_label  # noqa: F401
+from eval.study.files import StudyDataError, StudyReplay, file_record, need, need_list, need_numbers, option_table, read_jsonl, strip_label  # noqa: F401
 
 HELDOUT_OF = {"flight_human": "flight"}  # release file -> the held-out file its users are scored on
 VALUE_TOLERANCE = 1e-6  # option texts vs the file's scaled values
@@ -168,26 +169,26 @@ def read_heldout(domain: Domain, path: Path, weights: list, n_heldout: int | Non
     """The shared held-out sets, long [M, O, F], each user's picks, long [N, M], and the users whose picks
     came from their weights (no entry for their ``reward_fn`` in the file)."""
     try:
-        heldout = json.loads(path.read_text())
+        heldout = json.loads(read_user_text(path, StudyDataError))
     except json.JSONDecodeError as error:
         raise StudyDataError(f"{path}: not valid JSON ({error.msg}, line {error.lineno})") from None
     check_features(domain, need(heldout, "features", str(path)), str(path))
-    sets = need(heldout, "all_options", str(path))[:n_heldout]
-    numpy = need(heldout, "all_options_numpy", str(path))[:n_heldout]
+    sets = need_list(heldout, "all_options", str(path))[:n_heldout]
+    numpy = need_list(heldout, "all_options_numpy", str(path))[:n_heldout]
     if not isinstance(sets, list) or not sets:
         raise StudyDataError(f"{path}: 'all_options' must list option sets")
     for s, row in enumerate(sets):
         option_table(row, 0, f"{path}: all_options[{s}]", domain.n_options)
     options = parse_option_sets(domain, sets, numpy, f"{path}: all_options")
     picks_of = {}
-    for u, entry in enumerate(need(heldout, "user_idxs", str(path))):
+    for u, entry in enumerate(need_list(heldout, "user_idxs", str(path))):
         where = f"{path}: user_idxs[{u}]"
-        idxs = need(entry, "idxs", where)[: len(sets)]
+        idxs = need_list(entry, "idxs", where)[: len(sets)]
         if len(idxs) != len(sets):
             raise StudyDataError(f"{where}: 'idxs' lists {len(idxs)} picks for {len(sets)} option sets")
         for s, pick in enumerate(idxs):
             option_table(sets[s], pick, f"{where} idxs[{s}]", domain.n_options)
-        picks_of[tuple(float(w) for w in need(entry, "reward_fn", where))] = idxs
+        picks_of[tuple(float(w) for w in need_numbers(entry, "reward_fn", where))] = idxs
     choices, computed = [], []
     values = domain.options(options).value.double()  # [M, O, F]
     for u, w in enumerate(weights):

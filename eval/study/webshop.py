@@ -40,16 +40,24 @@ def scored_sets(rounds, where: str, texts: list, scores: list, n_options: int = 
     return index, picks, set_scores
 
 
+def _idx(row, where: str):
+    """A line's ``idx``: the number (or text) that joins a shopper to their held-out line."""
+    idx = need(row, "idx", where)
+    if isinstance(idx, bool) or not isinstance(idx, (int, str)):
+        raise StudyDataError(f"{where}: 'idx' must be a number or a string, got {idx!r}")
+    return idx
+
+
 def load_webshop(interaction: Path, heldout_path: Path, domain: Domain, n_users: int | None, n_heldout: int | None) -> StudyReplay:
     """A webshop release file and its held-out file, as a ``StudyReplay`` on a ``released_text_domain``."""
     if not heldout_path.is_file():
         raise StudyDataError(f"no held-out file {heldout_path} for {interaction.name}")
     heldout_of = {}
     for number, row in read_jsonl(heldout_path):
-        heldout_of.setdefault(need(row, "idx", f"{heldout_path}:{number}"), (number, row))
+        heldout_of.setdefault(_idx(row, f"{heldout_path}:{number}"), (number, row))
     rows, skipped = [], []
     for number, row in read_jsonl(interaction):
-        idx = need(row, "idx", f"{interaction}:{number}")
+        idx = _idx(row, f"{interaction}:{number}")
         (rows if idx in heldout_of else skipped).append((number, row))
     rows = rows[:n_users]
     if not rows:

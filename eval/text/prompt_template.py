@@ -20,7 +20,7 @@ import string
 from dataclasses import dataclass
 from pathlib import Path
 
-from ppl_models.errors import BayesTeachError
+from ppl_models.errors import BayesTeachError, read_user_text
 
 DEFAULT_TEMPLATE_PATH = Path(__file__).parent / "templates" / "default.json"
 SAVED_TEMPLATE_NAME = "prompt_template.json"  # the template a model directory was trained with, saved beside it
@@ -167,7 +167,7 @@ def load_template(path=None) -> PromptTemplate:
         return default_template()
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_user_text(path, PromptTemplateError)
     except OSError as error:
         raise PromptTemplateError(f"prompt template {path}: cannot read it ({error.strerror or error})") from None
     try:
@@ -181,7 +181,9 @@ def load_template(path=None) -> PromptTemplate:
 def save_template(template: PromptTemplate, directory) -> Path:
     """Write ``template``'s content to ``directory/prompt_template.json`` (beside a model trained on its text)."""
     path = Path(directory) / SAVED_TEMPLATE_NAME
-    path.write_text(json.dumps(template.content(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    from eval.io_utils import atomic_write_text
+
+    atomic_write_text(path, json.dumps(template.content(), indent=2, ensure_ascii=False) + "\n")
     return path
 
 
