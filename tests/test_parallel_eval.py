@@ -45,6 +45,13 @@ def assert_reports_close(a: dict, b: dict, tolerance: float = 1e-5):
     walk(comparable(a), comparable(b), "report")
 
 
+def random_design(domain, run):
+    """The design record evaluate reports for the study's random design (each round's gain, eval/design.py)."""
+    from eval.design import DesignRecord, shown_set_gain
+
+    return DesignRecord("random", None, shown_set_gain(domain, run.dialogue_options, run.dialogue_choices))
+
+
 def test_split_evenly_covers_every_item_once_in_order():
     for n_items in range(0, 12):
         for parts in range(1, 5):
@@ -117,6 +124,7 @@ def test_two_processes_write_the_one_process_report_for_the_bayesian_assistant(t
     domain, assistant = get_domain("flight"), BayesianAssistant()
     whole = run_protocol(domain, assistant, n_users=7, seed=0, n_heldout=10)
     whole.beliefs = elicit_beliefs(whole, assistant)
+    whole.design = random_design(domain, whole)
     assert_reports_close(double, build_report(whole), tolerance=0)
 
 
@@ -136,6 +144,7 @@ def test_two_processes_write_the_one_process_report_for_a_language_model(tmp_pat
     assistant = LMAssistant(load_causal_lm(str(model_dir), dtype=torch.float32))
     whole = run_protocol(domain, assistant, n_users=3, seed=0, n_heldout=3)
     whole.beliefs = elicit_beliefs(whole, assistant)
+    whole.design = random_design(domain, whole)
     expected = build_report(whole, model=str(model_dir), mode="score")
     assert_reports_close(double, expected | {"extra": double["extra"], "prompt_template": double["prompt_template"]})
 
