@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from commands.common import DTYPE_CHOICES, domain_options, load_domain, progress_bar, run_and_report
+from commands.common import DTYPE_CHOICES, cache_dir_option, domain_options, load_domain, progress_bar, run_and_report
 
 
 def reference_reports(domain, n_users, seed, n_heldout, users=None):
@@ -22,7 +22,7 @@ def reference_reports(domain, n_users, seed, n_heldout, users=None):
     return reports
 
 
-def lm_assistant(model, adapter, mode, load_in_4bit, label=None, template=None, dtype="auto", domain=None):
+def lm_assistant(model, adapter, mode, load_in_4bit, label=None, template=None, dtype="auto", domain=None, cache_dir=None):
     """An LMAssistant for ``model``; an embedded student saved with its template's options (student card) gets
     its chat template rendered as this process's own (the same text, without the sandbox's cost)."""
     from eval.lm import load_causal_lm
@@ -30,7 +30,8 @@ def lm_assistant(model, adapter, mode, load_in_4bit, label=None, template=None, 
     from eval.lm.loading import dtype_from_name
     from eval.student_card import read_student_card
 
-    lm = load_causal_lm(model, adapter=adapter, load_in_4bit=load_in_4bit, dtype=dtype_from_name(dtype))
+    lm = load_causal_lm(model, adapter=adapter, load_in_4bit=load_in_4bit, dtype=dtype_from_name(dtype),
+                        cache_dir=cache_dir, log=lambda message: click.echo(message, err=True))
     for warning in lm.warnings:
         click.echo(f"warning: {warning}", err=True)
     card = read_student_card(model)
@@ -51,7 +52,9 @@ def lm_assistant(model, adapter, mode, load_in_4bit, label=None, template=None, 
 @click.option("--adapter", type=click.Path(file_okay=False), default=None, help="A PEFT adapter directory for --model.")
 @click.option("--mode", type=click.Choice(["score", "generate"]), default="score", show_default=True,
               help="score: probability of each option's answer; generate: greedy decoding, then parse the option.")
-@click.option("--load-in-4bit", is_flag=True, help="Load --model in 4-bit NF4 (bitsandbytes).")
+@click.option("--load-in-4bit", is_flag=True,
+              help="Load --model in 4-bit NF4 (bitsandbytes); a GGUF model is converted once to a cached Hugging Face folder first.")
+@cache_dir_option
 @click.option("--dtype", type=click.Choice(DTYPE_CHOICES), default="auto", show_default=True,
               help="Precision of --model's weights and activations; auto is float32 on CPU and bfloat16 on a GPU.")
 @click.option("--users", "n_users", type=click.IntRange(min=1), default=None,
@@ -78,8 +81,8 @@ def lm_assistant(model, adapter, mode, load_in_4bit, label=None, template=None, 
               help="With --study-data: the release file to replay, e.g. flight_human or webshop/area_rugs (default: "
                    "the domain's own, e.g. flight_3features for flight3).")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Directory for report.json and accuracy.png.")
-def evaluate(domain, catalog, user_temperature, user_lapse, assistant, model, adapter, mode, load_in_4bit, dtype, n_users,
-             users_of, seed, heldout, elicit_beliefs, prompt_template, study_dir, study_file, out_dir):
+def evaluate(domain, catalog, user_temperature, user_lapse, assistant, model, adapter, mode, load_in_4bit, cache_dir, dtype,
+             n_users, users_of, seed, heldout, elicit_beliefs, prompt_template, study_dir, study_file, out_dir):
     """Evaluate an assistant or a language model with the study's protocol.
 
     Writes DIR/report.json (per-round accuracy, agreement with the Bayesian assistant, log-loss, KL and Brier
@@ -118,10 +121,11 @@ def evaluate(domain, catalog, user_temperature, user_lapse, assistant, model, ad
         click.echo(f"warning: {warning}", err=True)
     if study_dir:
         return evaluate_study(loaded, assistant, model, adapter, mode, load_in_4bit, n_users, seed, heldout,
-                              elicit_beliefs, study_dir, study_file, out_dir, template, dtype)
+                              elicit_beliefs, study_dir, study_file, out_dir, template, dtype, cache_dir)
     if model:
         n_users, heldout = n_users or 50, heldout or 20
-        chosen = lm_assistant(model, adapter, mode, load_in_4bit, template=template, dtype=dtype, domain=loaded)
+        chosen = lm_assistant(model, adapter, mode, load_in_4bit, template=template, dtype=dtype, domain=loaded,
+                              cache_dir=cache_dir)
     else:
         heldout = heldout or 100
         chosen = make_assistant(assistant)
@@ -155,7 +159,7 @@ def evaluate(domain, catalog, user_temperature, user_lapse, assistant, model, ad
 
 
 def evaluate_study(loaded, assistant, model, adapter, mode, load_in_4bit, n_users, seed, heldout, elicit_beliefs,
-                   study_dir, study_file, out_dir, template=None, dtype="auto"):
+                   study_dir, study_file, out_dir, template=None, dtype="auto", cache_dir=None):
     """``evaluate --study-data``: replay a released file with the assistant, the Bayesian assistant (where the
     data has a model) and random as references."""
     from eval.assistants import BayesianAssistant, RandomAssistant, make_assistant
@@ -166,7 +170,8 @@ def evaluate_study(loaded, assistant, model, adapter, mode, load_in_4bit, n_user
     if model:
         n_users, heldout = n_users or 50, heldout or 20
     study = load_study(loaded, study_dir, study_file, n_users=n_users, n_heldout=heldout, seed=seed)
-    chosen = (lm_assistant(model, adapter, mode, load_in_4bit, template=template, dtype=dtype, domain=study.domain) if model
+    chosen = (lm_assistant(model, adapter, mode, load_in_4bit, template=template, dtype=dtype, domain=study.domain,
+                           cache_dir=cache_dir) if model
               else make_assistant(assistant))
     bar = progress_bar(study.domain.n_rounds + 1 + int(bool(elicit_beliefs)), f"{chosen.name} on {study.domain.name}")
     try:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from commands.common import DTYPE_CHOICES, TEACHER_HELP, domain_options, load_domain, prompt_template_option
+from commands.common import DTYPE_CHOICES, TEACHER_HELP, cache_dir_option, domain_options, load_domain, prompt_template_option
 
 CLI_SCRIPT = Path(__file__).resolve().parents[1] / "cli.py"  # what `accelerate launch` runs for train
 
@@ -62,6 +62,7 @@ def make_data(domain, catalog, user_temperature, user_lapse, teacher, dialogues,
 @click.option("--budget", "budget_minutes", type=float, default=None,
               help="Stop cleanly (and save) after this many minutes of training (must be > 0; default: none for --model, 10 for the student, none for the student with --max-steps).")
 @click.option("--merge", is_flag=True, default=None, help="Also save the base model with the adapter merged in.")
+@cache_dir_option
 @click.option("--accelerate-config", type=click.Path(dir_okay=False), default=None,
               help="Run this command under `accelerate launch --config_file FILE` (configs/accelerate/ddp.yaml, fsdp.yaml, "
                    "zero3.yaml); the file is checked first.")
@@ -72,7 +73,7 @@ def make_data(domain, catalog, user_temperature, user_lapse, teacher, dialogues,
                    "tokenizer is made for its text); default: the one its manifest.json records, else the default.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Directory for checkpoints, logs and the adapter or model.")
 def train(data_path, model, domain, recipe, method, dtype, gradient_checkpointing, epochs, max_steps, learning_rate,
-          batch_size, kl_weight, budget_minutes, merge, accelerate_config, resume, seed, prompt_template, out_dir):
+          batch_size, kl_weight, budget_minutes, merge, cache_dir, accelerate_config, resume, seed, prompt_template, out_dir):
     """Fine-tune a model on a teaching set (QLoRA by default; `accelerate launch` or --accelerate-config for several GPUs)."""
     import os
 
@@ -84,7 +85,7 @@ def train(data_path, model, domain, recipe, method, dtype, gradient_checkpointin
     overrides = {key: value for key, value in dict(
         method=method, dtype=dtype, gradient_checkpointing=gradient_checkpointing, epochs=epochs, max_steps=max_steps,
         learning_rate=learning_rate, batch_size=batch_size, kl_weight=kl_weight, budget_minutes=budget_minutes,
-        merge_adapter=merge, seed=seed).items() if value is not None}
+        merge_adapter=merge, seed=seed, gguf_cache_dir=cache_dir).items() if value is not None}
     if model is None:
         if domain is None:
             raise click.UsageError("give --model, or --domain for the embedded student")
@@ -137,6 +138,7 @@ def train(data_path, model, domain, recipe, method, dtype, gradient_checkpointin
                    "so that the question after round 5, which evaluation asks, is taught too).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for data, training and evaluation.")
 @click.option("--resume", is_flag=True, help="Resume an interrupted training run in --out.")
+@cache_dir_option
 @click.option("--eval-domains", default="",
               help="Comma-separated domains to evaluate the model on before and after teaching, e.g. hotel,webshop (the "
                    "teaching domain is always included): one report per domain and a transfer table and plot. The "
@@ -144,7 +146,7 @@ def train(data_path, model, domain, recipe, method, dtype, gradient_checkpointin
 @prompt_template_option
 @click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False), help="Output directory (default: runs/<domain>-<teacher>).")
 def distill(domain, teacher, model, method, budget_minutes, max_steps, dtype, gradient_checkpointing, eval_users, heldout,
-            dialogues, teach_rounds, seed, resume, eval_domains, prompt_template, out_dir):
+            dialogues, teach_rounds, seed, resume, cache_dir, eval_domains, prompt_template, out_dir):
     """Teach a student the Bayesian strategy: data, training, and evaluation before and after.
 
     Prints a per-round table (student before, student after, Bayesian assistant, random) and writes
@@ -161,5 +163,5 @@ def distill(domain, teacher, model, method, budget_minutes, max_steps, dtype, gr
                                max_steps=max_steps, dtype=dtype, gradient_checkpointing=gradient_checkpointing,
                                out_dir=out_dir or f"runs/{domain}-{teacher}", seed=seed, n_eval_users=eval_users,
                                n_heldout=heldout, n_dialogues=dialogues, teach_rounds=teach_rounds, resume=resume,
-                               prompt_template=prompt_template, eval_domains=eval_domains)
+                               prompt_template=prompt_template, eval_domains=eval_domains, gguf_cache_dir=cache_dir)
     run_distill(settings, log=click.echo)

@@ -67,6 +67,9 @@ class DistillSettings:
     # is always included): OUT/eval/<domain>/report.json, OUT/transfer.json and .png (distill/transfer.py).
     # Empty: the teaching domain only, no transfer outputs.  The embedded student accepts its own domain only.
     eval_domains: str = ""
+    # For a GGUF --model with QLoRA: the cache root of its Hugging Face conversion (eval.lm.convert); None:
+    # $BAYES_TEACH_CACHE, else ~/.cache/bayes-teach.
+    gguf_cache_dir: str | None = None
 
     def __post_init__(self) -> None:
         if not self.budget_minutes > 0:
@@ -123,7 +126,8 @@ def run_distill(settings: DistillSettings, log=print) -> dict:
                                  template=template)
             reports["before"] = _evaluate(domain, before, eval_users, settings, "student before", log)
     elif settings.eval_before:
-        before = LMAssistant(load_causal_lm(settings.model, load_in_4bit=settings.method == "qlora", dtype=dtype),
+        before = LMAssistant(load_causal_lm(settings.model, load_in_4bit=settings.method == "qlora", dtype=dtype,
+                                            cache_dir=settings.gguf_cache_dir, log=log),
                              name="student (before)", template=template)
         reports["before"] = _evaluate(domain, before, eval_users, settings, "student before", log)
         before_elsewhere = evaluate_domains(before, others, settings.n_eval_users, settings.n_heldout, settings.seed,
@@ -144,13 +148,13 @@ def run_distill(settings: DistillSettings, log=print) -> dict:
                              max_steps=settings.max_steps, dtype=settings.dtype,
                              gradient_checkpointing=settings.gradient_checkpointing,
                              budget_minutes=None if math.isinf(settings.budget_minutes) else settings.budget_minutes,
-                             kl_weight=kl_weight, seed=settings.seed)
+                             kl_weight=kl_weight, seed=settings.seed, gguf_cache_dir=settings.gguf_cache_dir)
         result = _train_hf(config, data_path, train_dir, settings.resume)
         if settings.method == "full":
             after_lm = load_causal_lm(str(train_dir / "model"), dtype=dtype)
         else:
             after_lm = load_causal_lm(settings.model, adapter=str(train_dir / "adapter"), load_in_4bit=settings.method == "qlora",
-                                      dtype=dtype)
+                                      dtype=dtype, cache_dir=settings.gguf_cache_dir, log=log)
     log(f"trained: {result.summary()}")
 
     # ---- 4. the student after training, and the references -----------------------------------------

@@ -142,6 +142,9 @@ class TrainConfig:
     mixed_precision: str = "no"
     # Allow custom modelling code from the hub repo (only for models that need it; it runs their code).
     trust_remote_code: bool = False
+    # Where QLoRA keeps the Hugging Face conversion of a GGUF model (transformers cannot quantise a GGUF file):
+    # the cache root of eval.lm.convert.cache_root; None: $BAYES_TEACH_CACHE, else ~/.cache/bayes-teach.
+    gguf_cache_dir: str | None = None
 
     def __post_init__(self) -> None:
         checks = [

@@ -67,9 +67,12 @@ def load_base_model(source: str, config: TrainConfig, device: torch.device, quan
     (the one place training loads it), with config.dtype and config.attn_implementation."""
     from transformers import AutoModelForCausalLM
 
-    from eval.lm.loading import pretrained_source
+    from eval.lm.loading import pretrained_source, quantizable_source
 
     source, extra = pretrained_source(source)
+    named_source = source  # what the adapter records as its base model (the GGUF's folder, not the cache)
+    if quantize_4bit:  # transformers cannot quantise a GGUF model: load its cached Hugging Face conversion
+        source, extra = quantizable_source(source, extra, config.gguf_cache_dir, log=_log_once)
     dtype = resolve_dtype(config.dtype, device)
     kwargs = dict(dtype=dtype, trust_remote_code=config.trust_remote_code, attn_implementation=config.attn_implementation,
                   **extra)
@@ -88,14 +91,25 @@ def load_base_model(source: str, config: TrainConfig, device: torch.device, quan
             bnb_4bit_use_double_quant=True,  # quantise the quantisation constants too (~0.4 bit/param saved)
         )
         # device_map pins every 4-bit weight to this process's device (one model copy per process).
-        return AutoModelForCausalLM.from_pretrained(
+        model = AutoModelForCausalLM.from_pretrained(
             source, quantization_config=quantization, device_map={"": str(device)}, **kwargs
         )
+        model.name_or_path = named_source  # PEFT records it as the adapter's base_model_name_or_path
+        return model
     except Exception as error:  # ImportError, missing CUDA kernels, unsupported architecture, ...
         raise QuantizationUnavailableError(
             f"could not load {source!r} in 4-bit NF4 for QLoRA on {device} ({type(error).__name__}: {error}). "
             "Train without quantisation instead: use `--method lora` (or method='lora' in TrainConfig)."
         ) from error
+
+
+def _log_once(message: str) -> None:
+    """The conversion cache's notice, from the main process only (one line, not one per process)."""
+    import os
+    import sys
+
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(message, file=sys.stderr, flush=True)
 
 
 def is_quantized(model) -> bool:
