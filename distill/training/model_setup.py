@@ -62,6 +62,17 @@ def load_tokenizer(source: str, trust_remote_code: bool = False):
         raise ModelLoadError(f"cannot load a tokenizer from {source!r}: {str(error).splitlines()[0]}") from error
 
 
+def quantizable_path(source: str, config: TrainConfig) -> str:
+    """Where a 4-bit load of ``source`` reads from: the cached Hugging Face conversion of a GGUF file (converted
+    on first use; eval.lm.convert), else ``source`` itself."""
+    from eval.lm.loading import pretrained_source, quantizable_source
+
+    folder, extra = pretrained_source(source)
+    if "gguf_file" not in extra:
+        return source
+    return quantizable_source(folder, extra, config.gguf_cache_dir, log=_log_once)[0]
+
+
 def load_base_model(source: str, config: TrainConfig, device: torch.device, quantize_4bit: bool):
     """The causal LM from a local directory, hub id, GGUF file or alias, optionally quantised to 4-bit NF4
     (the one place training loads it), with config.dtype and config.attn_implementation."""
@@ -169,7 +180,9 @@ def build_trainable_model(config: TrainConfig, source, device: torch.device, scr
             model = model.to(device)
     else:
         base_path = str(source)
-        tokenizer = load_tokenizer(base_path, config.trust_remote_code)
+        # QLoRA on a GGUF file: its cached conversion (made now if missing) holds the same tokenizer
+        tokenizer = load_tokenizer(quantizable_path(base_path, config) if config.method == "qlora" else base_path,
+                                   config.trust_remote_code)
         model = load_base_model(base_path, config, device, quantize_4bit=config.method == "qlora")
 
     model = forget_dequantized_gguf(model)
