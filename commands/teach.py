@@ -128,6 +128,9 @@ def train(data_path, model, domain, recipe, method, dtype, gradient_checkpointin
               help="Precision of --model's weights in training and evaluation; auto is float32 on CPU, bfloat16 on a GPU.")
 @click.option("--gradient-checkpointing", is_flag=True,
               help="Recompute --model's activations in the backward pass: less memory, about a third more compute.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None,
+              help="Conversations per micro-batch for --model (default: 4 on a GPU; 1 on a CPU, where a step costs "
+                   "about its tokens, so that the budget holds more optimizer steps).")
 @click.option("--eval-users", type=click.IntRange(min=1), default=100, show_default=True, help="Users held out of teaching for evaluation.")
 @click.option("--heldout", type=click.IntRange(min=1), default=20, show_default=True, help="Held-out option sets per evaluation user and round.")
 @click.option("--dialogues", type=click.IntRange(min=1), default=None,
@@ -145,7 +148,7 @@ def train(data_path, model, domain, recipe, method, dtype, gradient_checkpointin
                    "embedded student accepts its own domain only.")
 @prompt_template_option
 @click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False), help="Output directory (default: runs/<domain>-<teacher>).")
-def distill(domain, teacher, model, method, budget_minutes, max_steps, dtype, gradient_checkpointing, eval_users, heldout,
+def distill(domain, teacher, model, method, budget_minutes, max_steps, dtype, gradient_checkpointing, batch_size, eval_users, heldout,
             dialogues, teach_rounds, seed, resume, cache_dir, eval_domains, prompt_template, out_dir):
     """Teach a student the Bayesian strategy: data, training, and evaluation before and after.
 
@@ -160,7 +163,7 @@ def distill(domain, teacher, model, method, budget_minutes, max_steps, dtype, gr
     if budget_minutes is None:  # with --max-steps the steps end the run, not the clock
         budget_minutes = math.inf if max_steps else DEFAULT_BUDGET_MINUTES
     settings = DistillSettings(domain=domain, teacher=teacher, model=model, method=method, budget_minutes=budget_minutes,
-                               max_steps=max_steps, dtype=dtype, gradient_checkpointing=gradient_checkpointing,
+                               max_steps=max_steps, dtype=dtype, gradient_checkpointing=gradient_checkpointing, batch_size=batch_size,
                                out_dir=out_dir or f"runs/{domain}-{teacher}", seed=seed, n_eval_users=eval_users,
                                n_heldout=heldout, n_dialogues=dialogues, teach_rounds=teach_rounds, resume=resume,
                                prompt_template=prompt_template, eval_domains=eval_domains, gguf_cache_dir=cache_dir)

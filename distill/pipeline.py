@@ -28,7 +28,7 @@ from eval.student_card import read_student_card
 from ppl_models import get_domain
 
 from distill.teaching_data import EMBEDDED_DIALOGUES_PER_USER, STUDY_DIALOGUES_PER_USER, write_teaching_set
-from distill.training.config import DEFAULT_BUDGET_MINUTES, ConfigError, TrainConfig
+from distill.training.config import DEFAULT_BUDGET_MINUTES, ConfigError, TrainConfig, default_batch_size
 from distill.transfer import eval_domains_for, evaluate_domains, write_transfer
 
 
@@ -46,6 +46,8 @@ class DistillSettings:
     # GPU that has it), and activation recomputation in training (less memory, ~30-40% more compute).
     dtype: str = "auto"
     gradient_checkpointing: bool = False
+    # For --model: conversations per micro-batch; None: 4 on a GPU, 1 on a CPU (config.default_batch_size).
+    batch_size: int | None = None
     out_dir: str = "runs/distill"
     seed: int = 0
     # Dialogues per teaching user.  None: STUDY_DIALOGUES_PER_USER for a --model (every prefix an example),
@@ -74,8 +76,9 @@ class DistillSettings:
     def __post_init__(self) -> None:
         if not self.budget_minutes > 0:
             raise ConfigError(f"the budget must be > 0 minutes, got {self.budget_minutes}")
-        if self.model is None and (self.dtype != "auto" or self.gradient_checkpointing):
-            raise ConfigError("dtype and gradient checkpointing apply to --model; the embedded student trains in float32")
+        if self.model is None and (self.dtype != "auto" or self.gradient_checkpointing or self.batch_size is not None):
+            raise ConfigError("dtype, gradient checkpointing and batch size apply to --model; the embedded student "
+                              "trains in float32 with its own batches")
         if self.max_steps is not None and self.max_steps < 1:
             raise ConfigError(f"max_steps must be at least 1, got {self.max_steps}")
 
@@ -145,6 +148,7 @@ def run_distill(settings: DistillSettings, log=print) -> dict:
         adopt_saved_template(after_lm.tokenizer, domain, card.get("chat_template_options"), template)
     else:
         config = TrainConfig(model_name_or_path=settings.model, method=settings.method, epochs=1.0,
+                             batch_size=settings.batch_size or default_batch_size(),
                              max_steps=settings.max_steps, dtype=settings.dtype,
                              gradient_checkpointing=settings.gradient_checkpointing,
                              budget_minutes=None if math.isinf(settings.budget_minutes) else settings.budget_minutes,
