@@ -2,7 +2,7 @@
 
 Run ``python cli.py --help`` for the commands, and ``python cli.py COMMAND --help`` for each one.  The commands
 live in ``commands/``, one file per kind of work: ``explore.py`` (domains, simulate, posterior), ``evaluate.py``
-(evaluate, plot) and ``teach.py`` (make-data, train, distill); ``errors.py`` decides how a failure is shown.
+(evaluate, plot), ``teach.py`` (make-data, train, distill) and ``models.py`` (convert-model); ``errors.py`` decides how a failure is shown.
 """
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from commands.common import checked_parameters
 from commands.errors import FriendlyGroup
 from commands.evaluate import evaluate, plot
 from commands.explore import domains, posterior, simulate
+from commands.models import convert_model
 from commands.teach import distill, make_data, train
 
 
@@ -21,7 +22,7 @@ def main(debug):
     """Teach language models to reason like Bayesians: domains, exact Bayesian assistants, scoring, distillation."""
 
 
-for command in (domains, simulate, posterior, evaluate, plot, make_data, train, distill):
+for command in (domains, simulate, posterior, evaluate, plot, make_data, train, distill, convert_model):
     main.add_command(checked_parameters(command))
 
 

@@ -23,6 +23,16 @@ ratios ours / plain.
 
     .venv/bin/python benchmarks/bench_train_throughput.py --scenarios smollm2 --steps 4 --threads 2
 
+``--scenarios smollm2-methods`` compares the methods on the real SmolLM2-135M-Instruct as a CPU user runs them
+(``model="smollm2"`` through ``distill.training.train.train``): QLoRA (4-bit NF4 base from the cached Hugging Face
+conversion of the GGUF file, ``eval.lm.convert``) and LoRA (the GGUF de-quantised on load), each in float32 and in
+bfloat16, each in its own process on the same flight teaching rows in the same order: tokens/s (median of the steps
+after the first), peak RSS (whole process, load included, and sampled during steps 2..N), load seconds, and the loss
+of every step.  The conversion is made (or found) in the cache before the first run, so no run pays for it.  It
+writes benchmarks/results/qlora_vs_lora_smollm2.json unless --out says otherwise.
+
+    .venv/bin/python benchmarks/bench_train_throughput.py --scenarios smollm2-methods --steps 4 --batch-size 1
+
 Writes benchmarks/results/train_throughput.json: per scenario (model shape) and method: tokens/s (whole
 run, and median of the steps after the first), seconds per step, peak RSS of the whole process and RSS peak
 sampled during the training steps (peak GPU memory on a GPU), trainable parameters, and the qlora/lora
@@ -293,6 +303,104 @@ def run_smollm2(args) -> dict:
     return report
 
 
+# --------------------------------------------------------------------------------------------------
+# The real model as a CPU user trains it: QLoRA against LoRA, float32 and bfloat16
+# --------------------------------------------------------------------------------------------------
+METHOD_CONFIGS = [("qlora", "float32"), ("qlora", "bfloat16"), ("lora", "float32"), ("lora", "bfloat16")]
+
+
+def cpu_description() -> dict:
+    """The CPU's model name, core count and whether it has AVX-512 BF16 (bf16 matmuls in hardware) and AVX2."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return {"cpu_count": os.cpu_count()}
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    model = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), "?")
+    return {"model_name": model, "cpu_count": os.cpu_count(), "avx512_bf16": "avx512_bf16" in flags,
+            "avx512f": "avx512f" in flags, "avx2": "avx2" in flags}
+
+
+def run_method_worker(args) -> None:
+    """One (method, dtype) of METHOD_CONFIGS on SmolLM2 in this process; appends a JSON line."""
+    from distill.training.train import train
+    from distill.training.config import TrainConfig
+
+    method, dtype = METHOD_CONFIGS[args.method_worker]
+    sampler = RssSampler()
+    step_ends: list[float] = []
+    config = TrainConfig(method=method, dtype=dtype, max_steps=args.steps, batch_size=args.batch_size, warmup_steps=1,
+                         learning_rate=2e-4, save_every_steps=0, keep_last_checkpoints=1, max_length=2048,
+                         report_to="none", gguf_cache_dir=args.cache_dir, seed=0)
+    out_dir = Path(args.scratch) / f"out-{method}-{dtype}"
+    started = time.perf_counter()
+    result = train(config, args.data, out_dir, model="smollm2",
+                   on_step_end=lambda record: step_ends.append(time.perf_counter()))
+    sampler.stop()
+    log = [json.loads(line) for line in (out_dir / "train_log.jsonl").read_text().splitlines()]
+    summary = json.loads((out_dir / "summary.json").read_text())
+    steady = [r["tokens_per_s"] for r in log[1:]] or [log[0]["tokens_per_s"]]
+    training_rss, _ = sampler.peak_since(step_ends[0] if step_ends else math.inf)
+    measured = {
+        "method": method, "dtype": dtype, "steps": result.steps, "batch_size": args.batch_size,
+        "tokens": result.tokens,
+        "tokens_per_s_median_after_first_step": statistics.median(steady),
+        "tokens_per_s_all_steps": result.tokens_per_s,
+        "seconds_per_step": summary["train_seconds"] / max(1, result.steps),
+        "load_seconds": summary["wall_seconds"] - summary["train_seconds"],
+        "wall_seconds": time.perf_counter() - started,
+        "peak_rss_mb": result.peak_rss_mb,  # whole process, model loading (and 4-bit quantising) included
+        "training_rss_peak_mb": training_rss,  # sampled during steps 2..N
+        "trainable_params": sum(p.numel() for p in result.model.parameters() if p.requires_grad),
+        "losses": [r["loss"] for r in log],
+    }
+    with open(args.result_file, "a") as handle:
+        handle.write(json.dumps(measured) + "\n")
+
+
+def run_smollm2_methods(args) -> dict:
+    """Every METHOD_CONFIGS entry in its own process on the same flight rows; ratios against LoRA float32."""
+    from distill.teaching_data import write_teaching_set
+    from eval.lm.convert import cache_root, cached_conversion
+    from eval.lm.loading import pretrained_source
+    from ppl_models import get_domain
+
+    folder, extra = pretrained_source("smollm2")
+    started = time.perf_counter()
+    converted = cached_conversion(Path(folder) / extra["gguf_file"], cache_dir=args.cache_dir)  # before any timing
+    conversion_seconds = time.perf_counter() - started
+    with tempfile.TemporaryDirectory(prefix="bench-smollm2-methods-") as scratch:
+        scratch = Path(scratch)
+        write_teaching_set(get_domain("flight"), "bayesian", scratch / "data", n_dialogues=1, n_eval_users=10,
+                           max_train_users=args.batch_size * args.steps, prefixes="longest")
+        data = scratch / "data" / "train-bayesian.jsonl"
+        result_file = scratch / "results.jsonl"
+        for index in map(int, args.method_configs.split(",")):
+            started = time.perf_counter()
+            command = [sys.executable, __file__, "--method-worker", str(index), "--data", str(data), "--scratch",
+                       str(scratch), "--result-file", str(result_file), "--steps", str(args.steps), "--batch-size",
+                       str(args.batch_size), "--threads", str(args.threads)]
+            if args.cache_dir:
+                command += ["--cache-dir", args.cache_dir]
+            subprocess.run(command, check=True, cwd=ROOT, stderr=subprocess.DEVNULL if args.quiet else None)
+            print(f"smollm2-methods/{METHOD_CONFIGS[index]}: done in {time.perf_counter() - started:.1f} s", file=sys.stderr)
+        runs = [json.loads(line) for line in result_file.read_text().splitlines()]
+    report = {"model": "SmolLM2-135M-Instruct (GGUF Q4_1): qlora = NF4 (double quant) from its cached float32 conversion; "
+                       "lora = de-quantised GGUF; LoRA r=16 all-linear, SDPA, flight rows of 5 rounds",
+              "conversion": {"folder": str(converted), "cache_root": str(cache_root(args.cache_dir)),
+                             "seconds_in_this_run": conversion_seconds},
+              "runs": runs, "against_lora_float32": {}}
+    baseline = next((r for r in runs if (r["method"], r["dtype"]) == ("lora", "float32")), None)
+    for run in runs:
+        if baseline is not None and run is not baseline:
+            report["against_lora_float32"][f"{run['method']}-{run['dtype']}"] = {
+                "tokens_per_s_ratio": run["tokens_per_s_median_after_first_step"]
+                / baseline["tokens_per_s_median_after_first_step"],
+                "peak_rss_ratio": run["peak_rss_mb"] / baseline["peak_rss_mb"],
+                "last_loss_difference": run["losses"][-1] - baseline["losses"][-1]}
+    return report
+
+
 def run_scenario(name: str, shape: dict, args) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench-train-") as scratch:
         scratch = Path(scratch)
@@ -331,7 +439,8 @@ def run_scenario(name: str, shape: dict, args) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--methods", default="full,lora,qlora")
-    parser.add_argument("--scenarios", default=",".join(SCENARIOS), help=f"any of {list(SCENARIOS) + ['smollm2']}")
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS),
+                        help=f"any of {list(SCENARIOS) + ['smollm2', 'smollm2-methods']}")
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--examples", type=int, default=32)
     parser.add_argument("--max-length", type=int, default=1024)
@@ -339,14 +448,19 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0,
                         help="torch CPU threads per run (0: torch's default); 1 is steadier on a busy machine")
     parser.add_argument("--quiet", action="store_true", help="hide the workers' progress bars")
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "train_throughput.json"))
+    parser.add_argument("--out", default=None, help="the JSON file (default: results/train_throughput.json, or "
+                        "results/qlora_vs_lora_smollm2.json for --scenarios smollm2-methods alone)")
     # internal: run one method in this process
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--model-dir", help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
     parser.add_argument("--scratch", help=argparse.SUPPRESS)
     parser.add_argument("--result-file", help=argparse.SUPPRESS)
-    parser.add_argument("--batch-size", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--batch-size", type=int, default=1,
+                        help="rows per step for smollm2-methods (the synthetic scenarios use their own)")
+    parser.add_argument("--method-configs", default="0,1,2,3", help="indices into METHOD_CONFIGS to run (smollm2-methods)")
+    parser.add_argument("--cache-dir", default=None, help="cache root of the GGUF conversion (default: eval.lm.convert's)")
+    parser.add_argument("--method-worker", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--smollm2-configs", default="0,1,2,3", help="indices into SMOLLM2_CONFIGS to run")
     parser.add_argument("--smollm2-worker", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -357,6 +471,11 @@ def main() -> None:
         if args.threads:
             torch.set_num_threads(args.threads)
         run_smollm2_worker(args)
+        return
+    if args.method_worker is not None:
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        run_method_worker(args)
         return
     if args.worker:
         if args.threads:
@@ -370,12 +489,16 @@ def main() -> None:
                   "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
                   "torch_threads": args.threads or torch.get_num_threads(), "cpu_count": os.cpu_count(),
                   "load_average_1min_at_start": os.getloadavg()[0], "torch": torch.__version__},
-        "scenarios": {name: run_smollm2(args) if name == "smollm2" else run_scenario(name, SCENARIOS[name], args)
-                      for name in args.scenarios.split(",")},
+        "scenarios": {},
     }
+    report["setup"]["cpu"] = cpu_description()
+    for name in args.scenarios.split(","):
+        runner = {"smollm2": run_smollm2, "smollm2-methods": run_smollm2_methods}.get(name)
+        report["scenarios"][name] = runner(args) if runner else run_scenario(name, SCENARIOS[name], args)
     report["setup"]["load_average_1min_at_end"] = os.getloadavg()[0]
     report["setup"]["benchmark_seconds"] = time.perf_counter() - started
-    out = Path(args.out)
+    default_name = "qlora_vs_lora_smollm2.json" if args.scenarios == "smollm2-methods" else "train_throughput.json"
+    out = Path(args.out or ROOT / "benchmarks" / "results" / default_name)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))

@@ -197,6 +197,14 @@ def prompt_template_option(function):
     )(function)
 
 
+def cache_dir_option(function):
+    return click.option(
+        "--cache-dir", type=click.Path(file_okay=False), default=None,
+        help="Folder for the cached Hugging Face conversions of GGUF models that 4-bit loading (QLoRA) needs; "
+             "default: $BAYES_TEACH_CACHE, else ~/.cache/bayes-teach.",
+    )(function)
+
+
 def load_domain(domain, catalog=None, user_temperature=None, user_lapse=None):
     from ppl_models import get_domain
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from commands.common import (
-    DEFAULT_CANDIDATES, DEFAULT_LM_CANDIDATES, MAX_HELDOUT, DTYPE_CHOICES, OutputPath, check_design_options, refuse_unused,
+    DEFAULT_CANDIDATES, DEFAULT_LM_CANDIDATES, MAX_HELDOUT, DTYPE_CHOICES, OutputPath, cache_dir_option, check_design_options, refuse_unused,
     domain_options, lm_design_options, load_domain, progress_bar,
 )
 from commands.evaluation import (
@@ -36,17 +36,19 @@ def reference_reports(domain, n_users, seed, n_heldout, users=None, design="rand
     return reports
 
 
-def lm_assistant(model, adapter, mode, load_in_4bit, label=None, template=None, dtype="auto", domain=None, device="cpu"):
+def lm_assistant(model, adapter, mode, load_in_4bit, label=None, template=None, dtype="auto", domain=None, device="cpu",
+                 cache_dir=None):
     """An LMAssistant for ``model`` on ``device``; an embedded student saved with its template's options (student
     card) gets its chat template rendered as this process's own (the same text, without the sandbox's cost).
-    ``dtype``: a --dtype name or a torch dtype."""
+    ``dtype``: a --dtype name or a torch dtype; ``cache_dir``: where a GGUF model loaded in 4-bit is converted."""
     from eval.lm import load_causal_lm
     from eval.lm.assistant import LMAssistant
     from eval.lm.loading import dtype_from_name
     from eval.student_card import read_student_card
 
     dtype = dtype_from_name(dtype) if isinstance(dtype, str) else dtype
-    lm = load_causal_lm(model, adapter=adapter, load_in_4bit=load_in_4bit, dtype=dtype, device=device)
+    lm = load_causal_lm(model, adapter=adapter, load_in_4bit=load_in_4bit, dtype=dtype, device=device,
+                        cache_dir=cache_dir, log=lambda message: click.echo(message, err=True))
     for warning in lm.warnings:
         click.echo(f"warning: {warning}", err=True)
     card = read_student_card(model)
@@ -76,7 +78,9 @@ def lm_designer(model, adapter, mode, load_in_4bit, template=None, dtype="auto",
 @click.option("--adapter", type=click.Path(file_okay=False), default=None, help="A PEFT adapter directory for --model.")
 @click.option("--mode", type=click.Choice(["score", "generate"]), default="score", show_default=True,
               help="score: probability of each option's answer; generate: greedy decoding, then parse the option.")
-@click.option("--load-in-4bit", is_flag=True, help="Load --model in 4-bit NF4 (bitsandbytes).")
+@click.option("--load-in-4bit", is_flag=True,
+              help="Load --model in 4-bit NF4 (bitsandbytes); a GGUF model is converted once to a cached Hugging Face folder first.")
+@cache_dir_option
 @click.option("--dtype", type=click.Choice(DTYPE_CHOICES), default="auto", show_default=True,
               help="Precision of --model's weights and activations; auto is bfloat16 on a GPU and on a CPU with AVX-512 BF16 or AMX, float32 elsewhere (the choice is printed and recorded).")
 @click.option("--users", "n_users", type=click.IntRange(min=1), default=None,
@@ -105,7 +109,7 @@ def lm_designer(model, adapter, mode, load_in_4bit, template=None, dtype="auto",
 @evaluation_run_options
 @lm_design_options
 @click.option("--out", "out_dir", required=True, type=OutputPath("dir"), help="Directory for report.json and accuracy.png.")
-def evaluate(domain, catalog, user_temperature, user_lapse, assistant, model, adapter, mode, load_in_4bit, dtype, n_users,
+def evaluate(domain, catalog, user_temperature, user_lapse, assistant, model, adapter, mode, load_in_4bit, cache_dir, dtype, n_users,
              users_of, seed, heldout, elicit_beliefs, prompt_template, study_dir, study_file, chunk_users, resume,
              resume_if_partial, accelerate_config, design, n_candidates, out_dir):
     """Evaluate an assistant or a language model with the study's protocol.
@@ -172,7 +176,7 @@ def evaluate(domain, catalog, user_temperature, user_lapse, assistant, model, ad
         click.echo(f"warning: {warning}", err=True)
     if study_dir:
         return evaluate_study(loaded, assistant, model, adapter, mode, load_in_4bit, n_users, seed, heldout,
-                              elicit_beliefs, study_dir, study_file, out_dir, template, dtype)
+                              elicit_beliefs, study_dir, study_file, out_dir, template, dtype, cache_dir)
     from ppl_models import pick_users
 
     dtype_choice = None
@@ -203,7 +207,7 @@ def evaluate(domain, catalog, user_temperature, user_lapse, assistant, model, ad
         chosen = make_assistant(assistant)
     elif model:
         chosen = lm_assistant(model, adapter, mode, load_in_4bit, template=template, domain=loaded, device=launch.device,
-                              dtype=dtype_choice["torch_dtype"])
+                              dtype=dtype_choice["torch_dtype"], cache_dir=cache_dir)
     else:
         chosen = make_assistant(assistant)
     if model and launch.is_main:  # once the model loaded (a bad model path stays one line)
@@ -277,7 +281,7 @@ def design_table(report):
 
 
 def evaluate_study(loaded, assistant, model, adapter, mode, load_in_4bit, n_users, seed, heldout, elicit_beliefs,
-                   study_dir, study_file, out_dir, template=None, dtype="auto"):
+                   study_dir, study_file, out_dir, template=None, dtype="auto", cache_dir=None):
     """``evaluate --study-data``: replay a released file with the assistant, the Bayesian assistant (where the
     data has a model) and random as references."""
     from eval.assistants import BayesianAssistant, RandomAssistant, make_assistant
@@ -288,7 +292,8 @@ def evaluate_study(loaded, assistant, model, adapter, mode, load_in_4bit, n_user
     if model:
         n_users, heldout = n_users or 50, heldout or 20
     study = load_study(loaded, study_dir, study_file, n_users=n_users, n_heldout=heldout, seed=seed)
-    chosen = (lm_assistant(model, adapter, mode, load_in_4bit, template=template, dtype=dtype, domain=study.domain) if model
+    chosen = (lm_assistant(model, adapter, mode, load_in_4bit, template=template, dtype=dtype, domain=study.domain,
+                           cache_dir=cache_dir) if model
               else make_assistant(assistant))
     bar = progress_bar(study.domain.n_rounds + 1 + int(bool(elicit_beliefs)), f"{chosen.name} on {study.domain.name}")
     try:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from commands.common import MAX_DIALOGUES, MAX_HELDOUT, MAX_ROUNDS, DTYPE_CHOICES, TEACHER_HELP, TRAINING_SEED, OutputPath, check_resume, domain_options, refuse_unused, load_domain, prompt_template_option
+from commands.common import MAX_DIALOGUES, MAX_HELDOUT, MAX_ROUNDS, DTYPE_CHOICES, TEACHER_HELP, TRAINING_SEED, OutputPath, cache_dir_option, check_resume, domain_options, refuse_unused, load_domain, prompt_template_option
 
 CLI_SCRIPT = Path(__file__).resolve().parents[1] / "cli.py"  # what `accelerate launch` runs for train
 
@@ -62,6 +62,7 @@ def make_data(domain, catalog, user_temperature, user_lapse, teacher, dialogues,
 @click.option("--budget", "budget_minutes", type=float, default=None,
               help="Stop cleanly (and save) after this many minutes of training (must be > 0; default: none for --model, 10 for the student, none for the student with --max-steps).")
 @click.option("--merge", is_flag=True, default=None, help="Also save the base model with the adapter merged in.")
+@cache_dir_option
 @click.option("--accelerate-config", type=click.Path(dir_okay=False), default=None,
               help="Run this command under `accelerate launch --config_file FILE` (configs/accelerate/ddp.yaml, fsdp.yaml, "
                    "zero3.yaml); the file is checked first.")
@@ -72,7 +73,7 @@ def make_data(domain, catalog, user_temperature, user_lapse, teacher, dialogues,
                    "tokenizer is made for its text); default: the one its manifest.json records, else the default.")
 @click.option("--out", "out_dir", required=True, type=OutputPath("dir"), help="Directory for checkpoints, logs and the adapter or model.")
 def train(data_path, model, domain, recipe, method, dtype, gradient_checkpointing, epochs, max_steps, learning_rate,
-          batch_size, kl_weight, budget_minutes, merge, accelerate_config, resume, seed, prompt_template, out_dir):
+          batch_size, kl_weight, budget_minutes, merge, cache_dir, accelerate_config, resume, seed, prompt_template, out_dir):
     """Fine-tune a model on a teaching set (QLoRA by default; `accelerate launch` or --accelerate-config for several GPUs)."""
     import os
 
@@ -83,7 +84,7 @@ def train(data_path, model, domain, recipe, method, dtype, gradient_checkpointin
     if model is not None and domain is not None:
         raise click.UsageError("--domain is for the embedded student (no --model); a --model learns the teaching set's text as it is")
     if model is None:
-        refuse_unused([("merge", "--merge")], "for the embedded student (no adapter to merge; it saves the whole model)")
+        refuse_unused([("merge", "--merge"), ("cache_dir", "--cache-dir")], "for the embedded student (no adapter to merge; it saves the whole model)")
     if accelerate_config is not None and "LOCAL_RANK" not in os.environ:  # not yet launched: check, then launch
         from distill.training.launch import check_accelerate_config, relaunch, without_option
 
@@ -92,7 +93,7 @@ def train(data_path, model, domain, recipe, method, dtype, gradient_checkpointin
     overrides = {key: value for key, value in dict(
         method=method, dtype=dtype, gradient_checkpointing=gradient_checkpointing, epochs=epochs, max_steps=max_steps,
         learning_rate=learning_rate, batch_size=batch_size, kl_weight=kl_weight, budget_minutes=budget_minutes,
-        merge_adapter=merge, seed=seed).items() if value is not None}
+        merge_adapter=merge, seed=seed, gguf_cache_dir=cache_dir).items() if value is not None}
     if model is None:
         if domain is None:
             raise click.UsageError("give --model, or --domain for the embedded student")
@@ -135,6 +136,9 @@ def train(data_path, model, domain, recipe, method, dtype, gradient_checkpointin
               help="Precision of --model's weights in training and evaluation; auto is bfloat16 on a GPU and on a CPU with AVX-512 BF16 or AMX, float32 elsewhere (the choice is printed and recorded).")
 @click.option("--gradient-checkpointing", is_flag=True,
               help="Recompute --model's activations in the backward pass: less memory, about a third more compute.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None,
+              help="Conversations per micro-batch for --model (default: 4 on a GPU; 1 on a CPU, where a step costs "
+                   "about its tokens, so that the budget holds more optimizer steps).")
 @click.option("--eval-users", type=click.IntRange(min=1), default=100, show_default=True, help="Users held out of teaching for evaluation.")
 @click.option("--heldout", type=click.IntRange(1, MAX_HELDOUT), default=20, show_default=True, help="Held-out option sets per evaluation user and round.")
 @click.option("--dialogues", type=click.IntRange(1, MAX_DIALOGUES), default=None,
@@ -145,14 +149,15 @@ def train(data_path, model, domain, recipe, method, dtype, gradient_checkpointin
                    "so that the question after round 5, which evaluation asks, is taught too).")
 @click.option("--seed", type=TRAINING_SEED, default=0, show_default=True, help="Seed for data, training and evaluation.")
 @click.option("--resume", is_flag=True, help="Resume an interrupted training run in --out.")
+@cache_dir_option
 @click.option("--eval-domains", default="",
               help="Comma-separated domains to evaluate the model on before and after teaching, e.g. hotel,webshop (the "
                    "teaching domain is always included): one report per domain and a transfer table and plot. The "
                    "embedded student accepts its own domain only.")
 @prompt_template_option
 @click.option("--out", "out_dir", default=None, type=OutputPath("dir"), help="Output directory (default: runs/<domain>-<teacher>).")
-def distill(domain, teacher, model, method, budget_minutes, max_steps, dtype, gradient_checkpointing, eval_users, heldout,
-            dialogues, teach_rounds, seed, resume, eval_domains, prompt_template, out_dir):
+def distill(domain, teacher, model, method, budget_minutes, max_steps, dtype, gradient_checkpointing, batch_size, eval_users, heldout,
+            dialogues, teach_rounds, seed, resume, cache_dir, eval_domains, prompt_template, out_dir):
     """Teach a student the Bayesian strategy: data, training, and evaluation before and after.
 
     Prints a per-round table (student before, student after, Bayesian assistant, random) and writes
@@ -165,14 +170,15 @@ def distill(domain, teacher, model, method, budget_minutes, max_steps, dtype, gr
 
     check_resume(resume, Path(out_dir or f"runs/{domain}-{teacher}") / "train" / "checkpoints")
     if model is None:
-        refuse_unused([("method", "--method"), ("dtype", "--dtype"), ("gradient_checkpointing", "--gradient-checkpointing")],
+        refuse_unused([("method", "--method"), ("dtype", "--dtype"), ("gradient_checkpointing", "--gradient-checkpointing"),
+                       ("batch_size", "--batch-size"), ("cache_dir", "--cache-dir")],
                       "for the embedded student (they set how a --model is trained)")
 
     if budget_minutes is None:  # with --max-steps the steps end the run, not the clock
         budget_minutes = math.inf if max_steps else DEFAULT_BUDGET_MINUTES
     settings = DistillSettings(domain=domain, teacher=teacher, model=model, method=method, budget_minutes=budget_minutes,
-                               max_steps=max_steps, dtype=dtype, gradient_checkpointing=gradient_checkpointing,
+                               max_steps=max_steps, dtype=dtype, gradient_checkpointing=gradient_checkpointing, batch_size=batch_size,
                                out_dir=out_dir or f"runs/{domain}-{teacher}", seed=seed, n_eval_users=eval_users,
                                n_heldout=heldout, n_dialogues=dialogues, teach_rounds=teach_rounds, resume=resume,
-                               prompt_template=prompt_template, eval_domains=eval_domains)
+                               prompt_template=prompt_template, eval_domains=eval_domains, gguf_cache_dir=cache_dir)
     run_distill(settings, log=click.echo)

@@ -28,7 +28,7 @@ from eval.student_card import read_student_card
 from ppl_models import get_domain
 
 from distill.teaching_data import EMBEDDED_DIALOGUES_PER_USER, STUDY_DIALOGUES_PER_USER, write_teaching_set
-from distill.training.config import DEFAULT_BUDGET_MINUTES, ConfigError, TrainConfig
+from distill.training.config import DEFAULT_BUDGET_MINUTES, ConfigError, TrainConfig, default_batch_size
 from distill.transfer import eval_domains_for, evaluate_domains, write_transfer
 
 
@@ -46,6 +46,8 @@ class DistillSettings:
     # and on a CPU with AVX-512 BF16 or AMX, float32 elsewhere), and activation recomputation in training (less memory, ~30-40% more compute).
     dtype: str = "auto"
     gradient_checkpointing: bool = False
+    # For --model: conversations per micro-batch; None: 4 on a GPU, 1 on a CPU (config.default_batch_size).
+    batch_size: int | None = None
     out_dir: str = "runs/distill"
     seed: int = 0
     # Dialogues per teaching user.  None: STUDY_DIALOGUES_PER_USER for a --model (every prefix an example),
@@ -66,12 +68,16 @@ class DistillSettings:
     # is always included): OUT/eval/<domain>/report.json, OUT/transfer.json and .png (distill/transfer.py).
     # Empty: the teaching domain only, no transfer outputs.  The embedded student accepts its own domain only.
     eval_domains: str = ""
+    # For a GGUF --model with QLoRA: the cache root of its Hugging Face conversion (eval.lm.convert); None:
+    # $BAYES_TEACH_CACHE, else ~/.cache/bayes-teach.
+    gguf_cache_dir: str | None = None
 
     def __post_init__(self) -> None:
         if not self.budget_minutes > 0:
             raise ConfigError(f"budget_minutes: the budget must be > 0 minutes, got {self.budget_minutes}")
-        if self.model is None and (self.dtype != "auto" or self.gradient_checkpointing):
-            raise ConfigError("dtype and gradient checkpointing apply to --model; the embedded student trains in float32")
+        if self.model is None and (self.dtype != "auto" or self.gradient_checkpointing or self.batch_size is not None):
+            raise ConfigError("dtype, gradient checkpointing and batch size apply to --model; the embedded student "
+                              "trains in float32 with its own batches")
         if self.max_steps is not None and self.max_steps < 1:
             raise ConfigError(f"max_steps must be at least 1, got {self.max_steps}")
 
@@ -123,7 +129,8 @@ def run_distill(settings: DistillSettings, log=print) -> dict:
                                  template=template)
             reports["before"] = _evaluate(domain, before, eval_users, settings, "student before", log)
     elif settings.eval_before:
-        before = LMAssistant(load_causal_lm(settings.model, load_in_4bit=settings.method == "qlora", dtype=dtype),
+        before = LMAssistant(load_causal_lm(settings.model, load_in_4bit=settings.method == "qlora", dtype=dtype,
+                                            cache_dir=settings.gguf_cache_dir, log=log),
                              name="student (before)", template=template)
         reports["before"] = _evaluate(domain, before, eval_users, settings, "student before", log)
         before_elsewhere = evaluate_domains(before, others, settings.n_eval_users, settings.n_heldout, settings.seed,
@@ -141,16 +148,17 @@ def run_distill(settings: DistillSettings, log=print) -> dict:
         adopt_saved_template(after_lm.tokenizer, domain, card.get("chat_template_options"), template)
     else:
         config = TrainConfig(model_name_or_path=settings.model, method=settings.method, epochs=1.0,
+                             batch_size=settings.batch_size or default_batch_size(),
                              max_steps=settings.max_steps, dtype=settings.dtype,
                              gradient_checkpointing=settings.gradient_checkpointing,
                              budget_minutes=None if math.isinf(settings.budget_minutes) else settings.budget_minutes,
-                             kl_weight=kl_weight, seed=settings.seed)
+                             kl_weight=kl_weight, seed=settings.seed, gguf_cache_dir=settings.gguf_cache_dir)
         result = _train_hf(config, data_path, train_dir, settings.resume)
         if settings.method == "full":
             after_lm = load_causal_lm(str(train_dir / "model"), dtype=dtype)
         else:
             after_lm = load_causal_lm(settings.model, adapter=str(train_dir / "adapter"), load_in_4bit=settings.method == "qlora",
-                                      dtype=dtype)
+                                      dtype=dtype, cache_dir=settings.gguf_cache_dir, log=log)
     log(f"trained: {result.summary()}")
 
     # ---- 4. the student after training, and the references -----------------------------------------

@@ -94,6 +94,22 @@ def test_distill_for_a_number_of_steps_instead_of_the_clock(tmp_path, embedded):
         saved = json.loads((tmp_path / "run" / "train" / "train_config.json").read_text())
         assert saved["dtype"] == "float32" and saved["gradient_checkpointing"] is True and saved["max_steps"] == 3
         assert saved["dtype_resolved"] == {"dtype": "float32", "reason": "--dtype float32 given"}
+        import torch
+
+        from distill.training.config import CPU_BATCH_SIZE, TrainConfig
+
+        # on a CPU one conversation per step (so a budget holds more steps); on a GPU TrainConfig's batch
+        assert saved["batch_size"] == (TrainConfig.batch_size if torch.cuda.is_available() else CPU_BATCH_SIZE)
+        assert (CPU_BATCH_SIZE, TrainConfig.batch_size) == (1, 4)
+
+
+def test_distill_batch_size_is_settable_for_a_model_only(tmp_path):
+    model = str(tiny_lm.save_tiny_lm(tmp_path / "tiny"))
+    run_distill(_settings(tmp_path, model=model, method="lora", budget_minutes=math.inf, max_steps=1, batch_size=2,
+                          eval_before=False), log=lambda line: None)
+    assert json.loads((tmp_path / "run" / "train" / "train_config.json").read_text())["batch_size"] == 2
+    with pytest.raises(ValueError, match="apply to --model"):
+        _settings(tmp_path, batch_size=2)
 
 
 def test_distill_refuses_model_settings_for_the_embedded_student(tmp_path):

@@ -25,6 +25,19 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 RECORDED_KEYS = ("dtype_resolved",)
 # The default wall-clock budget of the teaching loop (`distill`) and of the embedded student, in minutes.
 DEFAULT_BUDGET_MINUTES = 10.0
+# distill's conversations per micro-batch for a --model on a CPU: one.  A step costs about its tokens on a CPU, so
+# within distill's wall-clock budget one row per step gives about four times the optimizer steps of TrainConfig's 4
+# (enough to leave the warm-up of a small model's run), and no padding to the longest row of a batch.
+CPU_BATCH_SIZE = 1
+
+
+def default_batch_size(on_gpu: bool | None = None) -> int:
+    """distill's micro-batch for a --model: TrainConfig's on a GPU, CPU_BATCH_SIZE on a CPU."""
+    if on_gpu is None:
+        import torch
+
+        on_gpu = torch.cuda.is_available()
+    return TrainConfig.batch_size if on_gpu else CPU_BATCH_SIZE
 
 
 class ConfigError(BayesTeachError):
@@ -145,6 +158,9 @@ class TrainConfig:
     mixed_precision: str = "no"
     # Allow custom modelling code from the hub repo (only for models that need it; it runs their code).
     trust_remote_code: bool = False
+    # Where QLoRA keeps the Hugging Face conversion of a GGUF model (transformers cannot quantise a GGUF file):
+    # the cache root of eval.lm.convert.cache_root; None: $BAYES_TEACH_CACHE, else ~/.cache/bayes-teach.
+    gguf_cache_dir: str | None = None
 
     def __post_init__(self) -> None:
         checks = [

@@ -70,14 +70,28 @@ def load_tokenizer(source: str, trust_remote_code: bool = False):
         raise ModelLoadError(f"cannot load a tokenizer from {source!r}: {str(error).splitlines()[0]}") from error
 
 
+def quantizable_path(source: str, config: TrainConfig) -> str:
+    """Where a 4-bit load of ``source`` reads from: the cached Hugging Face conversion of a GGUF file (converted
+    on first use; eval.lm.convert), else ``source`` itself."""
+    from eval.lm.loading import pretrained_source, quantizable_source
+
+    folder, extra = pretrained_source(source)
+    if "gguf_file" not in extra:
+        return source
+    return quantizable_source(folder, extra, config.gguf_cache_dir, log=_log_once)[0]
+
+
 def load_base_model(source: str, config: TrainConfig, device: torch.device, quantize_4bit: bool):
     """The causal LM from a local directory, hub id, GGUF file or alias, optionally quantised to 4-bit NF4
     (the one place training loads it), with config.dtype and config.attn_implementation."""
     from transformers import AutoModelForCausalLM
 
-    from eval.lm.loading import pretrained_source
+    from eval.lm.loading import pretrained_source, quantizable_source
 
     source, extra = pretrained_source(source)
+    named_source = source  # what the adapter records as its base model (the GGUF's folder, not the cache)
+    if quantize_4bit:  # transformers cannot quantise a GGUF model: load its cached Hugging Face conversion
+        source, extra = quantizable_source(source, extra, config.gguf_cache_dir, log=_log_once)
     dtype = resolve_dtype(config.dtype, device)
     kwargs = dict(dtype=dtype, trust_remote_code=config.trust_remote_code, attn_implementation=config.attn_implementation,
                   **extra)
@@ -96,14 +110,25 @@ def load_base_model(source: str, config: TrainConfig, device: torch.device, quan
             bnb_4bit_use_double_quant=True,  # quantise the quantisation constants too (~0.4 bit/param saved)
         )
         # device_map pins every 4-bit weight to this process's device (one model copy per process).
-        return AutoModelForCausalLM.from_pretrained(
+        model = AutoModelForCausalLM.from_pretrained(
             source, quantization_config=quantization, device_map={"": str(device)}, **kwargs
         )
+        model.name_or_path = named_source  # PEFT records it as the adapter's base_model_name_or_path
+        return model
     except Exception as error:  # ImportError, missing CUDA kernels, unsupported architecture, ...
         raise QuantizationUnavailableError(
             f"could not load {source!r} in 4-bit NF4 for QLoRA on {device} ({type(error).__name__}: {error}). "
             "Train without quantisation instead: use `--method lora` (or method='lora' in TrainConfig)."
         ) from error
+
+
+def _log_once(message: str) -> None:
+    """The conversion cache's notice, from the main process only (one line, not one per process)."""
+    import os
+    import sys
+
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(message, file=sys.stderr, flush=True)
 
 
 def is_quantized(model) -> bool:
@@ -163,7 +188,9 @@ def build_trainable_model(config: TrainConfig, source, device: torch.device, scr
             model = model.to(device)
     else:
         base_path = str(source)
-        tokenizer = load_tokenizer(base_path, config.trust_remote_code)
+        # QLoRA on a GGUF file: its cached conversion (made now if missing) holds the same tokenizer
+        tokenizer = load_tokenizer(quantizable_path(base_path, config) if config.method == "qlora" else base_path,
+                                   config.trust_remote_code)
         model = load_base_model(base_path, config, device, quantize_4bit=config.method == "qlora")
 
     model = forget_dequantized_gguf(model)

@@ -14,6 +14,7 @@ used and a warning is recorded.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import re
@@ -22,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from eval.lm.convert import SOURCE_RECORD, cached_conversion, gguf_problem
 from eval.text.chat_format import has_chat_template
 from ppl_models.errors import BayesTeachError
 
@@ -119,22 +121,17 @@ def pretrained_source(name_or_path: str) -> tuple[str, dict]:
 
 
 def _gguf_problem(source: str, gguf_file: str) -> str | None:
-    """Why a GGUF file cannot be loaded, in words, or None when its header looks fine and its architecture
-    is one transformers reads (called only after loading failed, to say why)."""
-    import gguf
-    from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
+    """Why a GGUF file cannot be loaded, in words, or None (called only after loading failed, to say why)."""
+    return gguf_problem(Path(source) / gguf_file)
 
-    path = Path(source) / gguf_file
-    try:
-        reader = gguf.GGUFReader(str(path))
-        field = reader.fields["general.architecture"]
-        architecture = bytes(field.parts[field.data[0]]).decode()
-    except Exception as error:  # noqa: BLE001 - a short or damaged file fails in many ways
-        return f"GGUF file {str(path)!r} is truncated or corrupt ({_first_line(error)})"
-    if architecture not in GGUF_SUPPORTED_ARCHITECTURES:
-        return (f"GGUF file {str(path)!r} holds a {architecture!r} model, an architecture transformers cannot "
-                "read from GGUF; convert it to a Hugging Face folder or use the original checkpoint")
-    return None
+
+def quantizable_source(source: str, extra: dict, cache_dir: str | Path | None = None, log=None) -> tuple[str, dict]:
+    """(source, extra) that 4-bit NF4 loading can use: a GGUF source becomes its converted Hugging Face folder in
+    the conversion cache (``eval.lm.convert.cached_conversion``: converted on first use, reused after; the reason
+    and the folder are reported once through ``log``); any other source is returned as it is."""
+    if "gguf_file" not in extra:
+        return source, extra
+    return str(cached_conversion(Path(source) / extra["gguf_file"], cache_dir=cache_dir, log=log)), {}
 
 
 def _resolve_device(device: str) -> str:
@@ -241,6 +238,11 @@ def _model_names(name_or_path: str) -> set[str]:
             if part.startswith("models--"):
                 hub_id = part[len("models--"):].replace("--", "/")
                 names |= {hub_id, hub_id.split("/")[-1].lower()}
+        record = resolved / SOURCE_RECORD  # a folder converted from a GGUF file is also that file's model
+        if resolved.is_dir() and record.is_file():
+            with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+                gguf_file = Path(json.loads(record.read_text())["gguf_file"])
+                names |= {str(gguf_file.parent), gguf_file.parent.name.lower()}
     return names
 
 
@@ -325,15 +327,20 @@ def prepare_loaded_lm(model, tokenizer, model_id: str, adapter: str | None = Non
 
 def load_causal_lm(model_name_or_path: str, adapter: str | None = None, load_in_4bit: bool = False,
                    device: str = "cpu", dtype: torch.dtype | None = None,
-                   strict_adapter_base: bool = True) -> LoadedLM:
+                   strict_adapter_base: bool = True, cache_dir: str | Path | None = None, log=None) -> LoadedLM:
     """Load a causal LM from a local directory, a hub id, a GGUF file or an alias (``pretrained_source``),
     with an optional PEFT adapter (local directory or hub id) and optional 4-bit NF4 quantisation
     (bitsandbytes), in eval mode on ``device``.
 
     ``dtype`` defaults to float32 on CPU and bfloat16 (or float16) on CUDA.  With
     ``strict_adapter_base`` an adapter whose ``base_model_name_or_path`` names another model is refused.
+    A GGUF model loaded in 4 bits is converted once into the conversion cache (``cache_dir``, else
+    ``eval.lm.convert.cache_root``'s default) and loaded from there; ``log`` (default stderr) hears why, once.
     """
     source, extra = pretrained_source(str(model_name_or_path))
+    named_source = source  # what an adapter's recorded base model is compared with
+    if load_in_4bit:
+        source, extra = quantizable_source(source, extra, cache_dir, log)
     device = _resolve_device(device)
     dtype = dtype or _default_dtype(device)
     if adapter is not None:
@@ -341,5 +348,5 @@ def load_causal_lm(model_name_or_path: str, adapter: str | None = None, load_in_
     tokenizer = _load_tokenizer(source, adapter, extra)
     model = _load_model(source, load_in_4bit, device, dtype, extra)
     if adapter is not None:
-        model, adapter = _attach_adapter(model, adapter, source, strict_adapter_base)
+        model, adapter = _attach_adapter(model, adapter, named_source, strict_adapter_base)
     return prepare_loaded_lm(model, tokenizer, str(model_name_or_path), adapter)
