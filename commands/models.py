@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import click
 
+from commands.common import OutputPath
+
 
 @click.command("convert-model")
 @click.argument("gguf_file")
-@click.argument("out_dir", type=click.Path(file_okay=False))
+@click.argument("out_dir", type=OutputPath("dir"))
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32", show_default=True,
               help="Precision of the saved weights; float32 keeps the de-quantised values exactly.")
 @click.option("--overwrite", is_flag=True, help="Replace OUT_DIR if it exists (the new folder is renamed into place whole).")

@@ -62,6 +62,7 @@ BASE = {
     "train": ["--data", "{teaching_set}", "--domain", "hotel", "--max-steps", "1", "--out", "{out_dir}"],
     "distill": ["--domain", "hotel", "--eval-users", "4", "--heldout", "1", "--dialogues", "1", "--teach-rounds", "1",
                 "--max-steps", "1", "--out", "{out_dir}"],
+    "convert-model": ["{gguf}", "{out_dir}"],
 }
 # what a parameter needs beside it to be read at all (the catalogue is the webshop domain's)
 NEEDS = {"catalog": ["--domain", "webshop"]}
@@ -69,10 +70,10 @@ NEEDS = {"catalog": ["--domain", "webshop"]}
 # others, so a new input option is covered before anyone adds a sample)
 SAMPLE_OF = {"dialogue_path": "dialogue", "reports": "report", "data_path": "teaching_set", "users_of": "manifest",
              "prompt_template": "prompt_template", "recipe": "recipe", "accelerate_config": "accelerate_config",
-             "catalog": "catalog", "study_dir": "study_dir"}
+             "catalog": "catalog", "study_dir": "study_dir", "gguf_file": "gguf", "out_dir": "out_dir"}
 # the expensive steps the fast cases stop at (module, attribute): reaching one means the input passed every check
 WORK = [("distill.student.model", "train_student"), ("distill.training.train", "train"),
-        ("distill.training.launch", "relaunch"), ("distill.pipeline", "write_teaching_set")]
+        ("distill.training.launch", "relaunch"), ("distill.pipeline", "write_teaching_set"), ("eval.lm.convert", "convert_gguf")]
 
 
 class ReachedWork(Exception):
@@ -347,7 +348,7 @@ def samples(tmp_path_factory):
     return {"teaching_set": root / "teaching" / "train-bayesian.jsonl", "manifest": root / "teaching" / "manifest.json",
             "report": report, "dialogue": dialogue, "catalog": catalog, "recipe": recipe,
             "accelerate_config": accelerate_config, "prompt_template": template, "generic_json": generic,
-            "study_dir": study}
+            "study_dir": study, "gguf": "smollm2"}
 
 
 # ------------------------------------------------------------------------------------------------------------

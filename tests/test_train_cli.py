@@ -139,7 +139,7 @@ def test_a_run_killed_with_sigkill_resumes_to_the_weights_of_an_uninterrupted_ru
     from transformers import AutoModelForCausalLM
 
     recipe = tmp_path / "recipe.json"
-    recipe.write_text(json.dumps(dict(method="lora", lora_r=4, lora_alpha=8, lora_dropout=0.1, learning_rate=5e-3,
+    recipe.write_text(json.dumps(dict(method="lora", dtype="float32", lora_r=4, lora_alpha=8, lora_dropout=0.1, learning_rate=5e-3,
                                       warmup_steps=1, batch_size=2, grad_accum_steps=2, max_steps=10,
                                       save_every_steps=3, kl_weight=0.5, report_to="none")))
     straight = train(TrainConfig.from_recipe(recipe), dataset, tmp_path / "straight", model=str(student_dir))
