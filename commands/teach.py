@@ -111,7 +111,7 @@ def train(data_path, model, domain, recipe, method, dtype, gradient_checkpointin
     else:
         if prompt_template:
             raise click.UsageError("--prompt-template is for the embedded student; a --model reads the teaching set's text as it is")
-        from distill.training.train import train as run_training
+        from distill.training.trainer import train as run_training
         from distill.training.config import TrainConfig
 
         overrides["model_name_or_path"] = model

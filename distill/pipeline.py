@@ -200,7 +200,7 @@ def run_distill(settings: DistillSettings, log=print) -> dict:
 
 
 def _train_hf(config: TrainConfig, data_path, train_dir, resume: bool):
-    from distill.training.train import train
+    from distill.training.trainer import train
 
     return train(config, data_path, train_dir, resume=resume)
 

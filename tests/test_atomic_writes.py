@@ -4,7 +4,7 @@ under the final name (nor a temporary file behind).
 Failures simulated: a full disk (ENOSPC) when the bytes are written, and when they are flushed to disk (fsync),
 and a serializer that fails (an object JSON cannot encode, a figure that cannot be drawn).  Writers covered:
 reports, teaching sets and their manifests, JSON manifests and summaries (eval.io_utils), student cards, saved
-prompt templates, plots, models (eval.io_utils.atomic_directory, as distill.training.train.write_outputs uses it)
+prompt templates, plots, models (eval.io_utils.atomic_directory, as distill.training.trainer.write_outputs uses it)
 and checkpoints (only a checkpoint with its COMPLETE marker is resumed from).
 """
 from __future__ import annotations
@@ -137,7 +137,7 @@ def write_teaching_set(folder: Path, version):
 
 
 def write_model(folder: Path, version):
-    """As distill.training.train.write_outputs: a model folder filled under a temporary name, then renamed."""
+    """As distill.training.trainer.write_outputs: a model folder filled under a temporary name, then renamed."""
     with io_utils.atomic_directory(folder / "model") as tmp:
         (tmp / "config.json").write_text(json.dumps({"version": version}))
         (tmp / "model.safetensors").write_bytes(bytes([version]) * 4096)

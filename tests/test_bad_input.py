@@ -72,7 +72,7 @@ SAMPLE_OF = {"dialogue_path": "dialogue", "reports": "report", "data_path": "tea
              "prompt_template": "prompt_template", "recipe": "recipe", "accelerate_config": "accelerate_config",
              "catalog": "catalog", "study_dir": "study_dir", "gguf_file": "gguf", "out_dir": "out_dir"}
 # the expensive steps the fast cases stop at (module, attribute): reaching one means the input passed every check
-WORK = [("distill.student.model", "train_student"), ("distill.training.train", "train"),
+WORK = [("distill.student.model", "train_student"), ("distill.training.trainer", "train"),
         ("distill.training.launch", "relaunch"), ("distill.pipeline", "write_teaching_set"), ("eval.lm.convert", "convert_gguf")]
 
 

@@ -141,12 +141,12 @@ def test_the_circle_check_finds_a_circle():
 def test_the_check_sees_imports_inside_functions_and_relative_ones(tmp_path):
     sample = tmp_path / "eval" / "sample.py"
     sample.parent.mkdir()
-    sample.write_text("import os\nfrom .report import x\n\ndef f():\n    from distill.training.train import train\n")
-    modules = {"eval.report": None, "distill.training.train": None, "eval.sample": sample}
+    sample.write_text("import os\nfrom .report import x\n\ndef f():\n    from distill.training.trainer import train\n")
+    modules = {"eval.report": None, "distill.training.trainer": None, "eval.sample": sample}
     global ROOT
     saved, ROOT = ROOT, tmp_path
     try:
-        assert imported_modules(sample, modules) == {"eval.report", "distill.training.train"}
+        assert imported_modules(sample, modules) == {"eval.report", "distill.training.trainer"}
     finally:
         ROOT = saved
 

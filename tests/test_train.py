@@ -22,7 +22,7 @@ from distill.training.chat_dataset import (  # noqa: E402
     parse_example, tokenize_dataset,
 )
 from distill.training.loss import micro_batch_loss  # noqa: E402
-from distill.training.train import train  # noqa: E402
+from distill.training.trainer import train  # noqa: E402
 from distill.training.config import TrainConfig  # noqa: E402
 from eval.text.chat_format import tokenize_chat  # noqa: E402
 from tiny_student_fixtures import (  # noqa: E402
@@ -472,7 +472,7 @@ def test_accelerate_launch_with_two_cpu_processes(student_dir, dataset, tmp_path
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                "--main_process_port", str(free_port()),
-               "-m", "distill.training.train", "--config", str(config_path), "--data", str(dataset), "--out", str(out)]
+               "-m", "distill.training.trainer", "--config", str(config_path), "--data", str(dataset), "--out", str(out)]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     finished = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert finished.returncode == 0, finished.stderr[-3000:]

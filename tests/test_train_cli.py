@@ -16,7 +16,7 @@ from click.testing import CliRunner
 
 from cli import main
 from eval import io_utils
-from distill.training.train import train
+from distill.training.trainer import train
 from distill.training.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -97,7 +97,7 @@ def test_lora_target_modules_the_model_lacks_are_one_error_line(tmp_path, datase
 
 
 def test_a_bug_keeps_its_traceback(monkeypatch, dataset, student_dir, tmp_path):
-    import distill.training.train as trainer
+    import distill.training.trainer as trainer
 
     def broken(*args, **kwargs):
         raise KeyError("a bug in our code, not the user's input")

@@ -270,7 +270,7 @@ def calibrate(model, tokenizer, examples_lines: list[str], config: StudentConfig
 def train_student(domain: Domain, dataset_path, out_dir, budget_minutes: float | None = None,
                   config: StudentConfig = StudentConfig(), seed: int = 0, resume: bool = False,
                   max_steps: int | None = None, template: PromptTemplate | None = None):
-    """Build the student and train it on ``dataset_path`` (a teaching-set JSONL) with distill.training.train.train
+    """Build the student and train it on ``dataset_path`` (a teaching-set JSONL) with distill.training.trainer.train
     (method "full") so that everything, tokenisation and saving included, fits ``budget_minutes`` (default:
     the config's).
 
@@ -278,7 +278,7 @@ def train_student(domain: Domain, dataset_path, out_dir, budget_minutes: float |
     ``out_dir`` (same config and seed; the schedule of the first run is kept).  ``template``: the prompt template
     the teaching set was written with (the student's tokenizer is made for its text).  Returns the TrainResult."""
     from distill.training.chat_dataset import tokenize_workers
-    from distill.training.train import train
+    from distill.training.trainer import train
     from distill.training.callbacks import clock_cosine
     from eval.io_utils import atomic_write_text
 

@@ -11,8 +11,8 @@ _EXPORTS = {
     "TrainConfig": "distill.training.config",
     "DatasetFormatError": "distill.training.chat_dataset",
     "load_chat_jsonl": "distill.training.chat_dataset",
-    "TrainResult": "distill.training.train",
-    "train": "distill.training.train",
+    "TrainResult": "distill.training.trainer",
+    "train": "distill.training.trainer",
 }
 __all__ = sorted(_EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)  # heavy modules load on first use
@@ -20,4 +20,4 @@ __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)  # heavy modules load on
 if TYPE_CHECKING:  # the same names, for static readers (API docs, type checkers)
     from distill.training.config import ConfigError, OutputDirInUseError, TrainConfig
     from distill.training.chat_dataset import DatasetFormatError, load_chat_jsonl
-    from distill.training.train import TrainResult, train
+    from distill.training.trainer import TrainResult, train

@@ -1,4 +1,4 @@
-"""The distillation loss of one micro-batch (``distill.training.train.DistillTrainer.compute_loss`` calls it).
+"""The distillation loss of one micro-batch (``distill.training.trainer.DistillTrainer.compute_loss`` calls it).
 
 CE(assistant tokens) + kl_weight * KL(soft target || model over candidates), with the model's output layer
 computed only at the positions the loss reads (transformers' ``logits_to_keep``): with a large vocabulary

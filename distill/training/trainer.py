@@ -5,7 +5,7 @@ Public API::
 
     train(config: TrainConfig, dataset_path, out_dir, *, model=None, resume=False, on_step_end=None,
           lr_lambda=None) -> TrainResult
-    main(argv=None)   # python -m distill.training.train --config cfg.json --data train.jsonl --out runs/x [--resume]
+    main(argv=None)   # python -m distill.training.trainer --config cfg.json --data train.jsonl --out runs/x [--resume]
 
 ``model`` is a name/path (overrides ``config.model_name_or_path``) or an already-built ``(model,
 tokenizer)`` pair.  ``resume=True`` continues from the last complete checkpoint in ``out_dir``.
