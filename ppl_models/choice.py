@@ -88,11 +88,7 @@ class UtilityChoice(TorchDistribution):
         """
         if self.temperature > 0:
             return self.log_prob(value).to(torch.float64).exp_()
-        options = self.utility.unbind(-1)
-        threshold = torch.maximum(options[0], options[1])
-        for option in options[2:]:
-            torch.maximum(threshold, option, out=threshold)
-        threshold.sub_(self.tie_tolerance)  # best - tolerance, as in log_prob
+        options, threshold = self._tie_threshold()
         dtype = threshold.dtype if threshold.is_floating_point() else torch.float32
         chose = torch.nn.functional.one_hot(torch.as_tensor(value, device=self.utility.device).long(), self.n_options)
         chose = chose.to(dtype).unbind(-1)  # whether option o was chosen, [...] each (the plates' shape)
@@ -107,6 +103,15 @@ class UtilityChoice(TorchDistribution):
         if self.lapse > 0:
             probs.mul_(1.0 - self.lapse).add_(self.lapse / self.n_options)
         return probs
+
+    def _tie_threshold(self):
+        """(the options' utilities, each [...]; best - tolerance, [...]): option by option, without the
+        [..., n_options] temporaries of ``amax`` (this runs on the largest tensors of information gain)."""
+        options = self.utility.unbind(-1)
+        threshold = torch.maximum(options[0], options[1])
+        for option in options[2:]:
+            torch.maximum(threshold, option, out=threshold)
+        return options, threshold.sub_(self.tie_tolerance)  # best - tolerance, as in log_prob
 
     def probs(self):
         """Probability of every option: ``[..., n_options]`` (float32; float64 for a noisy user)."""
@@ -124,11 +129,7 @@ class UtilityChoice(TorchDistribution):
             if not with_entropy:
                 return self.log_probs().to(torch.float64).exp_(), None
             return self._softmax_probs_and_entropy()
-        options = self.utility.unbind(-1)
-        threshold = torch.maximum(options[0], options[1])
-        for option in options[2:]:
-            torch.maximum(threshold, option, out=threshold)
-        threshold.sub_(self.tie_tolerance)  # best - tolerance, as in log_prob
+        options, threshold = self._tie_threshold()
         dtype = threshold.dtype if threshold.is_floating_point() else torch.float32
         probs = torch.empty_like(self.utility, dtype=dtype)  # the utility's layout
         is_best = probs.unbind(-1)

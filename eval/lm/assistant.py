@@ -21,34 +21,27 @@ from __future__ import annotations
 
 import torch
 
-from ppl_models.errors import BayesTeachError
 from ppl_models.rng import generator
 
 from eval.assistants import Assistant, Recommendation, RecommendRequest, pick_argmax, truncate_request
 from eval.beliefs.scale import N_SCALE_POINTS, StatedBeliefs, belief_sites
 from eval.text.dialogue import (
-    PromptTemplate, belief_candidate_answers, belief_prompt_messages, candidate_answers, default_template,
+    PromptTemplate, belief_candidate_answers, belief_prompt_messages, candidate_answers,
     heldout_prompt_messages, match_answer, match_belief_answer,
 )
 from eval.lm.answers import answer_line, answer_sentence, parse_belief_answer, parse_option_answer
 from eval.lm.loading import LoadedLM
-from eval.lm.scorer import ChoiceScorer
+from eval.lm.scorer import LMRole
 from eval.lm.scoring import RoundRequest
 from eval.student_card import check_student_domain, read_student_card
 
 
-class LMAssistant(Assistant):
+class LMAssistant(LMRole, Assistant):
     """Recommends with a causal LM (``mode`` "score" or "generate")."""
 
     def __init__(self, lm: LoadedLM, mode: str = "score", name: str | None = None, batch_size: int = 16,
                  template: PromptTemplate | None = None):
-        if mode not in ("score", "generate"):
-            raise BayesTeachError(f"mode must be 'score' or 'generate', not {mode!r}")
-        self.lm, self.mode = lm, mode
-        self.template = template or default_template()
-        self.scorer = ChoiceScorer(lm, batch_size=batch_size)
-        self.name = name or f"lm:{lm.model_id}"
-        self.unparseable_examples: list[str] = []  # a few raw answers that named no option, for reports
+        super().__init__(lm, mode, name, batch_size, template)
         self.unparseable_belief_examples: list[str] = []  # the same for belief answers
         self.student_card = read_student_card(lm.model_id)  # the domain a student was built for (None: any)
 

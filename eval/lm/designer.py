@@ -16,15 +16,13 @@ from dataclasses import dataclass
 
 import torch
 
-from ppl_models.errors import BayesTeachError
 
 from eval.lm.answers import answer_sentence
-from eval.lm.loading import LoadedLM
-from eval.lm.scorer import ChoiceScorer
+from eval.lm.scorer import LMRole
 from eval.lm.scoring import RoundRequest
 from eval.records import pick_argmax
 from eval.text.dialogue import (
-    PromptTemplate, default_template, design_candidate_answers, design_prompt_messages, match_design_answer,
+    design_candidate_answers, design_prompt_messages, match_design_answer,
 )
 
 
@@ -46,18 +44,8 @@ def parse_set_answer(text: str, n_sets: int) -> int | None:
     return number - 1 if 1 <= number <= n_sets else None
 
 
-class LMDesigner:
+class LMDesigner(LMRole):
     """Chooses the next option set with a causal LM (``mode`` "score" or "generate")."""
-
-    def __init__(self, lm: LoadedLM, mode: str = "score", name: str | None = None, batch_size: int = 16,
-                 template: PromptTemplate | None = None):
-        if mode not in ("score", "generate"):
-            raise BayesTeachError(f"mode must be 'score' or 'generate', not {mode!r}")
-        self.lm, self.mode = lm, mode
-        self.template = template or default_template()
-        self.scorer = ChoiceScorer(lm, batch_size=batch_size)
-        self.name = name or f"lm:{lm.model_id}"
-        self.unparseable_examples: list[str] = []
 
     def prompts(self, domain, history_options, history_choices, candidates) -> list[list[dict]]:
         """One conversation per dialogue: ``candidates`` long [N, K, O, F]."""

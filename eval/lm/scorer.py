@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import torch
 
+from ppl_models.errors import BayesTeachError
+
 from eval.text.chat_format import chat_segments, encode_segment
+from eval.text.prompt_template import default_template
 from eval.lm.loading import LoadedLM
 from eval.lm.prefix_tree import PrefixTreeScorer, supports_prefix_tree
 from eval.lm.scoring import (
@@ -144,3 +147,19 @@ def _stop_token_ids(tokenizer) -> list[int]:
     if end_ids and end_ids[0] in set(tokenizer.all_special_ids) and end_ids[0] not in stops:
         stops.append(end_ids[0])
     return stops
+
+
+class LMRole:
+    """What every role a causal LM plays (assistant, designer) holds: the model, how it answers (``mode``
+    "score": probabilities of the candidate answers; "generate": greedy decoding, then parsing), the prompt
+    template that words its prompts, and a scorer."""
+
+    def __init__(self, lm: LoadedLM, mode: str = "score", name: str | None = None, batch_size: int = 16,
+                 template=None):
+        if mode not in ("score", "generate"):
+            raise BayesTeachError(f"mode must be 'score' or 'generate', not {mode!r}")
+        self.lm, self.mode = lm, mode
+        self.template = template or default_template()
+        self.scorer = ChoiceScorer(lm, batch_size=batch_size)
+        self.name = name or f"lm:{lm.model_id}"
+        self.unparseable_examples: list[str] = []  # a few raw answers that named nothing, for reports
