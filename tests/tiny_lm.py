@@ -177,3 +177,18 @@ def save_tiny_lora_adapter(base_directory, adapter_directory, seed: int = 0) -> 
     peft_model = get_peft_model(base, config)
     peft_model.save_pretrained(str(adapter_directory))
     return Path(adapter_directory)
+
+
+def write_gguf(path, architecture: str):
+    """A GGUF file with a header and one tensor (readable by gguf, not a whole model)."""
+    import gguf
+    import numpy as np
+
+    writer = gguf.GGUFWriter(str(path), architecture)
+    writer.add_block_count(1)
+    writer.add_tensor("token_embd.weight", np.zeros((4, 8), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
