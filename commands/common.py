@@ -9,6 +9,8 @@ from pathlib import Path
 
 import click
 
+CLI_SCRIPT = Path(__file__).resolve().parents[1] / "cli.py"  # what `accelerate launch` runs
+
 DTYPE_CHOICES = ("auto", "float32", "bfloat16")  # eval.lm.loading.DTYPES' names, without importing torch at start-up
 # Upper bounds of the counts whose tensors grow with them: far above any use (the study: 100 held-out sets, 10
 # dialogues per user, 5 rounds), and low enough that a typo is one error line instead of an allocation failure.
@@ -253,3 +255,17 @@ def run_and_report(domain, assistant, n_users, seed, n_heldout, elicit_beliefs=F
     finally:
         progress.close()
     return run, build_report(run, **ids)
+
+
+def relaunch_if_asked(accelerate_config, command: str) -> None:
+    """Under ``--accelerate-config FILE`` and not yet launched: check FILE, then run this command again under
+    ``accelerate launch`` and exit with its code."""
+    import os
+
+    if accelerate_config is None or "LOCAL_RANK" in os.environ:
+        return
+    from distill.training.launch import check_accelerate_config, relaunch, without_option
+
+    check_accelerate_config(accelerate_config)
+    arguments = sys.argv[sys.argv.index(command) + 1:]
+    sys.exit(relaunch(accelerate_config, str(CLI_SCRIPT), [command, *without_option(arguments, "--accelerate-config")]))

@@ -7,11 +7,11 @@ from pathlib import Path
 import click
 
 from commands.common import (
-    DEFAULT_CANDIDATES, DEFAULT_LM_CANDIDATES, MAX_HELDOUT, DTYPE_CHOICES, OutputPath, cache_dir_option, check_design_options, refuse_unused,
+    DEFAULT_CANDIDATES, DEFAULT_LM_CANDIDATES, MAX_HELDOUT, DTYPE_CHOICES, OutputPath, cache_dir_option, relaunch_if_asked, check_design_options, refuse_unused,
     domain_options, lm_design_options, load_domain, progress_bar,
 )
 from commands.evaluation import (
-    DEFAULT_CHUNK_USERS_BUILTIN, DEFAULT_CHUNK_USERS_LM, evaluation_run_options, play_evaluation, relaunch_if_asked,
+    DEFAULT_CHUNK_USERS_BUILTIN, DEFAULT_CHUNK_USERS_LM, evaluation_run_options, play_evaluation,
     resolve_dtype_choice,
 )
 

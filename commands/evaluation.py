@@ -2,12 +2,9 @@
 of ``torchrun`` / ``accelerate launch`` (or ``--accelerate-config``), with one progress bar (eval/runner)."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 import click
 
-CLI_SCRIPT = Path(__file__).resolve().parents[1] / "cli.py"
 DEFAULT_CHUNK_USERS_LM = 1  # a killed LM evaluation redoes at most one user's prompts
 DEFAULT_CHUNK_USERS_BUILTIN = 50  # built-in assistants are fast: fewer, larger chunks
 
@@ -32,20 +29,6 @@ def evaluation_run_options(function):
         help="Users per chunk: each finished chunk is kept in --out/partial/ (what a killed run loses at most) and "
              "chunks are shared among processes (default: 1 for --model, 50 for built-in assistants).",
     )(function)
-
-
-def relaunch_if_asked(accelerate_config, command: str) -> None:
-    """Under ``--accelerate-config FILE`` and not yet launched: check FILE, then run this command again under
-    ``accelerate launch`` and exit with its code."""
-    import os
-
-    if accelerate_config is None or "LOCAL_RANK" in os.environ:
-        return
-    from distill.training.launch import check_accelerate_config, relaunch, without_option
-
-    check_accelerate_config(accelerate_config)
-    arguments = sys.argv[sys.argv.index(command) + 1:]
-    sys.exit(relaunch(accelerate_config, str(CLI_SCRIPT), [command, *without_option(arguments, "--accelerate-config")]))
 
 
 def play_evaluation(domain, assistant, users, seed, n_heldout, elicit_beliefs, out_dir, arguments: dict, *,

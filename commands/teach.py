@@ -3,14 +3,12 @@ loop: data, training, evaluation before and after, transfer)."""
 from __future__ import annotations
 
 import math
-import sys
 from pathlib import Path
 
 import click
 
-from commands.common import MAX_DIALOGUES, MAX_HELDOUT, MAX_ROUNDS, DTYPE_CHOICES, TEACHER_HELP, TRAINING_SEED, OutputPath, cache_dir_option, check_resume, domain_options, refuse_unused, load_domain, prompt_template_option
+from commands.common import MAX_DIALOGUES, MAX_HELDOUT, MAX_ROUNDS, DTYPE_CHOICES, TEACHER_HELP, TRAINING_SEED, OutputPath, cache_dir_option, check_resume, domain_options, refuse_unused, load_domain, prompt_template_option, relaunch_if_asked
 
-CLI_SCRIPT = Path(__file__).resolve().parents[1] / "cli.py"  # what `accelerate launch` runs for train
 
 
 @click.command("make-data")
@@ -85,11 +83,7 @@ def train(data_path, model, domain, recipe, method, dtype, gradient_checkpointin
         raise click.UsageError("--domain is for the embedded student (no --model); a --model learns the teaching set's text as it is")
     if model is None:
         refuse_unused([("merge", "--merge"), ("cache_dir", "--cache-dir")], "for the embedded student (no adapter to merge; it saves the whole model)")
-    if accelerate_config is not None and "LOCAL_RANK" not in os.environ:  # not yet launched: check, then launch
-        from distill.training.launch import check_accelerate_config, relaunch, without_option
-
-        check_accelerate_config(accelerate_config)
-        sys.exit(relaunch(accelerate_config, str(CLI_SCRIPT), ["train", *without_option(sys.argv[sys.argv.index("train") + 1:], "--accelerate-config")]))
+    relaunch_if_asked(accelerate_config, "train")
     overrides = {key: value for key, value in dict(
         method=method, dtype=dtype, gradient_checkpointing=gradient_checkpointing, epochs=epochs, max_steps=max_steps,
         learning_rate=learning_rate, batch_size=batch_size, kl_weight=kl_weight, budget_minutes=budget_minutes,
