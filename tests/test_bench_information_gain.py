@@ -1,6 +1,5 @@
 """The information-gain benchmark's hand-vectorised baseline computes what the package computes (so the
 difference it records can show a disagreement), and its weight matrix is the package's hypothesis order."""
-import importlib.util
 from pathlib import Path
 
 import torch
@@ -8,19 +7,13 @@ import torch
 from ppl_models import all_users, current_posterior, expected_information_gain, get_domain, hypothesis_space
 from ppl_models import simulate_dialogues
 from ppl_models.linear import WEIGHT_LEVELS
+from script_loader import load_script
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_information_gain.py"
 
 
-def load_script():
-    spec = importlib.util.spec_from_file_location("bench_information_gain", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_hand_baseline_matches_the_package():
-    bench = load_script()
+    bench = load_script(SCRIPT)
     domain = get_domain("flight")
     weights = bench.weight_matrix(len(domain.features))
     space = hypothesis_space(domain)

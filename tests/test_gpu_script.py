@@ -1,18 +1,15 @@
 """The GPU run's script (experiments/gpu/study_smollm2.py), dry-run on CPU with a tiny random model."""
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
+from script_loader import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("study_smollm2", ROOT / "experiments" / "gpu" / "study_smollm2.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(ROOT / "experiments" / "gpu" / "study_smollm2.py")
 
 
 def test_the_study_scale_is_the_studys():

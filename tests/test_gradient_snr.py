@@ -1,6 +1,5 @@
 """experiments/gradient_snr.py: mini-batch gradients, their signal and noise, checked against one backward pass
 over the union of the batches and against batches that are all the same."""
-import importlib.util
 import json
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from eval.text.dialogue import dialogue_messages
 from eval.student_card import save_student_card
 from ppl_models import get_domain
 from ppl_models.rng import generator
+from script_loader import load_script
 
 SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "gradient_snr.py"
 TINY = StudentConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64)
@@ -22,10 +22,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def script():
-    spec = importlib.util.spec_from_file_location("gradient_snr", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT)
 
 
 @pytest.fixture(scope="module")

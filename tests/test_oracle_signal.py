@@ -1,7 +1,6 @@
 """experiments/oracle_signal.py: the oracle target's cross-entropy floor, checked against brute force over every
 preference vector (tests/brute_force.py) on a few teaching dialogues."""
 import dataclasses
-import importlib.util
 import math
 from pathlib import Path
 
@@ -10,19 +9,13 @@ import torch
 
 import brute_force
 from ppl_models import get_domain, simulate_dialogues
+from script_loader import load_script
 
 SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "oracle_signal.py"
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("oracle_signal", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_oracle_floor_matches_brute_force():
-    oracle_signal = _load_script()
+    oracle_signal = load_script(SCRIPT)
     domain = get_domain("hotel")
     users, n_dialogues, n_rounds = torch.tensor([3, 200, 517]), 2, 6
     result = oracle_signal.oracle_signal(domain, users, n_dialogues, n_rounds, seed=0)

@@ -1,18 +1,15 @@
 """experiments/real_lm_teaching.py: the stages it plans (what each teacher trains and which model each evaluation
 loads) and the pick-loss windows it records from a training log."""
-import importlib.util
 import json
 from pathlib import Path
+from script_loader import load_script
 
 SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "real_lm_teaching.py"
 
 
 def _load_script(monkeypatch):  # run as a script it finds stage_runner beside it; loaded here, by its folder
     monkeypatch.syspath_prepend(str(SCRIPT.parent))
-    spec = importlib.util.spec_from_file_location("real_lm_teaching", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT)
 
 
 def _argv(stages, name):

@@ -1,6 +1,5 @@
 """The web-shopping domain: its exact posterior against a brute force written here from the catalogue's
 raw rows, the Bayesian assistant's learning curve, and reading users' own catalogues."""
-import importlib.util
 import json
 import math
 import random
@@ -17,6 +16,7 @@ from ppl_models.catalog import (
     BUILTIN_CATALOG, BUILTIN_SCHEMA, PRICE_SENSITIVITY, CatalogDomain, CatalogError, goal_text,
 )
 from ppl_models.domains.webshop import webshop_domain
+from script_loader import load_script
 
 TOLERANCE = 1e-6
 RESERVED = {"id", "title", "category", "price"}
@@ -300,9 +300,7 @@ def test_other_catalogue_errors(tmp_path):
 
 
 def test_shipped_catalogue_is_what_the_script_makes():
-    spec = importlib.util.spec_from_file_location("make_webshop_catalog", BUILTIN_CATALOG.parent / "make_webshop_catalog.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script(BUILTIN_CATALOG.parent / "make_webshop_catalog.py")
     products = module.make_products(random.Random(module.SEED))
     assert [json.dumps(p, ensure_ascii=False) for p in products] == BUILTIN_CATALOG.read_text().splitlines()
     assert json.loads(BUILTIN_SCHEMA.read_text()) == module.SCHEMA
