@@ -249,6 +249,8 @@ def test_a_saved_student_template_is_adopted_only_when_this_process_rebuilds_it_
     edited.chat_template += " "
     assert not adopt_saved_template(edited, domain, options)
     assert getattr(edited, OWN_TEMPLATE_ATTRIBUTE, None) is None
+    legacy = {name: value for name, value in options.items() if name != "design_prompts"}
+    assert adopt_saved_template(loaded(), domain, legacy)  # a card written before design_prompts existed
     adopted = loaded()
     assert adopt_saved_template(adopted, domain, options)
     assert getattr(adopted, OWN_TEMPLATE_ATTRIBUTE) == adopted.chat_template
@@ -317,3 +319,56 @@ def test_own_template_renders_as_transformers_sandbox_does(tmp_path, restate, an
     assert render_chat(loaded, conversations[0]) == render_chat(tokenizer, conversations[0])
     tokenizer.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"  # changed after marking: sandboxed
     assert render_chat(tokenizer, conversations[0]) == "".join(m["content"] for m in conversations[0])
+
+
+@pytest.mark.parametrize("domain", [get_domain("hotel"), get_domain("flight")], ids=lambda d: d.name)
+@pytest.mark.parametrize("n_rounds", [0, 3])
+def test_a_designers_prompt_reads_as_the_student_renders_it(domain, n_rounds):
+    """With design_prompts, a designer's prompt renders as: the instructions, each round's options with the
+    choice and its restated description, the candidate sets under their headers, and the answer's set number
+    right after the last option line (question and round headers dropped); no unknown tokens, append-only,
+    and the answer's digit is the only target."""
+    from eval.text.dialogue import design_answer_text, design_prompt_messages, noun_title, options_text
+
+    model, tokenizer = build_student(domain, dataclasses.replace(TINY, design_prompts=True))
+    options = domain.draw_options(generator(1, "test-design"), (n_rounds,))
+    choices = [(2 * r + 1) % domain.n_options for r in range(n_rounds)]
+    candidates = domain.draw_options(generator(2, "test-design"), (4,))
+    messages = design_prompt_messages(domain, options, choices, candidates) + [
+        {"role": "assistant", "content": design_answer_text(3)}]
+    instructions = messages[0]["content"].split("\n\n")[0]
+    rounds = [f"{options_text(domain, options[r])}\nI chose {noun_title(domain)} {choices[r] + 1}. "
+              f"Chosen: {domain.option_text(options[r][choices[r]])}" for r in range(n_rounds)]
+    sets = "\n".join(f"Set {k + 1}:\n{options_text(domain, candidates[k])}" for k in range(4))
+    expected = "<|user|>" + "\n\n".join([instructions] + rounds + [sets]) + "\n3"
+    assert tokenizer.apply_chat_template(messages, tokenize=False) == expected
+    assert len(chat_segments(tokenizer, messages)) == 2  # raises ChatTemplateError unless append-only
+    ids, mask = tokenize_chat(tokenizer, messages)
+    assert tokenizer.unk_token_id not in ids
+    assert [tokenizer.convert_ids_to_tokens(i) for i, m in zip(ids, mask) if m] == ["3"]
+    # each option line is one token: the instructions, 3 per round + a choice ("I chose Flight", digit, ".")
+    # and its restatement, a header + 3 per set, the answer
+    assert len(ids) == 2 + n_rounds * (domain.n_options + 4) + 4 * (domain.n_options + 1) + 1
+    # the answer digits start as the set headers (a choice among sets is a copy of one header)
+    embeddings = model.get_input_embeddings().weight
+    for k in (1, 4):
+        digit, header = tokenizer.convert_tokens_to_ids([str(k), f"Set {k}:"])
+        assert torch.equal(embeddings[digit], embeddings[header])
+
+
+def test_designers_prompts_render_as_transformers_sandbox_does():
+    """The design edits, rendered with plain Jinja, give exactly transformers' sandboxed rendering."""
+    from eval.text.chat_format import render_chat
+    from eval.text.dialogue import design_answer_text, design_prompt_messages
+
+    domain = get_domain("hotel")
+    tokenizer = build_tokenizer(domain, option_tokens=True, restate_choices=True, answer_after_options=True,
+                                round_markers=False, design_prompts=True)
+    options = domain.draw_options(generator(3, "test-design"), (4,))
+    for n_rounds in range(5):
+        candidates = domain.draw_options(generator(n_rounds, "test-design-sets"), (3,))
+        messages = design_prompt_messages(domain, options[:n_rounds], [1, 0, 2, 1][:n_rounds], candidates) + [
+            {"role": "assistant", "content": design_answer_text(2)}]
+        for end in (1, 2):
+            sandboxed = tokenizer.apply_chat_template(messages[:end], tokenize=False)
+            assert render_chat(tokenizer, messages[:end]) == sandboxed

@@ -94,6 +94,11 @@ class StudentConfig(TrainConfig):
     # Keep the "Round k." lines (with answer_after_options; see student_chat_template).  Off: they add a
     # token per round and did not help (see experiments/README.md).
     round_markers: bool = False
+    # The tokenizer and chat template read a designer's prompt too (the candidate sets, "Set k:", the answer as
+    # the set's number after the last option line; student_chat_template), and the answer digits start as the
+    # "Set k:" headers rather than the option headers (tie_option_numbers).  distill --task design sets it; off
+    # otherwise, so that a recommending student's vocabulary, and with it its initialisation, stays as it is.
+    design_prompts: bool = False
     # Start value embeddings on an ordinal quarter circle (see the module docstring).
     ordinal_value_init: bool = True
     # Digit k starts as the embedding of "Hotel k:" (input and output); see tie_option_numbers.

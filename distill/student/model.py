@@ -66,9 +66,9 @@ from distill.student.config import StudentConfig
 
 # The text side lives in student_tokenizer; its names are re-exported here for callers of this module.
 from distill.student.tokenizer import (  # noqa: F401
-    CHOSEN_PREFIX, FALLBACK_PATTERN, REJECTED_PREFIX, MAX_OPTION_TOKENS, MAX_ROUND_PHRASES, SPECIAL_TOKENS, build_tokenizer,
+    CHOSEN_PREFIX, DESIGN_SET_PHRASES, FALLBACK_PATTERN, REJECTED_PREFIX, MAX_OPTION_TOKENS, MAX_ROUND_PHRASES, SPECIAL_TOKENS, build_tokenizer,
     chosen_descriptions, description_pattern, domain_phrases, feature_value_phrases, option_description_pattern,
-    option_descriptions, option_header, split_pattern, student_chat_template, value_combinations, value_texts,
+    option_descriptions, option_header, set_header, split_pattern, student_chat_template, value_combinations, value_texts,
 )
 
 
@@ -145,7 +145,7 @@ def student_tokenizer(domain: Domain, config: StudentConfig = StudentConfig(), t
     this process's own (rendered without transformers' sandbox, eval/text/chat_format.py)."""
     return build_tokenizer(domain, config.merge_feature_values, config.option_tokens, config.restate_choices,
                            config.answer_after_options, config.round_markers, template,
-                           restate_rejected=config.restate_rejected)
+                           restate_rejected=config.restate_rejected, design_prompts=config.design_prompts)
 
 
 def build_student(domain: Domain, config: StudentConfig = StudentConfig(), seed: int = 0,
@@ -169,7 +169,7 @@ def build_student(domain: Domain, config: StudentConfig = StudentConfig(), seed:
         if config.option_tokens:
             option_token_init(model, tokenizer, domain, planes, template)
     if config.tie_option_numbers:
-        tie_option_numbers(model, tokenizer, domain, template)
+        tie_option_numbers(model, tokenizer, domain, template, sets=config.design_prompts)
     if config.freeze_option_embeddings:
         freeze_option_embeddings(model, tokenizer, domain, template)
     return model, tokenizer
@@ -202,14 +202,17 @@ def freeze_option_embeddings(model, tokenizer, domain: Domain, template: PromptT
     return ids
 
 
-def tie_option_numbers(model, tokenizer, domain: Domain, template: PromptTemplate | None = None) -> None:
+def tie_option_numbers(model, tokenizer, domain: Domain, template: PromptTemplate | None = None,
+                       sets: bool = False) -> None:
     """The digit naming option k (in answers and feedback) starts with the input embedding of the option's
     header "Hotel k:", and its output row starts as that embedding too: finding "which option" then is a
-    copy of the header, in both directions (read a choice, name a pick)."""
+    copy of the header, in both directions (read a choice, name a pick).  ``sets``: the digit names candidate
+    set k (a designer's answer) and starts as the header "Set k:" instead."""
     inputs, outputs = model.get_input_embeddings().weight, model.get_output_embeddings().weight
+    n_numbers = DESIGN_SET_PHRASES if sets else min(domain.n_options, 9)
     with torch.no_grad():
-        for k in range(1, min(domain.n_options, 9) + 1):
-            header = tokenizer.convert_tokens_to_ids(option_header(domain, k, template))
+        for k in range(1, n_numbers + 1):
+            header = tokenizer.convert_tokens_to_ids(set_header(k, template) if sets else option_header(domain, k, template))
             digit = tokenizer.convert_tokens_to_ids(str(k))
             inputs[digit] = inputs[header]
             outputs[digit] = inputs[header] * (outputs.std() / inputs.std())

@@ -13,8 +13,8 @@ import re
 
 from eval.text.chat_format import SEGMENT_MARKER, mark_own_chat_template, register_segmented_template
 from eval.text.dialogue import (
-    PromptTemplate, answer_text, default_template, noun_title, option_line, question_text, round_header,
-    task_instructions,
+    PromptTemplate, answer_text, default_template, design_answer_text, design_prompt_messages, noun_title, option_line,
+    question_text, round_header, task_instructions,
 )
 from eval.text.prompt_template import PromptTemplateError
 from ppl_models import Domain
@@ -27,7 +27,8 @@ MAX_OPTION_TOKENS = 30_000  # whole option lines become single tokens when a dom
 CHOSEN_PREFIX = "Chosen: "  # the restated chosen option (see student_chat_template)
 REJECTED_PREFIX = "Rejected: "  # a restated option the user did not choose (restate_rejected)
 # what student_chat_template is built from beyond the domain and prompt template (saved in the student card)
-TEMPLATE_OPTION_NAMES = ("restate", "answer_after_options", "round_markers", "restate_rejected")
+TEMPLATE_OPTION_NAMES = ("restate", "answer_after_options", "round_markers", "restate_rejected", "design_prompts")
+DESIGN_SET_PHRASES = 9  # "Set 1:" ... "Set 9:" are single tokens (more candidate sets fall back to pieces)
 
 
 def split_at(text: str, placeholder: str) -> tuple[str, str]:
@@ -54,7 +55,13 @@ def template_parts(domain: Domain, template: PromptTemplate | None = None) -> di
     common = ""
     while len(common) < min(map(len, feedbacks)) and len({f[-len(common) - 1:] for f in feedbacks}) == 1:
         common = feedbacks[0][-len(common) - 1:]
+    cut = "\x00"  # the design question's text before its first placeholder identifies a designer's prompt
+    design_question = template.fill("design_question", **nouns, round=cut, n_sets=cut).split(cut)[0]
     return {
+        "design_question": design_question,
+        "design_choice": split_at(template.fill("design_choice", **nouns, number="{number}"), "{number}"),
+        "design_answer": split_at(design_answer_text("{number}", template), "{number}"),
+        "design_set": split_at(template.fill("design_set_header", number="{number}"), "{number}"),
         "answer": split_at(answer_text(domain, "{number}", template), "{number}"),
         "header": split_at(head, "{number}"),
         "round": split_at(template.fill("round_header", round="{round}"), "{round}"),
@@ -67,6 +74,11 @@ def option_header(domain: Domain, number: int, template: PromptTemplate | None =
     """The phrase that starts option ``number``'s line (1-based), without trailing spaces: "Hotel 2:"."""
     before, after = template_parts(domain, template)["header"]
     return f"{before}{number}{after}".rstrip()
+
+
+def set_header(number: int, template: PromptTemplate | None = None) -> str:
+    """The phrase that heads candidate set ``number`` (1-based) in a designer's prompt, stripped: "Set 2:"."""
+    return (template or default_template()).fill("design_set_header", number=number).strip()
 
 
 def value_texts(domain: Domain) -> list[list[str]]:
@@ -114,7 +126,7 @@ def chosen_descriptions(domain: Domain, limit: int = MAX_OPTION_TOKENS, prefix: 
 
 def student_chat_template(domain: Domain, restate: bool = False, answer_after_options: bool = True,
                           round_markers: bool = True, template: PromptTemplate | None = None,
-                          restate_rejected: bool = False, segment_marker: str = "") -> str:
+                          restate_rejected: bool = False, segment_marker: str = "", design_prompts: bool = False) -> str:
     """The student's chat template: ``<|role|>content<|end|>`` per message and ``<|assistant|>`` as the
     generation prompt, with optional changes.  Each turn's text depends only on the turns before it, so the
     template stays append-only whatever the options.
@@ -132,8 +144,15 @@ def student_chat_template(domain: Domain, restate: bool = False, answer_after_op
     ``round_markers=False`` (with ``answer_after_options``): the "Round k." lines are dropped too, so that a
     round after the last one trained on reads like the others.
 
-    The texts these edits look for (the feedback, option headers, answer, question, round header) are the
-    prompt template's (``template_parts``; the default's are quoted above).
+    ``design_prompts`` (with ``answer_after_options``): a designer's prompt (``design_prompt_messages``: the
+    rounds so far, each closed by "I chose Flight k.", then the labelled candidate sets and a question) gets the
+    same edits: its closing question is dropped, so that the answer "Show me set 2." reads "\n2" right after
+    the last candidate's last option line; with ``restate`` each round's "I chose Flight k." is followed by
+    "Chosen: " and option k's description; without ``round_markers`` the "Round k." lines are dropped.
+
+    The texts these edits look for (the feedback, option headers, answer, question, round header, and the
+    designer's choice, question and answer) are the prompt template's (``template_parts``; the default's are
+    quoted above).
 
     ``segment_marker``: written after each message's text (the segmented twin that
     ``eval.text.chat_format.register_segmented_template`` takes: one rendering gives every message's segment).
@@ -177,6 +196,10 @@ def student_chat_template(domain: Domain, restate: bool = False, answer_after_op
                     "{% set rest = cut[1].split('\\n', 1) if cut|length == 2 else [] %}"
                     f"{{% if rest|length == 2 and rest[0].endswith({round_after!r}) and {number}.isdigit() %}}"
                     "{{ cut[0] + '\\n' + rest[1] }}{% else %}{{ text }}{% endif %}")
+        if design_prompts:
+            answer = answer.replace("message['content']", f"message['content'] | replace({parts['design_answer'][0]!r}, '')", 1)
+            user = (f"{{% if {chr(10) + parts['design_question']!r} in message['content'] %}}"
+                    + _design_user(domain, parts, restate, round_markers) + "{% else %}" + user + "{% endif %}")
         content = "{% if message['role'] == 'assistant' %}" + answer + "{% else %}" + user + "{% endif %}"
         opening = "{% if message['role'] != 'assistant' %}{{ '<|' + message['role'] + '|>' }}{% endif %}"
         prompt = ""
@@ -189,6 +212,30 @@ def student_chat_template(domain: Domain, restate: bool = False, answer_after_op
         "{% for message in messages %}" + opening +
         "{% if message['role'] == 'user' %}" + restated + "{% set ns.previous = message['content'] %}{% endif %}"
         + content + (f"{{{{ {segment_marker!r} }}}}" if segment_marker else "") + "{% endfor %}" + prompt
+    )
+
+
+def _design_user(domain: Domain, parts: dict, restate: bool, round_markers: bool) -> str:
+    """Jinja for a designer's prompt in the student's rendering (see ``student_chat_template``): its blocks
+    (instructions, one per observed round, the candidate sets with the question) are separated by blank
+    lines; the question is cut off the last block."""
+    header_before, header_after = parts["header"]
+    choice_before, choice_after = parts["design_choice"]
+    round_before = parts["round"][0]
+    keep_round = "block" if round_markers or not round_before else (
+        f"(block.split('\\n', 1)[1] if block.startswith({round_before!r}) and '\\n' in block else block)")
+    chosen = (
+        f"{{% for k in range(1, {domain.n_options + 1}) %}}"
+        f"{{% if block.endswith({chr(10) + choice_before!r} ~ k ~ {choice_after!r}) %}}"
+        f"{{% set after = block.split({chr(10) + header_before!r} ~ k ~ {header_after!r}, 1) %}}"
+        f"{{% if after|length == 2 %}}{{{{ ' {CHOSEN_PREFIX}' + after[1].split('\\n', 1)[0] }}}}{{% endif %}}"
+        "{% endif %}{% endfor %}"
+    ) if restate else ""
+    return (
+        "{% for block in message['content'].split('\\n\\n') %}{% if not loop.first %}{{ '\\n\\n' }}{% endif %}"
+        f"{{% if loop.last %}}{{{{ block.split({chr(10) + parts['design_question']!r}, 1)[0] }}}}"
+        f"{{% else %}}{{{{ {keep_round} }}}}{chosen}{{% endif %}}"
+        "{% endfor %}"
     )
 
 
@@ -206,6 +253,8 @@ def adopt_saved_template(tokenizer, domain: Domain, options: dict | None, templa
     rendering of the segmented twin per conversation), when its chat template is exactly the one ``options``
     (the student card's ``chat_template_options``) and ``template`` build for ``domain``; whether it was.  Any
     other template, edited or foreign, keeps transformers' sandbox."""
+    if isinstance(options, dict) and "design_prompts" not in options:
+        options = {**options, "design_prompts": False}  # a card written before students read designers' prompts
     if not isinstance(options, dict) or set(options) != set(TEMPLATE_OPTION_NAMES):
         return False
     if not all(isinstance(value, bool) for value in options.values()):
@@ -231,11 +280,27 @@ def option_description_pattern(domain: Domain, template: PromptTemplate | None =
     return header + description_pattern(domain)
 
 
+def design_phrases(domain: Domain, template: PromptTemplate | None = None) -> list[str]:
+    """The fixed texts of a designer's prompt that become single tokens: its instructions for 2 to
+    ``DESIGN_SET_PHRASES`` candidate sets, "Set k:", "I chose Flight", "Show me set" and the question's words."""
+    import torch
+
+    parts = template_parts(domain, template)
+    blank = torch.zeros((DESIGN_SET_PHRASES, domain.n_options, len(domain.features)), dtype=torch.long)
+    instructions = [design_prompt_messages(domain, [], [], blank[:n_sets], template)[0]["content"].split("\n\n")[0]
+                    for n_sets in range(2, DESIGN_SET_PHRASES + 1)]
+    return (instructions + [set_header(k, template) for k in range(1, DESIGN_SET_PHRASES + 1)]
+            + [parts["design_choice"][0].rstrip(), parts["design_answer"][0].rstrip(), parts["design_question"].strip()])
+
+
 def domain_phrases(domain: Domain, max_rounds: int = MAX_ROUND_PHRASES, merge_values: bool = True,
-                   template: PromptTemplate | None = None) -> list[str]:
-    """The phrases that become single tokens: fixed dialogue text, feature names and values."""
+                   template: PromptTemplate | None = None, design_prompts: bool = False) -> list[str]:
+    """The phrases that become single tokens: fixed dialogue text, feature names and values (and with
+    ``design_prompts`` the designer's prompt's, ``design_phrases``)."""
     parts = template_parts(domain, template)
     phrases = [task_instructions(domain, template), question_text(domain, template)]
+    if design_prompts:
+        phrases += design_phrases(domain, template)
     # answers and feedback, cut before the option number: "The best option is Hotel", "Not quite: I prefer Hotel"
     for before, _ in [parts["answer"]] + parts["feedback"]:
         phrases.append(before.rstrip())
@@ -260,17 +325,18 @@ def split_pattern(phrases: list[str], first: tuple[str, ...] = ()) -> str:
 
 def build_tokenizer(domain: Domain, merge_values: bool = True, option_tokens: bool = False,
                     restate_choices: bool = False, answer_after_options: bool = False, round_markers: bool = True,
-                    template: PromptTemplate | None = None, restate_rejected: bool = False):
+                    template: PromptTemplate | None = None, restate_rejected: bool = False, design_prompts: bool = False):
     """A word/phrase-level PreTrainedTokenizerFast for ``domain`` with an append-only chat template; with
     ``option_tokens`` every whole option line is one token too (when there are few enough), and with
     ``restate_choices`` too, the template restates each chosen option (and with ``restate_rejected`` the
     others of its round); ``answer_after_options``: the answer's
     option number follows the last option line; ``round_markers=False``: no "Round k." lines (all three:
-    ``student_chat_template``); ``template``: the prompt template whose text it reads (default: the shipped one)."""
+    ``student_chat_template``); ``template``: the prompt template whose text it reads (default: the shipped one);
+    ``design_prompts``: it reads designers' prompts too (``design_phrases``, ``student_chat_template``)."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    phrases = domain_phrases(domain, merge_values=merge_values, template=template)
+    phrases = domain_phrases(domain, merge_values=merge_values, template=template, design_prompts=design_prompts)
     descriptions = option_descriptions(domain, template=template) if option_tokens else None
     restate = bool(descriptions) and restate_choices
     chosen = chosen_descriptions(domain) if restate else []
@@ -286,6 +352,8 @@ def build_tokenizer(domain: Domain, merge_values: bool = True, option_tokens: bo
     pieces = [str(d) for d in range(10)] + list("!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~")
     parts = template_parts(domain, template)
     around_numbers = [text for pair in [parts["answer"], parts["header"], parts["round"]] + parts["feedback"] for text in pair]
+    if design_prompts:
+        around_numbers += [text for key in ("design_choice", "design_answer", "design_set") for text in parts[key]]
     for phrase in phrases + [domain.noun, noun_title(domain), "Round", "option"] + around_numbers:
         pieces += fallback.findall(phrase)
     vocab_list = list(dict.fromkeys(SPECIAL_TOKENS + phrases + pieces + [text for text, _, _ in descriptions or []]
@@ -297,7 +365,7 @@ def build_tokenizer(domain: Domain, merge_values: bool = True, option_tokens: bo
                                         eos_token="<|end|>", additional_special_tokens=SPECIAL_TOKENS[3:])
     # what the chat template is built from (saved in the student card, so that a later process can rebuild it)
     tokenizer.bayes_teach_template_options = dict(zip(TEMPLATE_OPTION_NAMES, (
-        restate, answer_after_options, round_markers, bool(rejected))))
+        restate, answer_after_options, round_markers, bool(rejected), design_prompts)))
     tokenizer.chat_template = own_chat_template(domain, tokenizer.bayes_teach_template_options, template)
     mark_own_chat_template(tokenizer)  # rendered without transformers' sandbox in this process (eval/text/chat_format.py)
     tokenizer.model_max_length = 10**6
