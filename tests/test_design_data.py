@@ -202,3 +202,29 @@ def test_make_data_refuses_what_the_task_has_not_before_any_work(args, message, 
     errors = [line for line in result.stderr.splitlines() if line.startswith("Error")]
     assert len(errors) == 1 and message in errors[0] and "Traceback" not in result.output
     assert not out.exists()
+
+
+def test_the_trainers_kl_loss_reads_the_design_soft_targets_unchanged(tmp_path, one_torch_thread):
+    """The KL term of the training loss on design examples equals KL(gains || softmax of the candidates'
+    scores) computed one candidate at a time (test_train's independent computation), on a tiny LM."""
+    from distill.training.chat_dataset import collate, tokenize_dataset
+    from distill.training.loss import micro_batch_loss
+    from test_train import kl_per_soft_target_independently
+    from tiny_student_fixtures import build_tiny_llama, build_tiny_tokenizer
+
+    hotel = get_domain("hotel")
+    write_design_set(hotel, "soft", tmp_path, n_dialogues=1, n_eval_users=100, seed=2, n_candidates=2,
+                     max_train_users=1, n_rounds=2)
+    path = tmp_path / "train-design-soft.jsonl"
+    conversations = [json.loads(line) for line in path.read_text().splitlines()]
+    examples = load_chat_jsonl(path)
+    tokenizer = build_tiny_tokenizer(True)
+    model = build_tiny_llama(len(tokenizer), seed=3)
+    data, report = tokenize_dataset(tokenizer, examples, max_length=8192, with_soft_targets=True)
+    assert report.soft_targets_dropped == 0
+    batch = collate(data, tokenizer.pad_token_id)
+    with torch.no_grad():
+        _, _, kl = micro_batch_loss(model, batch, 1, batch.num_soft_targets, kl_weight=1.0)
+    expected = kl_per_soft_target_independently(model, tokenizer, conversations)
+    assert len(expected) == 2 and kl.item() > 1e-4
+    assert kl.item() == pytest.approx(sum(expected) / len(expected), abs=1e-5)
