@@ -159,7 +159,7 @@ def domain_options(function):
 
 
 DEFAULT_CANDIDATES = 100  # eval.design.DEFAULT_CANDIDATES, without importing torch at start-up
-DEFAULT_LM_CANDIDATES = 4  # labelled sets an LM designer reads in one prompt
+DEFAULT_LM_CANDIDATES = 4  # eval.design.DEFAULT_LM_CANDIDATES: labelled sets an LM designer reads in one prompt
 
 
 def design_options(function, lm: bool = False):

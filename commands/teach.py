@@ -7,12 +7,16 @@ from pathlib import Path
 
 import click
 
-from commands.common import MAX_DIALOGUES, MAX_HELDOUT, MAX_ROUNDS, DTYPE_CHOICES, TEACHER_HELP, TRAINING_SEED, OutputPath, cache_dir_option, check_resume, domain_options, refuse_unused, load_domain, prompt_template_option, relaunch_if_asked
+from commands.common import DEFAULT_LM_CANDIDATES, MAX_DIALOGUES, MAX_HELDOUT, MAX_ROUNDS, DTYPE_CHOICES, TEACHER_HELP, TRAINING_SEED, OutputPath, cache_dir_option, check_resume, domain_options, refuse_unused, load_domain, prompt_template_option, relaunch_if_asked
 
 
 
 @click.command("make-data")
 @domain_options
+@click.option("--task", type=click.Choice(["recommend", "design"]), default="recommend", show_default=True,
+              help="What the examples teach: recommend (which option the user will like best, given the rounds so far) "
+                   "or design (which of --candidates labelled option sets to show the user next; the answer is the "
+                   "Bayesian designer's, the set of highest expected information gain).")
 @click.option("--teacher", type=click.Choice(["bayesian", "oracle", "soft"]), default="bayesian", show_default=True, help=TEACHER_HELP)
 @click.option("--dialogues", type=click.IntRange(1, MAX_DIALOGUES), default=10, show_default=True, help="Simulated dialogues per teaching user.")
 @click.option("--eval-users", type=click.IntRange(min=0), default=100, show_default=True,
@@ -22,20 +26,41 @@ from commands.common import MAX_DIALOGUES, MAX_HELDOUT, MAX_ROUNDS, DTYPE_CHOICE
                    "(the same assistant turns for a trainer that learns every turn, a fifth of the text).")
 @click.option("--rounds", type=click.IntRange(1, MAX_ROUNDS), default=None,
               help="Rounds per teaching dialogue (default: the domain's, 5, as in the study).")
+@click.option("--candidates", "n_candidates", type=click.IntRange(min=2), default=None,
+              help=f"With --task design: labelled option sets in each example's prompt, among which the designer "
+                   f"picks (default {DEFAULT_LM_CANDIDATES}, as an LM designer is shown; at least 2, or there is no choice).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed; the same seed gives byte-identical files.")
 @prompt_template_option
 @click.option("--out", "out_dir", required=True, type=OutputPath("dir"), help="Directory for the JSONL file and manifest.json.")
-def make_data(domain, catalog, user_temperature, user_lapse, teacher, dialogues, eval_users, prefixes, rounds, seed,
-              prompt_template, out_dir):
-    """Write a teaching set: every prefix of every simulated dialogue as a chat example (JSONL)."""
-    from distill.teaching_data import write_teaching_set
+def make_data(domain, catalog, user_temperature, user_lapse, task, teacher, dialogues, eval_users, prefixes, rounds,
+              n_candidates, seed, prompt_template, out_dir):
+    """Write a teaching set: every prefix of every simulated dialogue as a chat example (JSONL); with --task
+    design, every round of dialogues the Bayesian designer chose, answered by the set it showed."""
+    if task == "design":
+        from distill.design_data import check_design_teacher
+
+        refuse_unused([("prefixes", "--prefixes")], "with --task design (every round of a dialogue is one example)")
+        check_design_teacher(teacher)  # oracle: one line, before any work
+    else:
+        refuse_unused([("n_candidates", "--candidates")], "with --task recommend (it sets the design task's choice)")
     from eval.text.dialogue import load_template
 
     template = load_template(prompt_template)
     loaded = load_domain(domain, catalog, user_temperature, user_lapse)
-    manifest = write_teaching_set(loaded, teacher, out_dir, n_dialogues=dialogues, n_eval_users=eval_users, seed=seed,
-                                  prefixes=prefixes, n_rounds=rounds, template=template)
-    click.echo(f"{manifest['counts']['examples']} examples ({teacher}) from {manifest['counts']['train_users']} users -> {out_dir}")
+    if task == "design":
+        from distill.design_data import write_design_set
+
+        n_candidates = DEFAULT_LM_CANDIDATES if n_candidates is None else n_candidates
+        manifest = write_design_set(loaded, teacher, out_dir, n_dialogues=dialogues, n_eval_users=eval_users, seed=seed,
+                                    n_candidates=n_candidates, n_rounds=rounds, template=template)
+        what = f"design examples ({teacher} designer, {n_candidates} candidates)"
+    else:
+        from distill.teaching_data import write_teaching_set
+
+        manifest = write_teaching_set(loaded, teacher, out_dir, n_dialogues=dialogues, n_eval_users=eval_users, seed=seed,
+                                      prefixes=prefixes, n_rounds=rounds, template=template)
+        what = f"examples ({teacher})"
+    click.echo(f"{manifest['counts']['examples']} {what} from {manifest['counts']['train_users']} users -> {out_dir}")
 
 
 @click.command()

@@ -54,6 +54,17 @@ def split_users(domain: Domain, n_eval_users: int, seed: int) -> tuple[torch.Ten
     return train_users, eval_users
 
 
+def teaching_users(domain: Domain, n_eval_users: int, seed: int,
+                   max_train_users: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(teaching users, evaluation users) of a teaching set: ``split_users``, the teaching users then capped
+    at ``max_train_users`` (a seeded subset), the same for every task with the same seed."""
+    train_users, eval_users = split_users(domain, n_eval_users, seed)
+    if max_train_users is not None and max_train_users < len(train_users):
+        order = torch.randperm(len(train_users), generator=generator(seed, "train-users"))
+        train_users = train_users[order[:max_train_users]].sort().values
+    return train_users, eval_users
+
+
 def teacher_picks(domain: Domain, dialogues, seed: int):
     """The Bayesian assistant's pick in every round (given the rounds before) and its predictive: long [N, R],
     [N, R, O]."""
@@ -122,16 +133,14 @@ def write_teaching_set(
     in the manifest with its sha256 and whole content."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    train_users, eval_users = split_users(domain, n_eval_users, seed)
-    if max_train_users is not None and max_train_users < len(train_users):
-        order = torch.randperm(len(train_users), generator=generator(seed, "train-users"))
-        train_users = train_users[order[:max_train_users]].sort().values
+    train_users, eval_users = teaching_users(domain, n_eval_users, seed, max_train_users)
     n_rounds = domain.n_rounds if n_rounds is None else n_rounds
     template = template or default_template()
     examples = build_examples(domain, teacher, train_users, n_dialogues, seed, prefixes, n_rounds, template)
     data_file = f"train-{teacher}.jsonl"
-    text = "".join(json.dumps(example, ensure_ascii=False, sort_keys=True) + "\n" for example in examples)
+    text = jsonl_text(examples)
     manifest = {
+        "task": "recommend",
         "domain": domain.name,
         "teacher": teacher,
         "seed": seed,
@@ -143,10 +152,24 @@ def write_teaching_set(
         "eval_users": eval_users.tolist(),
         "files": {data_file: _write_atomic(out_dir / data_file, text)},
         "prompt_template": template.summary(with_content=True),
-        "versions": {k: v for k, v in package_versions().items() if k == "bayes-teach"},
+        "versions": project_version(),
     }
-    _write_atomic(out_dir / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    write_manifest(out_dir, manifest)
     return manifest
+
+
+def project_version() -> dict:
+    """The manifest's ``versions``: the toolkit's own (what wrote the text)."""
+    return {k: v for k, v in package_versions().items() if k == "bayes-teach"}
+
+
+def jsonl_text(examples: list[dict]) -> str:
+    """The examples as JSON lines, keys sorted, so that the same examples are the same bytes."""
+    return "".join(json.dumps(example, ensure_ascii=False, sort_keys=True) + "\n" for example in examples)
+
+
+def write_manifest(out_dir: Path, manifest: dict) -> None:
+    _write_atomic(Path(out_dir) / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
 
 
 def read_manifest(out_dir) -> dict:

@@ -29,6 +29,7 @@ from eval.records import N_HELDOUT, EvaluationRun, ProtocolData
 
 DESIGNS = ("random", "active", "lm")  # lm: a language model chooses among the candidates (eval.lm.designer)
 DEFAULT_CANDIDATES = 100
+DEFAULT_LM_CANDIDATES = 4  # labelled sets an LM designer reads in one prompt (design lm, teaching data)
 # Candidates whose gains differ by less are tied and drawn at random.  The gains are float64 sums of float32
 # choice probabilities (1/3 is rounded), so equivalent sets can differ by a few 1e-9: such near-ties are
 # decided by that rounding, deterministically, which leaves the design seeded and reproducible.
@@ -51,6 +52,10 @@ class DesignRecord:
     designer: str | None = None  # who chose among the candidates (lm: the model's name)
     failures: torch.Tensor | None = None  # bool [N, R]: an LM designer's answers that named no set
     choice_probs: torch.Tensor | None = None  # [N, R, C]: a score-mode LM designer's distribution over the sets
+    # kept on request (active_dialogues(keep_candidates=True)), e.g. for teaching data; None otherwise
+    candidates: torch.Tensor | None = None  # long [N, R, C, O, F]: every round's candidate sets
+    candidate_gains: torch.Tensor | None = None  # float64 [N, R, C]: their exact gains given the rounds before
+    picks: torch.Tensor | None = None  # long [N, R]: the index of the candidate shown in each round
 
     def fraction_of_best(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         """(the shown set's gain / the best candidate's, a set drawn at random's expected fraction: the mean
@@ -96,12 +101,16 @@ def shown_set_gain(domain: Domain, options: torch.Tensor, choices: torch.Tensor)
 
 
 def active_dialogues(domain: Domain, users: torch.Tensor, seed: int, n_candidates: int = DEFAULT_CANDIDATES,
-                     user_domain: Domain | None = None, progress=None, designer=None):
+                     user_domain: Domain | None = None, progress=None, designer=None, stream: str = "design",
+                     keep_candidates: bool = False):
     """Observed dialogues chosen round by round among ``n_candidates`` sets per user (see the module
     docstring).  ``designer``: None for the Bayesian designer (the most informative candidate), or an object
     with ``choose(domain, history_options, history_choices, candidates, generator) -> DesignChoice`` (an
     ``eval.lm.designer.LMDesigner``).  ``domain`` is the designer's model of the user (the exact gains);
-    ``user_domain`` (default ``domain``) makes the choices.  Returns (option_index [N, R, O, F], choices
+    ``user_domain`` (default ``domain``) makes the choices.  ``stream``: the name of the random streams of the
+    candidates, tie-breaks and choices ("design" in evaluation; teaching data uses its own, so that its
+    dialogues are independent of evaluation's).  ``keep_candidates``: the record also holds every round's
+    candidates, their gains and the index of the shown one.  Returns (option_index [N, R, O, F], choices
     [N, R], the ``DesignRecord``)."""
     user_domain = user_domain or domain
     n_users, n_rounds = len(users), domain.n_rounds
@@ -110,15 +119,16 @@ def active_dialogues(domain: Domain, users: torch.Tensor, seed: int, n_candidate
     gain, mean_gain, best_gain = (torch.empty((n_users, n_rounds), dtype=torch.float64) for _ in range(3))
     failures = torch.zeros((n_users, n_rounds), dtype=torch.bool)
     probs = [] if designer is not None else None
+    kept_candidates, kept_gains, kept_picks = [], [], []
     posterior = None  # the prior
     rows = torch.arange(n_users)
     for r in range(n_rounds):
-        candidates = domain.draw_options(generator(seed, "design", "candidates", r), (n_users, n_candidates))
+        candidates = domain.draw_options(generator(seed, stream, "candidates", r), (n_users, n_candidates))
         if posterior is None:
             gains = expected_information_gain(domain, candidates)
         else:
             gains = expected_information_gain(domain, candidates, posterior=posterior)
-        gen = generator(seed, "design", "tiebreak", r)
+        gen = generator(seed, stream, "tiebreak", r)
         if designer is None:
             pick = pick_most_informative(gains, gen)
         else:
@@ -129,11 +139,15 @@ def active_dialogues(domain: Domain, users: torch.Tensor, seed: int, n_candidate
             if probs is not None and choice.probs is not None:
                 probs.append(choice.probs)
         options[:, r] = candidates[rows, pick]
+        if keep_candidates:
+            kept_candidates.append(candidates)
+            kept_gains.append(gains)
+            kept_picks.append(pick)
         gain[:, r] = gains[rows, pick]
         mean_gain[:, r] = gains.mean(-1)
         best_gain[:, r] = gains.amax(-1)
         choices[:, r] = simulate_choices(user_domain, users, options[:, r : r + 1],
-                                         generator(seed, "design", "choices", r))[:, 0]
+                                         generator(seed, stream, "choices", r))[:, 0]
         posterior = current_posterior(domain, options[:, : r + 1], choices[:, : r + 1])
         if progress is not None:
             progress(1)
@@ -143,7 +157,16 @@ def active_dialogues(domain: Domain, users: torch.Tensor, seed: int, n_candidate
         failures=failures if designer is not None else None,
         choice_probs=torch.stack(probs, dim=1) if probs else None,
     )
+    if keep_candidates:
+        record.candidates = _stack_rounds(kept_candidates, (n_users, 0, n_candidates, *options.shape[2:]), torch.long)
+        record.candidate_gains = _stack_rounds(kept_gains, (n_users, 0, n_candidates), torch.float64)
+        record.picks = _stack_rounds(kept_picks, (n_users, 0), torch.long)
     return options, choices, record
+
+
+def _stack_rounds(per_round: list[torch.Tensor], empty_shape: tuple, dtype) -> torch.Tensor:
+    """The rounds' tensors stacked on dimension 1 (an empty tensor of ``empty_shape`` for no rounds)."""
+    return torch.stack(per_round, dim=1).to(dtype) if per_round else torch.empty(empty_shape, dtype=dtype)
 
 
 def designed_protocol_data(domain: Domain, users: torch.Tensor, seed: int, design: str = "random",
