@@ -142,7 +142,14 @@ def train(data_path, model, domain, recipe, method, dtype, gradient_checkpointin
 
 @click.command()
 @click.option("--domain", default="hotel", show_default=True, help="A built-in domain name or module:attribute.")
+@click.option("--task", type=click.Choice(["recommend", "design"]), default="recommend", show_default=True,
+              help="recommend: teach the Bayesian assistant's recommendations (the study); design: teach the Bayesian "
+                   "designer's choice of which option set to show, among --candidates labelled sets, and evaluate the "
+                   "student as a designer (its set's information gain as a fraction of the best candidate's).")
 @click.option("--teacher", type=click.Choice(["bayesian", "oracle", "soft"]), default="bayesian", show_default=True, help=TEACHER_HELP)
+@click.option("--candidates", "n_candidates", type=click.IntRange(min=2), default=None,
+              help=f"With --task design: labelled candidate sets the designer chooses among each round (default "
+                   f"{DEFAULT_LM_CANDIDATES}, what evaluate --design lm shows).")
 @click.option("--model", default=None, help="A causal LM to teach (local path or hub id); omit for the embedded small student.")
 @click.option("--method", type=click.Choice(["qlora", "lora", "full"]), default="qlora", show_default=True, help="How --model is fine-tuned.")
 @click.option("--budget", "budget_minutes", type=float, default=None,
@@ -175,7 +182,7 @@ def train(data_path, model, domain, recipe, method, dtype, gradient_checkpointin
                    "embedded student accepts its own domain only.")
 @prompt_template_option
 @click.option("--out", "out_dir", default=None, type=OutputPath("dir"), help="Output directory (default: runs/<domain>-<teacher>).")
-def distill(domain, teacher, model, method, budget_minutes, max_steps, dtype, gradient_checkpointing, batch_size, eval_users, heldout,
+def distill(domain, task, teacher, n_candidates, model, method, budget_minutes, max_steps, dtype, gradient_checkpointing, batch_size, eval_users, heldout,
             dialogues, teach_rounds, seed, resume, cache_dir, eval_domains, prompt_template, out_dir):
     """Teach a student the Bayesian strategy: data, training, and evaluation before and after.
 
@@ -183,11 +190,26 @@ def distill(domain, teacher, model, method, budget_minutes, max_steps, dtype, gr
     DIR/data, DIR/train, DIR/report.json and DIR/accuracy.png.  With --eval-domains also DIR/eval/<domain>/report.json
     for every domain, DIR/transfer.json and DIR/transfer.png (rows: model before, model after, Bayesian assistant,
     random; columns: domains).
+
+    With --task design the student learns to choose which option set to show (among --candidates labelled sets)
+    from the Bayesian designer: it prints, per round, the information gain of the set each designer showed as a
+    % of the best candidate's (student before, student after, Bayesian designer, random designer) and the
+    Bayesian assistant's accuracy on the dialogues each designed, and writes DIR/report.json and DIR/design.png
+    (default DIR: runs/<domain>-<teacher>-design).
     """
     from distill.pipeline import DistillSettings, run_distill
     from distill.training.config import DEFAULT_BUDGET_MINUTES
 
-    check_resume(resume, Path(out_dir or f"runs/{domain}-{teacher}") / "train" / "checkpoints")
+    default_out = f"runs/{domain}-{teacher}" + ("-design" if task == "design" else "")
+    check_resume(resume, Path(out_dir or default_out) / "train" / "checkpoints")
+    if task == "design":
+        if teacher == "oracle":
+            raise click.UsageError("--task design has no oracle teacher: the users' choices say nothing about which set "
+                                   "to show (use --teacher bayesian or soft)")
+        refuse_unused([("teach_rounds", "--teach-rounds"), ("eval_domains", "--eval-domains")],
+                      "with --task design (the designer is taught and evaluated on the domain's rounds, in its own domain)")
+    else:
+        refuse_unused([("n_candidates", "--candidates")], "with --task recommend (candidate sets are the design task's)")
     if model is None:
         refuse_unused([("method", "--method"), ("dtype", "--dtype"), ("gradient_checkpointing", "--gradient-checkpointing"),
                        ("batch_size", "--batch-size"), ("cache_dir", "--cache-dir")],
@@ -195,9 +217,15 @@ def distill(domain, teacher, model, method, budget_minutes, max_steps, dtype, gr
 
     if budget_minutes is None:  # with --max-steps the steps end the run, not the clock
         budget_minutes = math.inf if max_steps else DEFAULT_BUDGET_MINUTES
-    settings = DistillSettings(domain=domain, teacher=teacher, model=model, method=method, budget_minutes=budget_minutes,
+    settings = DistillSettings(domain=domain, task=task, n_candidates=n_candidates or DEFAULT_LM_CANDIDATES,
+                               teacher=teacher, model=model, method=method, budget_minutes=budget_minutes,
                                max_steps=max_steps, dtype=dtype, gradient_checkpointing=gradient_checkpointing, batch_size=batch_size,
-                               out_dir=out_dir or f"runs/{domain}-{teacher}", seed=seed, n_eval_users=eval_users,
+                               out_dir=out_dir or default_out, seed=seed, n_eval_users=eval_users,
                                n_heldout=heldout, n_dialogues=dialogues, teach_rounds=teach_rounds, resume=resume,
                                prompt_template=prompt_template, eval_domains=eval_domains, gguf_cache_dir=cache_dir)
-    run_distill(settings, log=click.echo)
+    if task == "design":
+        from distill.design_pipeline import run_design_distill
+
+        run_design_distill(settings, log=click.echo)
+    else:
+        run_distill(settings, log=click.echo)

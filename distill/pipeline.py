@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from eval.assistants import BayesianAssistant, RandomAssistant
+from eval.design import DEFAULT_LM_CANDIDATES
 from eval.text.dialogue import load_template
 from eval.lm import load_causal_lm, prepare_loaded_lm
 from eval.lm.loading import auto_dtype, dtype_from_name
@@ -32,10 +33,17 @@ from distill.training.config import DEFAULT_BUDGET_MINUTES, ConfigError, TrainCo
 from distill.transfer import eval_domains_for, evaluate_domains, write_transfer
 
 
+TASKS = ("recommend", "design")
+
+
 @dataclass
 class DistillSettings:
     domain: str = "hotel"
-    teacher: str = "bayesian"  # bayesian | oracle | soft
+    teacher: str = "bayesian"  # bayesian | oracle | soft (the design task: bayesian | soft)
+    # recommend: the study's task (run_distill); design: choosing which option set to show among n_candidates
+    # labelled sets (distill.design_pipeline.run_design_distill)
+    task: str = "recommend"
+    n_candidates: int = DEFAULT_LM_CANDIDATES  # the design task: labelled candidate sets a round
     model: str | None = None  # a Hugging Face causal LM; None = the embedded student
     method: str = "qlora"  # for --model: qlora | lora | full
     budget_minutes: float = DEFAULT_BUDGET_MINUTES  # training wall-clock budget (math.inf: none)
@@ -78,6 +86,10 @@ class DistillSettings:
         if self.model is None and (self.dtype != "auto" or self.gradient_checkpointing or self.batch_size is not None):
             raise ConfigError("dtype, gradient checkpointing and batch size apply to --model; the embedded student "
                               "trains in float32 with its own batches")
+        if self.task not in TASKS:
+            raise ConfigError(f"unknown task {self.task!r}; choose from {', '.join(TASKS)}")
+        if self.task == "design" and self.n_candidates < 2:
+            raise ConfigError(f"the design task needs at least 2 candidate sets a round, got {self.n_candidates}")
         if self.max_steps is not None and self.max_steps < 1:
             raise ConfigError(f"max_steps must be at least 1, got {self.max_steps}")
 
@@ -91,7 +103,11 @@ def _evaluate(domain, assistant, users, settings: DistillSettings, label: str, l
 
 
 def run_distill(settings: DistillSettings, log=print) -> dict:
-    """Run the loop; returns the final report (also written to ``out_dir/report.json``)."""
+    """Run the loop; returns the final report (also written to ``out_dir/report.json``).  The design task has
+    its own loop, ``distill.design_pipeline.run_design_distill``."""
+    if settings.task != "recommend":
+        raise ConfigError(f"run_distill teaches the recommendation task; task {settings.task!r} runs with "
+                          "distill.design_pipeline.run_design_distill")
     domain = get_domain(settings.domain)
     template = load_template(settings.prompt_template)  # checked before any work
     eval_domains = eval_domains_for(settings.domain, settings.eval_domains, embedded=settings.model is None)  # fails now
@@ -168,7 +184,7 @@ def run_distill(settings: DistillSettings, log=print) -> dict:
     reports["random"] = _evaluate(domain, RandomAssistant(), eval_users, settings, "random", log)
     after_elsewhere = evaluate_domains(after, others, settings.n_eval_users, settings.n_heldout, settings.seed,
                                        f"student after ({settings.teacher} teaching)", log, model=settings.model)
-    summary = _result_summary(result)
+    summary = training_summary(result)
     final = build_report(
         after_run, model=settings.model or "embedded-student", adapter=None,
         mode="score", extra={"label": f"student after ({settings.teacher} teaching)", "settings": dataclasses.asdict(settings),
@@ -205,7 +221,8 @@ def _train_hf(config: TrainConfig, data_path, train_dir, resume: bool):
     return train(config, data_path, train_dir, resume=resume)
 
 
-def _result_summary(result) -> dict:
+def training_summary(result) -> dict:
+    """A training result's scalar fields, for a report."""
     if dataclasses.is_dataclass(result):
         return {k: v for k, v in dataclasses.asdict(result).items() if isinstance(v, (int, float, str, bool, type(None)))}
     return {"result": str(result)}

@@ -14,7 +14,7 @@ LAYERS = PACKAGES + ["cli"]
 SUBLAYERS = {  # lowest first; a module may import its own sub-layer and those before it
     "eval": ["io_utils", "records", "text", "beliefs", "student_card", "dialogue_io", "assistants", "lm", "protocol",
              "design", "runner", "metrics", "report", "transfer_report", "study"],
-    "distill": ["lazy", "training", "student", "teaching_data", "design_data", "transfer", "pipeline"],
+    "distill": ["lazy", "training", "student", "teaching_data", "design_data", "transfer", "pipeline", "design_pipeline"],
 }
 MAX_MODULES_PER_FOLDER = 12
 

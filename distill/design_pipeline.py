@@ -1,0 +1,192 @@
+"""``distill --task design``: teach a student to choose what to ask, and measure it as a designer.
+
+    run_design_distill(DistillSettings(domain="flight", task="design", out_dir="runs/flight-design"))
+
+The stages are ``run_distill``'s: the design teaching set (``distill.design_data``: the Bayesian designer's pick
+among ``n_candidates`` labelled sets, or its information-gain distribution), the student as designer before
+training, training, the student after training, and the references on the same held-out users.  A designer
+plays each held-out user's observed rounds (``eval.design`` with an ``LMDesigner``): every round it reads the
+rounds so far and ``n_candidates`` labelled sets and names one; that set is shown and the simulated user
+chooses.  It is scored per round by its set's exact information gain as a fraction of the best candidate's:
+1.0 is the Bayesian designer (the most informative candidate), and a set drawn at random from the same
+candidates expects the mean candidate's fraction (the random designer).  Beside it, the Bayesian assistant's
+accuracy on the held-out sets after the dialogues each designer made.
+
+``out_dir`` receives ``data/``, ``train/``, ``report.json`` (the student after training; the other designers
+under ``extra.designers``) and ``design.png``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from pathlib import Path
+
+import torch
+
+from eval.assistants import BayesianAssistant
+from eval.design import run_designed_protocol
+from eval.lm import load_causal_lm, prepare_loaded_lm
+from eval.lm.designer import LMDesigner
+from eval.lm.loading import auto_dtype, dtype_from_name
+from eval.report import build_report, format_table, plot_reports, save_report
+from eval.student_card import read_student_card
+from eval.text.dialogue import load_template
+from ppl_models import get_domain
+
+from distill.design_data import write_design_set
+from distill.pipeline import training_summary
+from distill.teaching_data import STUDY_DIALOGUES_PER_USER
+from distill.training.config import ConfigError, TrainConfig, default_batch_size
+
+
+def _designer_report(domain, designer, design: str, users, settings, label: str, log) -> dict:
+    """The Bayesian assistant on dialogues ``designer`` (an LMDesigner; None with design "active" or "random")
+    made for ``users``, as a report with its design section."""
+    start = time.perf_counter()
+    run = run_designed_protocol(domain, BayesianAssistant(), design=design, n_candidates=settings.n_candidates,
+                                users=users, seed=settings.seed, n_heldout=settings.n_heldout, designer=designer)
+    report = build_report(run, extra={"label": label})
+    log(f"evaluated {label} in {time.perf_counter() - start:.0f} s")
+    return report
+
+
+def run_design_distill(settings, log=print) -> dict:
+    """Run the design loop for ``settings`` (a ``distill.pipeline.DistillSettings`` with task "design");
+    returns the final report (also written to ``out_dir/report.json``)."""
+    domain = get_domain(settings.domain)
+    template = load_template(settings.prompt_template)
+    if settings.eval_domains:
+        raise ConfigError("--eval-domains is for the recommendation task; a designer is evaluated on its own domain")
+    out = Path(settings.out_dir)
+    kl_weight = settings.kl_weight if settings.kl_weight is not None else (1.0 if settings.teacher == "soft" else 0.0)
+
+    # ---- 1. teaching data: the Bayesian designer's picks (users held out for evaluation never appear) ----
+    manifest = write_design_set(domain, settings.teacher, out / "data", n_dialogues=settings.n_dialogues or STUDY_DIALOGUES_PER_USER,
+                                n_eval_users=settings.n_eval_users, seed=settings.seed,
+                                n_candidates=settings.n_candidates, max_train_users=settings.max_train_users,
+                                template=template)
+    data_path = out / "data" / next(iter(manifest["files"]))
+    users = torch.tensor(manifest["eval_users"], dtype=torch.long)
+    log(f"design teaching data: {manifest['counts']['examples']} examples ({settings.n_candidates} candidate sets a "
+        f"round) from {manifest['counts']['train_users']} users -> {data_path}")
+
+    # ---- 2. the student as designer, before training ------------------------------------------------
+    reports = {}
+    dtype = auto_dtype("cpu")[0] if settings.dtype == "auto" else dtype_from_name(settings.dtype)
+    train_dir = out / "train"
+    if settings.model is None:
+        from distill.student.model import StudentConfig, build_student, train_student
+        from distill.student.tokenizer import adopt_saved_template
+
+        student_config = dataclasses.replace(StudentConfig(), kl_weight=kl_weight, design_prompts=True)
+        if settings.eval_before:
+            model, tokenizer = build_student(domain, student_config, seed=settings.seed, template=template)
+            before = LMDesigner(prepare_loaded_lm(model, tokenizer, "embedded-student"), template=template)
+            reports["before"] = _designer_report(domain, before, "lm", users, settings, "student before", log)
+        result = train_student(domain, data_path, train_dir, budget_minutes=settings.budget_minutes,
+                               max_steps=settings.max_steps, config=student_config, seed=settings.seed,
+                               resume=settings.resume, template=template)
+        after_lm = load_causal_lm(str(train_dir / "model"))
+        card = read_student_card(train_dir / "model") or {}
+        adopt_saved_template(after_lm.tokenizer, domain, card.get("chat_template_options"), template)
+    else:
+        load_in_4bit = settings.method == "qlora"
+        if settings.eval_before:
+            before = LMDesigner(load_causal_lm(settings.model, load_in_4bit=load_in_4bit, dtype=dtype,
+                                               cache_dir=settings.gguf_cache_dir, log=log), template=template)
+            reports["before"] = _designer_report(domain, before, "lm", users, settings, "student before", log)
+        config = TrainConfig(model_name_or_path=settings.model, method=settings.method, epochs=1.0,
+                             batch_size=settings.batch_size or default_batch_size(), max_steps=settings.max_steps,
+                             dtype=settings.dtype, gradient_checkpointing=settings.gradient_checkpointing,
+                             budget_minutes=None if math.isinf(settings.budget_minutes) else settings.budget_minutes,
+                             kl_weight=kl_weight, seed=settings.seed, gguf_cache_dir=settings.gguf_cache_dir)
+        from distill.training.trainer import train
+
+        result = train(config, data_path, train_dir, resume=settings.resume)
+        if settings.method == "full":
+            after_lm = load_causal_lm(str(train_dir / "model"), dtype=dtype)
+        else:
+            after_lm = load_causal_lm(settings.model, adapter=str(train_dir / "adapter"), load_in_4bit=load_in_4bit,
+                                      dtype=dtype, cache_dir=settings.gguf_cache_dir, log=log)
+    log(f"trained: {result.summary()}")
+
+    # ---- 3. the student after training, and the references ------------------------------------------
+    label = f"student after ({settings.teacher} teaching)"
+    final = _designer_report(domain, LMDesigner(after_lm, template=template), "lm", users, settings, label, log)
+    reports["bayesian"] = _designer_report(domain, None, "active", users, settings, "bayesian designer", log)
+    reports["random"] = _designer_report(domain, None, "random", users, settings, "random designer", log)
+    final.update(model=settings.model or "embedded-student", task="design", prompt_template=template.summary())
+    final["extra"].update(
+        settings=dataclasses.asdict(settings), training=training_summary(result),
+        manifest={k: manifest[k] for k in ("counts", "files", "seed", "teacher", "n_candidates")},
+        designers={name: {"label": r["extra"]["label"], "design": r["design"], "accuracy": r["accuracy"]}
+                   for name, r in reports.items()},
+    )
+    save_report(final, out / "report.json")
+    plot_design(final, reports, out / "design.png", title=f"{domain.name}: {settings.teacher}-taught designer")
+
+    # ---- 4. show ------------------------------------------------------------------------------------
+    log(design_tables(final, reports))
+    log(f"report: {out / 'report.json'}\nplot: {out / 'design.png'}")
+    return final
+
+
+def design_tables(final: dict, reports: dict) -> str:
+    """Two tables: each designer's shown set's gain as a % of the best candidate's, per round shown; and the
+    Bayesian assistant's accuracy on the dialogues each designer made, per observed round."""
+    fraction = {}
+    if "before" in reports:
+        fraction["student before"] = reports["before"]["design"]["fraction_of_best_gain"]["mean"]
+    fraction["student after"] = final["design"]["fraction_of_best_gain"]["mean"]
+    fraction["bayesian designer"] = reports["bayesian"]["design"]["fraction_of_best_gain"]["mean"]
+    fraction["random designer"] = final["design"]["random_fraction_of_best_gain"]["mean"]
+    accuracy = {name: reports[key]["accuracy"] for name, key in
+                (("student before", "before"), ("bayesian designer", "bayesian"), ("random designer", "random"))
+                if key in reports}
+    accuracy = {**{k: v for k, v in accuracy.items() if k == "student before"}, "student after": final["accuracy"],
+                **{k: v for k, v in accuracy.items() if k != "student before"}}
+    design = final["design"]
+    return "\n".join([
+        f"information gain of the shown set, % of the best of {design['candidates']} candidates, per round shown",
+        format_table(fraction, design["rounds_shown"]),
+        "the Bayesian assistant's accuracy % on held-out sets after the dialogues each designer made",
+        format_table(accuracy, final["rounds"]),
+    ])
+
+
+def plot_design(final: dict, reports: dict, out, title: str) -> None:
+    """design.png: left, each designer's gain as a % of the best candidate's per round shown (95% CI bands);
+    right, the Bayesian assistant's accuracy on the dialogues each designer made."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    curves = [("student before", reports.get("before"), "fraction_of_best_gain", "-o"),
+              ("student after", final, "fraction_of_best_gain", "-o"),
+              ("bayesian designer", reports["bayesian"], "fraction_of_best_gain", "--"),
+              ("random designer (expected)", final, "random_fraction_of_best_gain", "--")]
+    for name, report, key, style in curves:
+        if report is None:
+            continue
+        values, rounds = report["design"][key], report["design"]["rounds_shown"]
+        line = left.plot(rounds, [100 * v for v in values["mean"]], style, label=name, markersize=4)[0]
+        left.fill_between(rounds, [100 * lo for lo, _ in values["ci95"]], [100 * hi for _, hi in values["ci95"]],
+                          color=line.get_color(), alpha=0.15, linewidth=0)
+    left.set_xlabel("round shown")
+    left.set_ylabel("information gain, % of the best candidate's")
+    left.set_xticks(final["design"]["rounds_shown"])
+    left.set_title("the designer's choice")
+    left.grid(alpha=0.3)
+    left.legend(fontsize=8)
+    relabelled = [dict(r, extra={**r["extra"], "label": f"designed by {r['extra']['label']}"})
+                  for r in [reports.get("before"), final] if r is not None]
+    references = [dict(reports[k], extra={**reports[k]["extra"], "label": f"designed by {reports[k]['extra']['label']}"})
+                  for k in ("bayesian", "random")]
+    plot_reports(relabelled, right, references=references, title="the Bayesian assistant on those dialogues")
+    figure.suptitle(title)
+    figure.tight_layout()
+    figure.savefig(out, dpi=120)
+    plt.close(figure)
