@@ -181,11 +181,13 @@ def plot_design(final: dict, reports: dict, out, title: str) -> None:
     left.set_title("the designer's choice")
     left.grid(alpha=0.3)
     left.legend(fontsize=8)
-    relabelled = [dict(r, extra={**r["extra"], "label": f"designed by {r['extra']['label']}"})
-                  for r in [reports.get("before"), final] if r is not None]
-    references = [dict(reports[k], extra={**reports[k]["extra"], "label": f"designed by {reports[k]['extra']['label']}"})
-                  for k in ("bayesian", "random")]
-    plot_reports(relabelled, right, references=references, title="the Bayesian assistant on those dialogues")
+    def designed_by(report):  # the accuracy only: the gains are the left panel's
+        metrics = {key: value for key, value in report["metrics"].items() if key != "information_gain"}
+        return dict(report, metrics=metrics, extra={**report["extra"], "label": f"designed by {report['extra']['label']}"})
+
+    plot_reports([designed_by(r) for r in (reports.get("before"), final) if r is not None], right,
+                 references=[designed_by(reports[k]) for k in ("bayesian", "random")],
+                 title="the Bayesian assistant on those dialogues")
     figure.suptitle(title)
     figure.tight_layout()
     figure.savefig(out, dpi=120)
