@@ -325,8 +325,8 @@ def test_own_template_renders_as_transformers_sandbox_does(tmp_path, restate, an
 @pytest.mark.parametrize("n_rounds", [0, 3])
 def test_a_designers_prompt_reads_as_the_student_renders_it(domain, n_rounds):
     """With design_prompts, a designer's prompt renders as: the instructions, each round's options with the
-    choice and its restated description, the candidate sets under their headers, and the answer's set number
-    right after the last option line (question and round headers dropped); no unknown tokens, append-only,
+    choice and its restated description, the candidate sets each followed by its header, and the answer's set
+    number right after the last header (question and round headers dropped); no unknown tokens, append-only,
     and the answer's digit is the only target."""
     from eval.text.dialogue import design_answer_text, design_prompt_messages, noun_title, options_text
 
@@ -339,7 +339,7 @@ def test_a_designers_prompt_reads_as_the_student_renders_it(domain, n_rounds):
     instructions = messages[0]["content"].split("\n\n")[0]
     rounds = [f"{options_text(domain, options[r])}\nI chose {noun_title(domain)} {choices[r] + 1}. "
               f"Chosen: {domain.option_text(options[r][choices[r]])}" for r in range(n_rounds)]
-    sets = "\n".join(f"Set {k + 1}:\n{options_text(domain, candidates[k])}" for k in range(4))
+    sets = "\n".join(f"{options_text(domain, candidates[k])}\nSet {k + 1}:" for k in range(4))  # headers after
     expected = "<|user|>" + "\n\n".join([instructions] + rounds + [sets]) + "\n3"
     assert tokenizer.apply_chat_template(messages, tokenize=False) == expected
     assert len(chat_segments(tokenizer, messages)) == 2  # raises ChatTemplateError unless append-only

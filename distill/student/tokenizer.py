@@ -218,7 +218,7 @@ def student_chat_template(domain: Domain, restate: bool = False, answer_after_op
 def _design_user(domain: Domain, parts: dict, restate: bool, round_markers: bool) -> str:
     """Jinja for a designer's prompt in the student's rendering (see ``student_chat_template``): its blocks
     (instructions, one per observed round, the candidate sets with the question) are separated by blank
-    lines; the question is cut off the last block."""
+    lines; the question is cut off the last block, whose set headers follow their sets' options."""
     header_before, header_after = parts["header"]
     choice_before, choice_after = parts["design_choice"]
     round_before = parts["round"][0]
@@ -231,9 +231,24 @@ def _design_user(domain: Domain, parts: dict, restate: bool, round_markers: bool
         f"{{% if after|length == 2 %}}{{{{ ' {CHOSEN_PREFIX}' + after[1].split('\\n', 1)[0] }}}}{{% endif %}}"
         "{% endif %}{% endfor %}"
     ) if restate else ""
+    set_before, set_after = parts["design_set"]
+    number_end = f"-{len(set_after)}" if set_after else ""
+    is_header = (f"line.startswith({set_before!r}) and line.endswith({set_after!r}) and "
+                 f"line[{len(set_before)}:{number_end}].isdigit()")
+    # each set's header moves after its options: the header's position then sees its own set (a causal
+    # model's header cannot see the options that follow it), and the answer's digit copies that header
+    sets = (
+        "{% set sets = namespace(header='', count=0, first=true) %}"
+        f"{{% for line in block.split({chr(10) + parts['design_question']!r}, 1)[0].split('\\n') %}}"
+        f"{{% if {is_header} %}}{{% set sets.header = line %}}{{% set sets.count = 0 %}}"
+        "{% else %}{% if not sets.first %}{{ '\\n' }}{% endif %}{% set sets.first = false %}{{ line }}"
+        "{% set sets.count = sets.count + 1 %}"
+        f"{{% if sets.count == {domain.n_options} and sets.header %}}{{{{ '\\n' + sets.header }}}}{{% endif %}}"
+        "{% endif %}{% endfor %}"
+    )
     return (
         "{% for block in message['content'].split('\\n\\n') %}{% if not loop.first %}{{ '\\n\\n' }}{% endif %}"
-        f"{{% if loop.last %}}{{{{ block.split({chr(10) + parts['design_question']!r}, 1)[0] }}}}"
+        f"{{% if loop.last %}}{sets}"
         f"{{% else %}}{{{{ {keep_round} }}}}{chosen}{{% endif %}}"
         "{% endfor %}"
     )
