@@ -9,7 +9,10 @@ held-out users, 20 held-out sets, 4 candidate sets a round, 10 dialogues per tea
 ``stage_runner`` (resumable; each command and wall time recorded).  The JSON keeps, per teacher and per round
 shown, the student's shown set's gain as a % of the best candidate's before and after teaching (95% intervals
 over users), a set drawn at random from the student's candidates (expected), the Bayesian assistant's accuracy
-on the dialogues each designer made, the training summary (steps, loss, peak RSS) and the command.
+on the dialogues each designer made, the training summary (steps, loss, peak RSS) and the command.  Beside
+them, ``history_free_designer``: a designer that ignores the rounds so far and shows the candidate with the
+highest gain under the prior, on the same held-out users and candidates: how far a student gets that has not
+learned to read the history.
 """
 from __future__ import annotations
 
@@ -17,7 +20,35 @@ import argparse
 import json
 from pathlib import Path
 
+import torch
 from stage_runner import Stage, print_plan, results_header, run_stages, write_json
+
+from distill.teaching_data import split_users
+from eval.assistants import BayesianAssistant
+from eval.design import DEFAULT_LM_CANDIDATES, pick_most_informative, run_designed_protocol
+from eval.lm.designer import DesignChoice
+from eval.report import build_report
+from ppl_models import expected_information_gain, get_domain
+
+
+class PriorGainDesigner:
+    """Shows the candidate with the highest information gain under the prior, whatever the rounds so far."""
+
+    name = "history-free (prior gain)"
+
+    def choose(self, domain, history_options, history_choices, candidates, gen: torch.Generator) -> DesignChoice:
+        return DesignChoice(pick_most_informative(expected_information_gain(domain, candidates), gen))
+
+
+def history_free_designer(domain_name: str, n_eval_users: int = 100, seed: int = 0) -> dict:
+    """PriorGainDesigner's gain as a % of the best candidate's, per round, on distill's held-out users."""
+    domain = get_domain(domain_name)
+    _, users = split_users(domain, n_eval_users, seed)
+    run = run_designed_protocol(domain, BayesianAssistant(), design="lm", designer=PriorGainDesigner(),
+                                n_candidates=DEFAULT_LM_CANDIDATES, users=users, seed=seed)
+    design = build_report(run)["design"]
+    return {"fraction_of_best_gain_percent": percent(design["fraction_of_best_gain"]["mean"]),
+            "random_designer_expected_percent": percent(design["random_fraction_of_best_gain"]["mean"])}
 
 
 def percent(values) -> list:
@@ -74,6 +105,7 @@ def main() -> None:
     results = results_header("design_student", args)
     results["runs"] = {name: {**summary(args.work / name / "report.json"), "command": record[name]["command"],
                               "wall_s": record[name]["wall_s"]} for name in names}
+    results["history_free_designer"] = history_free_designer(args.domain)
     write_json(results, args.out)
     print(f"results: {args.out}")
 
