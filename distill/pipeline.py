@@ -22,6 +22,7 @@ from eval.text.dialogue import load_template
 from eval.lm import load_causal_lm, prepare_loaded_lm
 from eval.lm.loading import auto_dtype, dtype_from_name
 from eval.lm.assistant import LMAssistant
+from eval.lm.threads import choose_cpu_threads
 from eval.runner import evaluate_users
 from eval.report import build_report, format_table, plot_reports, save_report
 from eval.student_card import read_student_card
@@ -132,6 +133,7 @@ def run_distill(settings: DistillSettings, log=print) -> dict:
         before = LMAssistant(load_causal_lm(settings.model, load_in_4bit=settings.method == "qlora", dtype=dtype,
                                             cache_dir=settings.gguf_cache_dir, log=log),
                              name="student (before)", template=template)
+        choose_cpu_threads(before.lm.model, log)  # for this evaluation, training and the evaluation after
         reports["before"] = _evaluate(domain, before, eval_users, settings, "student before", log)
         before_elsewhere = evaluate_domains(before, others, settings.n_eval_users, settings.n_heldout, settings.seed,
                                             "student before", log, model=settings.model)
@@ -162,6 +164,8 @@ def run_distill(settings: DistillSettings, log=print) -> dict:
     log(f"trained: {result.summary()}")
 
     # ---- 4. the student after training, and the references -----------------------------------------
+    if settings.model is not None and not settings.eval_before:
+        choose_cpu_threads(after_lm.model, log)
     after = LMAssistant(after_lm, name="student (after)", template=template)
     after_run = evaluate_users(domain, after, eval_users, settings.seed, settings.n_heldout)
     reports["bayesian"] = _evaluate(domain, BayesianAssistant(), eval_users, settings, "bayesian assistant", log)
