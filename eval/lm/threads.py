@@ -19,18 +19,18 @@ import torch
 # More threads are kept only when they time at least this many times faster than one thread.
 MORE_THREADS_MARGIN = 1.25
 PROBE_TOKENS = 256  # the timed forward: about a third of a flight prompt, long enough for the matmuls to count
-PROBE_REPEATS = 3  # timed forwards per thread count after one warm-up; the median counts
+PROBE_REPEATS = 3  # timed forwards per thread count (after one warm-up forward); the median counts
 
 
-def _forward_seconds(model: torch.nn.Module, input_ids: torch.Tensor, repeats: int) -> float:
-    times = []
+def _forward_seconds(model: torch.nn.Module, input_ids: torch.Tensor) -> float:
     with torch.inference_mode():
-        for _ in range(repeats + 1):
-            start = time.perf_counter()
-            model(input_ids=input_ids, use_cache=False)
-            times.append(time.perf_counter() - start)
-    timed = sorted(times[1:])  # the first forward warms caches and kernels up
-    return timed[len(timed) // 2]
+        start = time.perf_counter()
+        model(input_ids=input_ids, use_cache=False)
+        return time.perf_counter() - start
+
+
+def _median(values: list[float]) -> float:
+    return sorted(values)[len(values) // 2]
 
 
 def choose_cpu_threads(model: torch.nn.Module, log: Callable[[str], None] | None = None,
@@ -44,10 +44,16 @@ def choose_cpu_threads(model: torch.nn.Module, log: Callable[[str], None] | None
         return default
     vocab = int(getattr(getattr(model, "config", None), "vocab_size", 0) or 1000)
     input_ids = torch.randint(0, vocab, (1, tokens), generator=torch.Generator().manual_seed(0))
-    seconds = {}
-    for threads in (1, default):
-        torch.set_num_threads(threads)
-        seconds[threads] = _forward_seconds(model, input_ids, repeats)
+    torch.set_num_threads(1)
+    _forward_seconds(model, input_ids)  # warms caches and kernels up (and a 4-bit layer's repacked weights)
+    seconds = {1: _median([_forward_seconds(model, input_ids) for _ in range(repeats)])}
+    torch.set_num_threads(default)
+    times = []
+    for _ in range(repeats):
+        times.append(_forward_seconds(model, input_ids))
+        if times[-1] >= 2 * seconds[1]:  # clearly slower already: more forwards would only cost time
+            break
+    seconds[default] = _median(times)
     chosen = default if seconds[default] * MORE_THREADS_MARGIN <= seconds[1] else 1
     torch.set_num_threads(chosen)
     if log is not None:
