@@ -59,6 +59,25 @@ def time_v(log_text: str) -> dict:
             "cpu_percent": int(found["cpu_percent"] or 0), "exit_status": int(found["exit_status"] or -1)}
 
 
+def summarise(report: dict) -> dict:
+    """What the run's report.json says: the settings it resolved, its training, and accuracy in % per round."""
+    curves = report["extra"]["curves"]
+
+    def percent(values):
+        return [round(100 * v, 1) for v in values] if values is not None else None
+
+    return {
+        "settings": report["extra"]["settings"], "training": report["extra"]["training"],
+        "n_users": report["n_users"], "n_heldout": report["n_heldout"], "rounds": report["rounds"],
+        "accuracy_percent": {"student before": percent(curves.get("before", {}).get("accuracy", {}).get("mean")),
+                             "student after": percent(report["metrics"]["accuracy"]["mean"]),
+                             "bayesian": percent(curves["bayesian"]["accuracy"]["mean"]),
+                             "random": percent(curves["random"]["accuracy"]["mean"])},
+        "student_after_accuracy_95_interval_percent": [percent(pair) for pair in report["metrics"]["accuracy"]["ci95"]],
+        "student_after_agreement_with_bayesian_percent": percent(report["metrics"]["agreement_with_bayesian"]["mean"]),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, help="The JSON file to write.")
@@ -96,17 +115,7 @@ def main() -> None:
                         if line.startswith(STAGE_LINES) or "needs a Hugging Face folder" in line],
     }
     if REPORT.exists():
-        report = json.loads(REPORT.read_text())
-        curves = report["extra"]["curves"]
-        result["settings"] = report["extra"]["settings"]
-        result["training"] = report["extra"]["training"]
-        result["n_users"], result["n_heldout"], result["rounds"] = report["n_users"], report["n_heldout"], report["rounds"]
-        result["accuracy_percent"] = {"student before": curves.get("before", {}).get("accuracy", {}).get("mean"),
-                                      "student after": report["metrics"]["accuracy"]["mean"],
-                                      "bayesian": curves["bayesian"]["accuracy"]["mean"],
-                                      "random": curves["random"]["accuracy"]["mean"]}
-        result["accuracy_95_interval"] = {"student after": report["metrics"]["accuracy"].get("ci95")}
-        result["agreement_with_bayesian_percent"] = report["metrics"]["agreement_with_bayesian"]["mean"]
+        result.update(summarise(json.loads(REPORT.read_text())))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.out}")
