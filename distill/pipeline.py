@@ -39,8 +39,9 @@ STUDY_HELDOUT = 20
 # A --model's evaluation on a machine without a CUDA GPU, where what it is not given defaults to these: the
 # study's size scores 12,000 prompts of up to 900 tokens before training and again after, hours on a CPU,
 # while these keep the whole default run (data, conversion, both evaluations, the 10-minute training budget)
-# near half an hour for a 135M model on two cores.  More users rather than more option sets per user: users
-# differ more than one user's option sets do, so users buy more precision per prompt.
+# near half an hour for a 135M model on two cores.  More users rather than more option sets per user: the
+# intervals are over users, and one user's option sets share that user's preferences, so another user narrows
+# them more than another set of the same user.
 CPU_MODEL_EVAL_USERS = 20
 CPU_MODEL_HELDOUT = 5
 
