@@ -165,8 +165,12 @@ def train(data_path, model, domain, recipe, method, dtype, gradient_checkpointin
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
               help="Conversations per micro-batch for --model (default: 4 on a GPU; 1 on a CPU, where a step costs "
                    "about its tokens, so that the budget holds more optimizer steps).")
-@click.option("--eval-users", type=click.IntRange(min=1), default=100, show_default=True, help="Users held out of teaching for evaluation.")
-@click.option("--heldout", type=click.IntRange(1, MAX_HELDOUT), default=20, show_default=True, help="Held-out option sets per evaluation user and round.")
+@click.option("--eval-users", type=click.IntRange(min=1), default=None,
+              help="Users held out of teaching for evaluation (default: 100, as in the study; 20 for a --model on a "
+                   "machine without a CUDA GPU, where the study's evaluation takes hours).")
+@click.option("--heldout", type=click.IntRange(1, MAX_HELDOUT), default=None,
+              help="Held-out option sets per evaluation user and round (default: 20, as in the study; 5 for a --model "
+                   "on a machine without a CUDA GPU).")
 @click.option("--dialogues", type=click.IntRange(1, MAX_DIALOGUES), default=None,
               help="Simulated dialogues per teaching user (default: 10, every prefix an example, as in the study, for "
                    "--model; 100 whole dialogues for the embedded student, which memorises fewer).")

@@ -23,6 +23,7 @@ from eval.text.dialogue import load_template
 from eval.lm import load_causal_lm, prepare_loaded_lm
 from eval.lm.loading import auto_dtype, dtype_from_name
 from eval.lm.assistant import LMAssistant
+from eval.lm.threads import choose_cpu_threads
 from eval.runner import evaluate_users
 from eval.report import build_report, format_table, plot_reports, save_report
 from eval.student_card import read_student_card
@@ -34,6 +35,17 @@ from distill.transfer import eval_domains_for, evaluate_domains, write_transfer
 
 
 TASKS = ("recommend", "design")
+# The evaluation of the study: 100 held-out users, 20 option sets per user and round (``--eval-users``, ``--heldout``).
+STUDY_EVAL_USERS = 100
+STUDY_HELDOUT = 20
+# A --model's evaluation on a machine without a CUDA GPU, where what it is not given defaults to these: the
+# study's size scores 12,000 prompts of up to 900 tokens before training and again after, hours on a CPU,
+# while these keep the whole default run (data, conversion, both evaluations, the 10-minute training budget)
+# near half an hour for a 135M model on two cores.  More users rather than more option sets per user: the
+# intervals are over users, and one user's option sets share that user's preferences, so another user narrows
+# them more than another set of the same user.
+CPU_MODEL_EVAL_USERS = 20
+CPU_MODEL_HELDOUT = 5
 
 
 @dataclass
@@ -65,8 +77,11 @@ class DistillSettings:
     # embedded student.  Evaluation asks for a recommendation after 0..5 observed rounds, so the last question
     # is a 6th round; a from-scratch student never taught one answers it unreliably (see experiments/README.md).
     teach_rounds: int | None = None
-    n_eval_users: int = 100  # users held out of the teaching data, for evaluation
-    n_heldout: int = 20  # held-out option sets per evaluation user and round
+    # Users held out of the teaching data for evaluation, and held-out option sets per evaluation user and round.
+    # None: the study's (STUDY_EVAL_USERS x STUDY_HELDOUT), or for a --model on a machine without a CUDA GPU the
+    # CPU's (evaluation_size).
+    n_eval_users: int | None = None
+    n_heldout: int | None = None
     max_train_users: int | None = None  # cap on teaching users (quick runs)
     resume: bool = False
     kl_weight: float | None = None  # default: 1.0 with the soft teacher, 0 otherwise
@@ -94,6 +109,21 @@ class DistillSettings:
             raise ConfigError(f"max_steps must be at least 1, got {self.max_steps}")
 
 
+def evaluation_size(settings: DistillSettings, on_gpu: bool | None = None) -> tuple[int, int, str | None]:
+    """(evaluation users, held-out sets per user and round, a line saying why when the CPU's sizes replace the
+    study's): explicit values win; a --model on a machine without a CUDA GPU gets CPU_MODEL_EVAL_USERS x
+    CPU_MODEL_HELDOUT for what is not given; everything else the study's."""
+    if on_gpu is None:
+        on_gpu = torch.cuda.is_available()
+    users, heldout = settings.n_eval_users, settings.n_heldout
+    if settings.model is None or on_gpu or (users is not None and heldout is not None):
+        return (STUDY_EVAL_USERS if users is None else users), (STUDY_HELDOUT if heldout is None else heldout), None
+    users = CPU_MODEL_EVAL_USERS if users is None else users
+    heldout = CPU_MODEL_HELDOUT if heldout is None else heldout
+    return users, heldout, (f"on a CPU, --model is evaluated on {users} users x {heldout} held-out sets (the study: "
+                            f"--eval-users {STUDY_EVAL_USERS} --heldout {STUDY_HELDOUT})")
+
+
 def _evaluate(domain, assistant, users, settings: DistillSettings, label: str, log):
     start = time.perf_counter()
     run = evaluate_users(domain, assistant, users, settings.seed, settings.n_heldout)  # evaluate's path (eval/runner)
@@ -110,6 +140,10 @@ def run_distill(settings: DistillSettings, log=print) -> dict:
                           "distill.design_pipeline.run_design_distill")
     domain = get_domain(settings.domain)
     template = load_template(settings.prompt_template)  # checked before any work
+    n_eval_users, n_heldout, why = evaluation_size(settings)
+    settings = dataclasses.replace(settings, n_eval_users=n_eval_users, n_heldout=n_heldout)  # report.json records these
+    if why:
+        log(why)
     eval_domains = eval_domains_for(settings.domain, settings.eval_domains, embedded=settings.model is None)  # fails now
     others, before_elsewhere = eval_domains[1:], {}  # the transfer domains, and the model before teaching there
     out = Path(settings.out_dir)
@@ -148,6 +182,7 @@ def run_distill(settings: DistillSettings, log=print) -> dict:
         before = LMAssistant(load_causal_lm(settings.model, load_in_4bit=settings.method == "qlora", dtype=dtype,
                                             cache_dir=settings.gguf_cache_dir, log=log),
                              name="student (before)", template=template)
+        choose_cpu_threads(before.lm.model, log)  # for this evaluation, training and the evaluation after
         reports["before"] = _evaluate(domain, before, eval_users, settings, "student before", log)
         before_elsewhere = evaluate_domains(before, others, settings.n_eval_users, settings.n_heldout, settings.seed,
                                             "student before", log, model=settings.model)
@@ -178,6 +213,8 @@ def run_distill(settings: DistillSettings, log=print) -> dict:
     log(f"trained: {result.summary()}")
 
     # ---- 4. the student after training, and the references -----------------------------------------
+    if settings.model is not None and not settings.eval_before:
+        choose_cpu_threads(after_lm.model, log)
     after = LMAssistant(after_lm, name="student (after)", template=template)
     after_run = evaluate_users(domain, after, eval_users, settings.seed, settings.n_heldout)
     reports["bayesian"] = _evaluate(domain, BayesianAssistant(), eval_users, settings, "bayesian assistant", log)

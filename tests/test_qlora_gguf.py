@@ -1,9 +1,10 @@
 """GGUF models as Hugging Face folders (``convert-model``, ``eval.lm.convert``) and QLoRA on them through the
 conversion cache.
 
-The cache's rules (converted once, reused, atomic, a killed or half-written entry redone, an unwritable cache a
-one-line error) are tested with the GGUF loader replaced by a tiny local Llama, so they run in seconds; the real
-conversion, two QLoRA steps and ``evaluate --adapter`` run on SmolLM2 (``real_model``, ``slow``)."""
+The cache's rules (converted once, reused, atomic, a killed conversion's temporaries cleaned up, a half-written
+entry under the final name and an unwritable cache one-line errors) are tested with the GGUF loader replaced by a
+tiny local Llama, so they run in seconds; the real conversion, two QLoRA steps and ``evaluate --adapter`` run on
+SmolLM2 (``real_model``, ``slow``)."""
 import importlib.util
 import json
 import math
@@ -89,22 +90,49 @@ def test_the_cache_root_comes_from_the_argument_then_the_environment(tmp_path, t
     assert len(tiny_loader) == 2  # one per cache root
 
 
-@pytest.mark.parametrize("damage", ["no marker", "foreign record"])
-def test_a_half_written_entry_is_detected_and_converted_again(tmp_path, tiny_loader, damage):
-    gguf_file = write_gguf(tmp_path / "model.gguf", "llama")
-    entry = tmp_path / "cache" / "gguf-hf" / file_sha256(gguf_file)
+def damaged_entry(entry: Path, damage: str) -> None:
+    """What something other than a whole conversion leaves under the final name."""
     entry.mkdir(parents=True)
     (entry / "config.json").write_text('{"model_type": "llam')  # cut off mid-write
     if damage == "foreign record":
         (entry / "COMPLETE").write_text("complete\n")
         (entry / "model.safetensors").write_bytes(b"")
         (entry / "gguf_source.json").write_text(json.dumps({"sha256": "0" * 64}))
+
+
+def snapshot(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): (p.read_bytes() if p.is_file() else None, p.stat().st_mtime_ns)
+            for p in sorted(folder.rglob("*"))}
+
+
+@pytest.mark.parametrize("damage", ["no marker", "foreign record"])
+def test_a_half_written_entry_is_refused_and_left_untouched(tmp_path, tiny_loader, damage):
+    gguf_file = write_gguf(tmp_path / "model.gguf", "llama")
+    cache = tmp_path / "cache"
+    entry = cache / "gguf-hf" / file_sha256(gguf_file)
+    damaged_entry(entry, damage)
+    before = snapshot(cache)
+    problem = entry_problem(entry, file_sha256(gguf_file))
+    assert problem is not None
     messages = []
-    assert cached_conversion(gguf_file, cache_dir=tmp_path / "cache", log=messages.append) == entry
-    assert len(tiny_loader) == 1 and entry_problem(entry, file_sha256(gguf_file)) is None
-    assert json.loads((entry / "config.json").read_text())["model_type"] == "llama"
-    assert any("is unusable" in m and "converting again" in m for m in messages)
-    assert leftovers(entry.parent) == []
+    with pytest.raises(GGUFConversionError) as raised:
+        cached_conversion(gguf_file, cache_dir=cache, log=messages.append)
+    message = str(raised.value)
+    assert "\n" not in message and str(entry) in message and problem in message
+    assert "remove that folder" in message and "--cache-dir" in message and "BAYES_TEACH_CACHE" in message
+    assert tiny_loader == [] and messages == []  # nothing converted, nothing announced
+    assert snapshot(cache) == before  # nothing deleted or written, not even a lock file
+
+
+def test_a_stale_temporary_beside_a_half_written_entry_is_not_touched_either(tmp_path, tiny_loader):
+    """The refusal comes before the lock: a temporary beside a foreign entry stays for the user to see."""
+    gguf_file = write_gguf(tmp_path / "model.gguf", "llama")
+    entry = tmp_path / "cache" / "gguf-hf" / file_sha256(gguf_file)
+    damaged_entry(entry, "no marker")
+    (entry.parent / f".tmp-{entry.name}-abc").mkdir()
+    with pytest.raises(GGUFConversionError, match="is unusable"):
+        cached_conversion(gguf_file, cache_dir=tmp_path / "cache", log=lambda m: None)
+    assert leftovers(entry.parent) == [f".tmp-{entry.name}-abc"] and tiny_loader == []
 
 
 def test_a_failed_conversion_leaves_nothing_under_the_final_name(tmp_path, tiny_loader, monkeypatch):
@@ -208,6 +236,28 @@ def test_train_with_an_unwritable_cache_is_one_line(tmp_path):
     assert result.returncode == 2 and len(error_lines(result)) == 1, result.stderr
     assert "cannot write the GGUF conversion cache" in error_lines(result)[0]
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("command", ["train", "evaluate"])
+def test_a_half_written_cache_entry_is_one_line_through_the_commands(tmp_path, command):
+    gguf_file = write_gguf(tmp_path / "model.gguf", "llama")
+    cache = tmp_path / "cache"
+    entry = cache / "gguf-hf" / file_sha256(gguf_file)
+    damaged_entry(entry, "no marker")
+    before = snapshot(cache)
+    if command == "train":
+        (tmp_path / "data.jsonl").write_text(json.dumps({"messages": [{"role": "user", "content": "Hi"},
+                                                                      {"role": "assistant", "content": "Hello"}]}) + "\n")
+        args = ["train", "--data", tmp_path / "data.jsonl", "--model", gguf_file, "--max-steps", "1",
+                "--cache-dir", cache, "--out", tmp_path / "run"]
+    else:
+        args = ["evaluate", "--domain", "flight", "--model", gguf_file, "--load-in-4bit", "--cache-dir", cache,
+                "--users", "1", "--heldout", "1", "--out", tmp_path / "eval"]
+    result = run_cli(*args)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert len(error_lines(result)) == 1 and error_lines(result) == [l for l in result.stderr.splitlines() if l.strip()][-1:]
+    assert str(entry) in error_lines(result)[0] and "remove that folder" in error_lines(result)[0]
+    assert snapshot(cache) == before
 
 
 @needs_smollm2

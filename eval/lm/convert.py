@@ -13,8 +13,12 @@ that folder on every later call.  The cache root is, first found: the ``cache_di
 ``--cache-dir``), the ``BAYES_TEACH_CACHE`` environment variable, ``$XDG_CACHE_HOME/bayes-teach``,
 ``~/.cache/bayes-teach``.  A conversion holds an exclusive lock on ``<sha256>.lock`` beside its entry, so two
 processes never convert the same file at once, and whatever temporary folder of that entry it finds while it
-holds the lock was left by a killed conversion and is removed.  An entry without its marker, weights or a
-matching ``gguf_source.json`` (written by hand, or by something other than this module) is converted again.
+holds the lock was left by a killed conversion and is removed (those temporaries are this module's own).  An
+entry under the final name without its marker, weights or a matching ``gguf_source.json`` is refused with a
+``GGUFConversionError`` naming the folder and why, and nothing is deleted or written: this module's writes are
+atomic (a temporary sibling renamed into place), so such an entry was made by something else (by hand, another
+tool, a copy cut short), and deleting a folder this module did not write is not its call.  The user removes it, or
+points ``--cache-dir`` / ``BAYES_TEACH_CACHE`` elsewhere.
 
 Every failure a user can cause (a truncated file, an architecture transformers cannot read from GGUF, a cache
 that cannot be written) is a ``GGUFConversionError`` with a one-line message.
@@ -204,6 +208,13 @@ def _remove_stale_temporaries(folder: Path, name: str) -> None:
         shutil.rmtree(stale, ignore_errors=True)
 
 
+def _unusable_entry(entry: Path, problem: str) -> GGUFConversionError:
+    return GGUFConversionError(
+        f"GGUF conversion cache entry {str(entry)!r} is unusable: {problem}; it was not written by a whole "
+        f"conversion, so it is left as it is: remove that folder, or set --cache-dir or {CACHE_ENV} to another cache"
+    )
+
+
 _ANNOUNCED: set[str] = set()  # sha256s whose conversion this process has already reported
 _SHA_MEMO: dict[tuple, str] = {}  # (path, size, mtime_ns) -> sha256: one hash per file per process
 
@@ -216,7 +227,8 @@ def cached_conversion(gguf_path: str | Path, cache_dir: str | Path | None = None
                       log: Callable[[str], None] | None = None, reason: str = "4-bit NF4 loading") -> Path:
     """The Hugging Face folder converted from ``gguf_path`` (float32), from the cache, converting it first if it
     is not there yet.  The first call in a process says once (through ``log``, default stderr) why the file is
-    converted and where the folder is."""
+    converted and where the folder is.  An unusable entry under the final name is a ``GGUFConversionError`` and is
+    left untouched (see the module docstring)."""
     log = log or _stderr
     gguf_path = Path(gguf_path).expanduser().resolve()
     if not gguf_path.is_file():
@@ -229,20 +241,23 @@ def cached_conversion(gguf_path: str | Path, cache_dir: str | Path | None = None
     announce = sha256 not in _ANNOUNCED
     _ANNOUNCED.add(sha256)
     where = f"--cache-dir or {CACHE_ENV} moves it"
-    if entry_problem(entry, sha256) is None:
+    problem = entry_problem(entry, sha256)
+    if problem is None:
         if announce:
             log(f"{reason} needs a Hugging Face folder, not a GGUF file: using the conversion of {gguf_path.name} "
                 f"cached in {entry} ({where})")
         return entry
+    if os.path.lexists(entry):  # not written by this module (its writes are atomic): refused, left as it is
+        raise _unusable_entry(entry, problem)
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with _entry_lock(folder / f"{sha256}.lock"):
-            problem = entry_problem(entry, sha256) if entry.exists() else None
-            if entry.exists() and problem is None:  # another process converted it while this one waited
-                return entry
+            if os.path.lexists(entry):  # another process wrote it while this one waited for the lock
+                problem = entry_problem(entry, sha256)
+                if problem is None:
+                    return entry
+                raise _unusable_entry(entry, problem)
             _remove_stale_temporaries(folder, sha256)
-            if problem:
-                log(f"cache entry {entry} is unusable ({problem}): converting again")
             log(f"{reason} needs a Hugging Face folder, not a GGUF file: converting {gguf_path.name} once into "
                 f"{entry} ({where})")
             model, tokenizer = load_gguf_model(gguf_path, CACHE_DTYPE)
