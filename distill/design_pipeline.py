@@ -18,7 +18,6 @@ under ``extra.designers``) and ``design.png``.
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from pathlib import Path
 
@@ -26,18 +25,17 @@ import torch
 
 from eval.assistants import BayesianAssistant
 from eval.design import run_designed_protocol
-from eval.lm import load_causal_lm, prepare_loaded_lm
+from eval.lm import prepare_loaded_lm
 from eval.lm.designer import LMDesigner
 from eval.lm.loading import auto_dtype, dtype_from_name
 from eval.report import build_report, format_table, plot_reports, save_report
-from eval.student_card import read_student_card
 from eval.text.dialogue import load_template
 from ppl_models import get_domain
 
 from distill.design_data import write_design_set
-from distill.pipeline import training_summary
+from distill.pipeline import load_model_before, train_and_load, training_summary, with_evaluation_size
 from distill.teaching_data import STUDY_DIALOGUES_PER_USER
-from distill.training.config import ConfigError, TrainConfig, default_batch_size
+from distill.training.config import ConfigError
 
 
 def _designer_report(domain, designer, design: str, users, settings, label: str, log) -> dict:
@@ -56,6 +54,7 @@ def run_design_distill(settings, log=print) -> dict:
     returns the final report (also written to ``out_dir/report.json``)."""
     domain = get_domain(settings.domain)
     template = load_template(settings.prompt_template)
+    settings = with_evaluation_size(settings, log)
     if settings.eval_domains:
         raise ConfigError("--eval-domains is for the recommendation task; a designer is evaluated on its own domain")
     out = Path(settings.out_dir)
@@ -71,44 +70,23 @@ def run_design_distill(settings, log=print) -> dict:
     log(f"design teaching data: {manifest['counts']['examples']} examples ({settings.n_candidates} candidate sets a "
         f"round) from {manifest['counts']['train_users']} users -> {data_path}")
 
-    # ---- 2. the student as designer, before training ------------------------------------------------
+    # ---- 2. the student as designer, before training, and training ---------------------------------
     reports = {}
     dtype = auto_dtype("cpu")[0] if settings.dtype == "auto" else dtype_from_name(settings.dtype)
-    train_dir = out / "train"
+    student_config = None
     if settings.model is None:
-        from distill.student.model import StudentConfig, build_student, train_student
-        from distill.student.tokenizer import adopt_saved_template
+        from distill.student.model import StudentConfig, build_student
 
         student_config = dataclasses.replace(StudentConfig(), kl_weight=kl_weight, design_prompts=True)
         if settings.eval_before:
             model, tokenizer = build_student(domain, student_config, seed=settings.seed, template=template)
             before = LMDesigner(prepare_loaded_lm(model, tokenizer, "embedded-student"), template=template)
             reports["before"] = _designer_report(domain, before, "lm", users, settings, "student before", log)
-        result = train_student(domain, data_path, train_dir, budget_minutes=settings.budget_minutes,
-                               max_steps=settings.max_steps, config=student_config, seed=settings.seed,
-                               resume=settings.resume, template=template)
-        after_lm = load_causal_lm(str(train_dir / "model"))
-        card = read_student_card(train_dir / "model") or {}
-        adopt_saved_template(after_lm.tokenizer, domain, card.get("chat_template_options"), template)
-    else:
-        load_in_4bit = settings.method == "qlora"
-        if settings.eval_before:
-            before = LMDesigner(load_causal_lm(settings.model, load_in_4bit=load_in_4bit, dtype=dtype,
-                                               cache_dir=settings.gguf_cache_dir, log=log), template=template)
-            reports["before"] = _designer_report(domain, before, "lm", users, settings, "student before", log)
-        config = TrainConfig(model_name_or_path=settings.model, method=settings.method, epochs=1.0,
-                             batch_size=settings.batch_size or default_batch_size(), max_steps=settings.max_steps,
-                             dtype=settings.dtype, gradient_checkpointing=settings.gradient_checkpointing,
-                             budget_minutes=None if math.isinf(settings.budget_minutes) else settings.budget_minutes,
-                             kl_weight=kl_weight, seed=settings.seed, gguf_cache_dir=settings.gguf_cache_dir)
-        from distill.training.trainer import train
-
-        result = train(config, data_path, train_dir, resume=settings.resume)
-        if settings.method == "full":
-            after_lm = load_causal_lm(str(train_dir / "model"), dtype=dtype)
-        else:
-            after_lm = load_causal_lm(settings.model, adapter=str(train_dir / "adapter"), load_in_4bit=load_in_4bit,
-                                      dtype=dtype, cache_dir=settings.gguf_cache_dir, log=log)
+    elif settings.eval_before:
+        before = LMDesigner(load_model_before(settings, dtype, log), template=template)
+        reports["before"] = _designer_report(domain, before, "lm", users, settings, "student before", log)
+    result, after_lm = train_and_load(settings, domain, data_path, out / "train", kl_weight, dtype, template, log,
+                                      student_config)
     log(f"trained: {result.summary()}")
 
     # ---- 3. the student after training, and the references ------------------------------------------

@@ -140,10 +140,7 @@ def run_distill(settings: DistillSettings, log=print) -> dict:
                           "distill.design_pipeline.run_design_distill")
     domain = get_domain(settings.domain)
     template = load_template(settings.prompt_template)  # checked before any work
-    n_eval_users, n_heldout, why = evaluation_size(settings)
-    settings = dataclasses.replace(settings, n_eval_users=n_eval_users, n_heldout=n_heldout)  # report.json records these
-    if why:
-        log(why)
+    settings = with_evaluation_size(settings, log)
     eval_domains = eval_domains_for(settings.domain, settings.eval_domains, embedded=settings.model is None)  # fails now
     others, before_elsewhere = eval_domains[1:], {}  # the transfer domains, and the model before teaching there
     out = Path(settings.out_dir)
@@ -168,8 +165,7 @@ def run_distill(settings: DistillSettings, log=print) -> dict:
     # evaluation on the CPU (load_causal_lm's device), in the dtype training resolves "auto" to there
     dtype = auto_dtype("cpu")[0] if settings.dtype == "auto" else dtype_from_name(settings.dtype)
     if settings.model is None:
-        from distill.student.model import StudentConfig, build_student, train_student
-        from distill.student.tokenizer import adopt_saved_template
+        from distill.student.model import StudentConfig, build_student
 
         student_config = dataclasses.replace(StudentConfig(), kl_weight=kl_weight)
 
@@ -179,37 +175,14 @@ def run_distill(settings: DistillSettings, log=print) -> dict:
                                  template=template)
             reports["before"] = _evaluate(domain, before, eval_users, settings, "student before", log)
     elif settings.eval_before:
-        before = LMAssistant(load_causal_lm(settings.model, load_in_4bit=settings.method == "qlora", dtype=dtype,
-                                            cache_dir=settings.gguf_cache_dir, log=log),
-                             name="student (before)", template=template)
-        choose_cpu_threads(before.lm.model, log)  # for this evaluation, training and the evaluation after
+        before = LMAssistant(load_model_before(settings, dtype, log), name="student (before)", template=template)
         reports["before"] = _evaluate(domain, before, eval_users, settings, "student before", log)
         before_elsewhere = evaluate_domains(before, others, settings.n_eval_users, settings.n_heldout, settings.seed,
                                             "student before", log, model=settings.model)
 
     # ---- 3. training --------------------------------------------------------------------------------
-    train_dir = out / "train"
-    if settings.model is None:
-        result = train_student(domain, data_path, train_dir, budget_minutes=settings.budget_minutes,
-                               max_steps=settings.max_steps, config=student_config, seed=settings.seed,
-                               resume=settings.resume, template=template)
-        after_lm = load_causal_lm(str(train_dir / "model"))
-        # the template this run built (as evaluate --model does for a saved student): rendered without the sandbox
-        card = read_student_card(train_dir / "model") or {}
-        adopt_saved_template(after_lm.tokenizer, domain, card.get("chat_template_options"), template)
-    else:
-        config = TrainConfig(model_name_or_path=settings.model, method=settings.method, epochs=1.0,
-                             batch_size=settings.batch_size or default_batch_size(),
-                             max_steps=settings.max_steps, dtype=settings.dtype,
-                             gradient_checkpointing=settings.gradient_checkpointing,
-                             budget_minutes=None if math.isinf(settings.budget_minutes) else settings.budget_minutes,
-                             kl_weight=kl_weight, seed=settings.seed, gguf_cache_dir=settings.gguf_cache_dir)
-        result = _train_hf(config, data_path, train_dir, settings.resume)
-        if settings.method == "full":
-            after_lm = load_causal_lm(str(train_dir / "model"), dtype=dtype)
-        else:
-            after_lm = load_causal_lm(settings.model, adapter=str(train_dir / "adapter"), load_in_4bit=settings.method == "qlora",
-                                      dtype=dtype, cache_dir=settings.gguf_cache_dir, log=log)
+    result, after_lm = train_and_load(settings, domain, data_path, out / "train", kl_weight, dtype, template, log,
+                                      student_config if settings.model is None else None)
     log(f"trained: {result.summary()}")
 
     # ---- 4. the student after training, and the references -----------------------------------------
@@ -250,6 +223,53 @@ def run_distill(settings: DistillSettings, log=print) -> dict:
                        after_elsewhere, settings.n_eval_users, settings.n_heldout, settings.seed, log,
                        settings=dataclasses.asdict(settings))
     return final
+
+
+def with_evaluation_size(settings: DistillSettings, log) -> DistillSettings:
+    """``settings`` with the evaluation size filled in (``evaluation_size``; report.json records it), saying
+    why when the CPU's size replaces the study's."""
+    n_eval_users, n_heldout, why = evaluation_size(settings)
+    if why:
+        log(why)
+    return dataclasses.replace(settings, n_eval_users=n_eval_users, n_heldout=n_heldout)
+
+
+def load_model_before(settings: DistillSettings, dtype, log):
+    """The --model as it is before teaching (in 4 bits for QLoRA), with the CPU's thread count chosen on it for
+    this evaluation, training and the evaluation after."""
+    lm = load_causal_lm(settings.model, load_in_4bit=settings.method == "qlora", dtype=dtype,
+                        cache_dir=settings.gguf_cache_dir, log=log)
+    choose_cpu_threads(lm.model, log)
+    return lm
+
+
+def train_and_load(settings: DistillSettings, domain, data_path, train_dir, kl_weight: float, dtype, template, log,
+                   student_config=None):
+    """Train the embedded student (``student_config``) or the --model on ``data_path`` into ``train_dir``;
+    returns (the TrainResult, the taught model loaded for evaluation)."""
+    if settings.model is None:
+        from distill.student.model import train_student
+        from distill.student.tokenizer import adopt_saved_template
+
+        result = train_student(domain, data_path, train_dir, budget_minutes=settings.budget_minutes,
+                               max_steps=settings.max_steps, config=student_config, seed=settings.seed,
+                               resume=settings.resume, template=template)
+        after_lm = load_causal_lm(str(train_dir / "model"))
+        # the template this run built (as evaluate --model does for a saved student): rendered without the sandbox
+        card = read_student_card(train_dir / "model") or {}
+        adopt_saved_template(after_lm.tokenizer, domain, card.get("chat_template_options"), template)
+        return result, after_lm
+    config = TrainConfig(model_name_or_path=settings.model, method=settings.method, epochs=1.0,
+                         batch_size=settings.batch_size or default_batch_size(),
+                         max_steps=settings.max_steps, dtype=settings.dtype,
+                         gradient_checkpointing=settings.gradient_checkpointing,
+                         budget_minutes=None if math.isinf(settings.budget_minutes) else settings.budget_minutes,
+                         kl_weight=kl_weight, seed=settings.seed, gguf_cache_dir=settings.gguf_cache_dir)
+    result = _train_hf(config, data_path, train_dir, settings.resume)
+    if settings.method == "full":
+        return result, load_causal_lm(str(train_dir / "model"), dtype=dtype)
+    return result, load_causal_lm(settings.model, adapter=str(train_dir / "adapter"), load_in_4bit=settings.method == "qlora",
+                                  dtype=dtype, cache_dir=settings.gguf_cache_dir, log=log)
 
 
 def _train_hf(config: TrainConfig, data_path, train_dir, resume: bool):
