@@ -103,3 +103,17 @@ def test_distill_refuses_what_the_design_task_cannot_do(tmp_path, arguments, mes
     assert result.exit_code == 2
     assert message in result.output
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_design_distill_teaches_a_hugging_face_model_with_lora(tmp_path):
+    """--model: the same loop with a LoRA adapter; the evaluation size given here wins over the CPU's."""
+    import tiny_lm
+
+    model_dir = tiny_lm.save_tiny_lm(tmp_path / "tiny")
+    lines = []
+    report = run_design_distill(_settings(tmp_path, model=str(model_dir), method="lora", max_steps=1), log=lines.append)
+    assert (tmp_path / "run" / "train" / "adapter" / "adapter_config.json").is_file()
+    assert report["n_users"] == 6 and report["extra"]["settings"]["n_eval_users"] == 6
+    assert report["extra"]["designers"]["bayesian"]["design"]["fraction_of_best_gain"]["mean"] == [1.0] * 5
+    assert not any(line.startswith("on a CPU") for line in lines)
