@@ -38,6 +38,9 @@ from distill.teaching_data import STUDY_DIALOGUES_PER_USER
 from distill.training.config import ConfigError
 
 
+COLLAPSE_SHARE = 0.9  # a designer that shows one label this often, whatever the sets, is flagged in the table
+
+
 def _designer_report(domain, designer, design: str, users, settings, label: str, log) -> dict:
     """The Bayesian assistant on dialogues ``designer`` (an LMDesigner; None with design "active" or "random")
     made for ``users``, as a report with its design section."""
@@ -125,9 +128,14 @@ def design_tables(final: dict, reports: dict) -> str:
     accuracy = {**{k: v for k, v in accuracy.items() if k == "student before"}, "student after": final["accuracy"],
                 **{k: v for k, v in accuracy.items() if k != "student before"}}
     design = final["design"]
+    counts = design["picks_per_label"]
+    labels = ", ".join(f"set {k + 1} {count}" for k, count in enumerate(counts))
+    one_label = max(counts) >= COLLAPSE_SHARE * sum(counts)
     return "\n".join([
         f"information gain of the shown set, % of the best of {design['candidates']} candidates, per round shown",
         format_table(fraction, design["rounds_shown"]),
+        f"the student after showed {labels} times" + (
+            " (one label nearly always: it does not tell the sets apart)" if one_label else ""),
         "the Bayesian assistant's accuracy % on held-out sets after the dialogues each designer made",
         format_table(accuracy, final["rounds"]),
     ])

@@ -52,10 +52,10 @@ class DesignRecord:
     designer: str | None = None  # who chose among the candidates (lm: the model's name)
     failures: torch.Tensor | None = None  # bool [N, R]: an LM designer's answers that named no set
     choice_probs: torch.Tensor | None = None  # [N, R, C]: a score-mode LM designer's distribution over the sets
+    picks: torch.Tensor | None = None  # long [N, R]: the index of the candidate shown in each round (active, lm)
     # kept on request (active_dialogues(keep_candidates=True)), e.g. for teaching data; None otherwise
     candidates: torch.Tensor | None = None  # long [N, R, C, O, F]: every round's candidate sets
     candidate_gains: torch.Tensor | None = None  # float64 [N, R, C]: their exact gains given the rounds before
-    picks: torch.Tensor | None = None  # long [N, R]: the index of the candidate shown in each round
 
     def fraction_of_best(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         """(the shown set's gain / the best candidate's, a set drawn at random's expected fraction: the mean
@@ -109,8 +109,8 @@ def active_dialogues(domain: Domain, users: torch.Tensor, seed: int, n_candidate
     ``eval.lm.designer.LMDesigner``).  ``domain`` is the designer's model of the user (the exact gains);
     ``user_domain`` (default ``domain``) makes the choices.  ``stream``: the name of the random streams of the
     candidates, tie-breaks and choices ("design" in evaluation; teaching data uses its own, so that its
-    dialogues are independent of evaluation's).  ``keep_candidates``: the record also holds every round's
-    candidates, their gains and the index of the shown one.  Returns (option_index [N, R, O, F], choices
+    dialogues are independent of evaluation's).  The record holds the index of each round's shown
+    candidate; with ``keep_candidates`` also every round's candidates and their gains.  Returns (option_index [N, R, O, F], choices
     [N, R], the ``DesignRecord``)."""
     user_domain = user_domain or domain
     n_users, n_rounds = len(users), domain.n_rounds
@@ -139,10 +139,10 @@ def active_dialogues(domain: Domain, users: torch.Tensor, seed: int, n_candidate
             if probs is not None and choice.probs is not None:
                 probs.append(choice.probs)
         options[:, r] = candidates[rows, pick]
+        kept_picks.append(pick)
         if keep_candidates:
             kept_candidates.append(candidates)
             kept_gains.append(gains)
-            kept_picks.append(pick)
         gain[:, r] = gains[rows, pick]
         mean_gain[:, r] = gains.mean(-1)
         best_gain[:, r] = gains.amax(-1)
@@ -156,11 +156,11 @@ def active_dialogues(domain: Domain, users: torch.Tensor, seed: int, n_candidate
         designer="bayesian" if designer is None else designer.name,
         failures=failures if designer is not None else None,
         choice_probs=torch.stack(probs, dim=1) if probs else None,
+        picks=_stack_rounds(kept_picks, (n_users, 0), torch.long),
     )
     if keep_candidates:
         record.candidates = _stack_rounds(kept_candidates, (n_users, 0, n_candidates, *options.shape[2:]), torch.long)
         record.candidate_gains = _stack_rounds(kept_gains, (n_users, 0, n_candidates), torch.float64)
-        record.picks = _stack_rounds(kept_picks, (n_users, 0), torch.long)
     return options, choices, record
 
 

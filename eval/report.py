@@ -13,7 +13,8 @@ Schema (``"schema": "bayes-teach/report/v1"``)::
      "study_data": {"kind", "files", "users", "exact_bayesian_assistant", "empty_posterior", "notes"},
      "design": {"design", "candidates", "rounds_shown", "information_gain_nats", "total_information_gain_nats",
                 "candidate_mean_gain_nats", "best_candidate_gain_nats", "fraction_of_best_gain",
-                "random_fraction_of_best_gain", "designer" (active, lm), "unparseable_design_answers" (lm)},
+                "random_fraction_of_best_gain", "picks_per_label", "designer" (active, lm),
+                "unparseable_design_answers" (lm)},
                                                    # simulated dialogues: who chose the shown sets
                                                    # only for a replay of released files (eval/study/replay.py)
      "extra": {...}}                              # anything a command adds (e.g. training summaries)
@@ -108,6 +109,9 @@ def design_report(run: EvaluationRun) -> dict:
     if fractions is not None:  # 1.0 = the Bayesian designer's pick; a set drawn at random expects the second
         out["fraction_of_best_gain"] = summarise(fractions[0], run.seed)
         out["random_fraction_of_best_gain"] = summarise(fractions[1], run.seed)
+    if record.picks is not None and record.n_candidates:  # how often each label was shown: a designer that
+        # names one label whatever the sets has not learned to tell them apart
+        out["picks_per_label"] = record.picks.flatten().bincount(minlength=record.n_candidates).tolist()
     if record.designer is not None:
         out["designer"] = record.designer
     if record.failures is not None:

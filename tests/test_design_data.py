@@ -103,7 +103,10 @@ def test_the_teaching_stream_is_not_evaluations():
     for r in range(flight.n_rounds):  # the shown set is candidate `pick`, and its gain is the recorded one
         assert torch.equal(taught[0][:, r], record.candidates[rows, r, record.picks[:, r]])
         assert torch.equal(record.information_gain[:, r], record.candidate_gains[rows, r, record.picks[:, r]])
-    assert evaluated[2].candidates is None and evaluated[2].picks is None
+    assert evaluated[2].candidates is None and evaluated[2].candidate_gains is None  # kept on request only
+    for r in range(flight.n_rounds):  # the picks are always kept: the shown set is the evaluation stream's candidate
+        candidates = flight.draw_options(generator(0, "design", "candidates", r), (3, 4))
+        assert torch.equal(evaluated[0][:, r], candidates[rows, evaluated[2].picks[:, r]])
 
 
 def test_written_sets_hold_out_the_recommendation_tasks_users_and_are_reproducible(tmp_path):

@@ -54,6 +54,11 @@ def test_design_distill_reports_each_designer_against_independent_runs(tmp_path,
     # the student's shown sets: fractions of the best candidate's gain, never above it
     fractions = report["design"]["fraction_of_best_gain"]["mean"]
     assert len(fractions) == 5 and all(0.0 <= f <= 1.0 + 1e-9 for f in fractions)
+    # every round of every user shows one label; the Bayesian designer's labels are those of the best candidates
+    counts = report["design"]["picks_per_label"]
+    assert len(counts) == 4 and sum(counts) == 6 * 5
+    assert sum(designers["bayesian"]["design"]["picks_per_label"]) == 6 * 5
+    assert f"the student after showed set 1 {counts[0]}, set 2 {counts[1]}," in "\n".join(lines)
     # the table prints the report's numbers
     table = next(line for line in lines if line.startswith("information gain of the shown set"))
     rows = [row.split() for row in table.splitlines()[2:7]]  # the first table: a title, a header, 5 rounds
