@@ -27,13 +27,14 @@ from eval.assistants import BayesianAssistant
 from eval.design import run_designed_protocol
 from eval.lm import prepare_loaded_lm
 from eval.lm.designer import LMDesigner
-from eval.lm.loading import auto_dtype, dtype_from_name
 from eval.report import build_report, format_table, plot_reports, save_report
 from eval.text.dialogue import load_template
 from ppl_models import get_domain
 
 from distill.design_data import write_design_set
-from distill.pipeline import load_model_before, train_and_load, training_summary, with_evaluation_size
+from distill.pipeline import (
+    evaluation_placement, load_model_before, train_and_load, training_summary, with_evaluation_size,
+)
 from distill.teaching_data import STUDY_DIALOGUES_PER_USER
 from distill.training.config import ConfigError
 
@@ -75,7 +76,7 @@ def run_design_distill(settings, log=print) -> dict:
 
     # ---- 2. the student as designer, before training, and training ---------------------------------
     reports = {}
-    dtype = auto_dtype("cpu")[0] if settings.dtype == "auto" else dtype_from_name(settings.dtype)
+    device, dtype = evaluation_placement(settings)
     student_config = None
     if settings.model is None:
         from distill.student.model import StudentConfig, build_student
@@ -86,10 +87,11 @@ def run_design_distill(settings, log=print) -> dict:
             before = LMDesigner(prepare_loaded_lm(model, tokenizer, "embedded-student"), template=template)
             reports["before"] = _designer_report(domain, before, "lm", users, settings, "student before", log)
     elif settings.eval_before:
-        before = LMDesigner(load_model_before(settings, dtype, log), template=template)
+        before = LMDesigner(load_model_before(settings, device, dtype, log), template=template)
         reports["before"] = _designer_report(domain, before, "lm", users, settings, "student before", log)
-    result, after_lm = train_and_load(settings, domain, data_path, out / "train", kl_weight, dtype, template, log,
-                                      student_config)
+    before = None  # training gets the memory: a GPU holds the model once
+    result, after_lm = train_and_load(settings, domain, data_path, out / "train", kl_weight, device, dtype, template,
+                                      log, student_config)
     log(f"trained: {result.summary()}")
 
     # ---- 3. the student after training, and the references ------------------------------------------

@@ -162,8 +162,7 @@ def run_distill(settings: DistillSettings, log=print) -> dict:
 
     # ---- 2. the student, before training ------------------------------------------------------------
     reports = {}
-    # evaluation on the CPU (load_causal_lm's device), in the dtype training resolves "auto" to there
-    dtype = auto_dtype("cpu")[0] if settings.dtype == "auto" else dtype_from_name(settings.dtype)
+    device, dtype = evaluation_placement(settings)
     if settings.model is None:
         from distill.student.model import StudentConfig, build_student
 
@@ -175,18 +174,19 @@ def run_distill(settings: DistillSettings, log=print) -> dict:
                                  template=template)
             reports["before"] = _evaluate(domain, before, eval_users, settings, "student before", log)
     elif settings.eval_before:
-        before = LMAssistant(load_model_before(settings, dtype, log), name="student (before)", template=template)
+        before = LMAssistant(load_model_before(settings, device, dtype, log), name="student (before)", template=template)
         reports["before"] = _evaluate(domain, before, eval_users, settings, "student before", log)
         before_elsewhere = evaluate_domains(before, others, settings.n_eval_users, settings.n_heldout, settings.seed,
                                             "student before", log, model=settings.model)
 
     # ---- 3. training --------------------------------------------------------------------------------
-    result, after_lm = train_and_load(settings, domain, data_path, out / "train", kl_weight, dtype, template, log,
-                                      student_config if settings.model is None else None)
+    before = None  # training gets the memory: a GPU holds the model once
+    result, after_lm = train_and_load(settings, domain, data_path, out / "train", kl_weight, device, dtype, template,
+                                      log, student_config if settings.model is None else None)
     log(f"trained: {result.summary()}")
 
     # ---- 4. the student after training, and the references -----------------------------------------
-    if settings.model is not None and not settings.eval_before:
+    if settings.model is not None and not settings.eval_before and device == "cpu":
         choose_cpu_threads(after_lm.model, log)
     after = LMAssistant(after_lm, name="student (after)", template=template)
     after_run = evaluate_users(domain, after, eval_users, settings.seed, settings.n_heldout)
@@ -234,19 +234,28 @@ def with_evaluation_size(settings: DistillSettings, log) -> DistillSettings:
     return dataclasses.replace(settings, n_eval_users=n_eval_users, n_heldout=n_heldout)
 
 
-def load_model_before(settings: DistillSettings, dtype, log):
-    """The --model as it is before teaching (in 4 bits for QLoRA), with the CPU's thread count chosen on it for
-    this evaluation, training and the evaluation after."""
-    lm = load_causal_lm(settings.model, load_in_4bit=settings.method == "qlora", dtype=dtype,
+def evaluation_placement(settings: DistillSettings) -> tuple[str, torch.dtype]:
+    """(device, dtype) of the evaluations: a --model on a CUDA GPU when there is one (as evaluate runs it), else
+    the CPU, and the embedded student on the CPU; in --dtype, whose auto is ``auto_dtype``'s choice there (the
+    precision training resolves it to on that device)."""
+    device = "cuda" if settings.model is not None and torch.cuda.is_available() else "cpu"
+    return device, auto_dtype(device)[0] if settings.dtype == "auto" else dtype_from_name(settings.dtype)
+
+
+def load_model_before(settings: DistillSettings, device: str, dtype, log):
+    """The --model as it is before teaching (in 4 bits for QLoRA) on ``device``; on the CPU with the thread
+    count chosen on it for this evaluation, training and the evaluation after."""
+    lm = load_causal_lm(settings.model, load_in_4bit=settings.method == "qlora", device=device, dtype=dtype,
                         cache_dir=settings.gguf_cache_dir, log=log)
-    choose_cpu_threads(lm.model, log)
+    if device == "cpu":
+        choose_cpu_threads(lm.model, log)
     return lm
 
 
-def train_and_load(settings: DistillSettings, domain, data_path, train_dir, kl_weight: float, dtype, template, log,
-                   student_config=None):
+def train_and_load(settings: DistillSettings, domain, data_path, train_dir, kl_weight: float, device: str, dtype,
+                   template, log, student_config=None):
     """Train the embedded student (``student_config``) or the --model on ``data_path`` into ``train_dir``;
-    returns (the TrainResult, the taught model loaded for evaluation)."""
+    returns (the TrainResult, the taught model loaded for evaluation: a --model on ``device`` in ``dtype``)."""
     if settings.model is None:
         from distill.student.model import train_student
         from distill.student.tokenizer import adopt_saved_template
@@ -267,9 +276,9 @@ def train_and_load(settings: DistillSettings, domain, data_path, train_dir, kl_w
                          kl_weight=kl_weight, seed=settings.seed, gguf_cache_dir=settings.gguf_cache_dir)
     result = _train_hf(config, data_path, train_dir, settings.resume)
     if settings.method == "full":
-        return result, load_causal_lm(str(train_dir / "model"), dtype=dtype)
+        return result, load_causal_lm(str(train_dir / "model"), device=device, dtype=dtype)
     return result, load_causal_lm(settings.model, adapter=str(train_dir / "adapter"), load_in_4bit=settings.method == "qlora",
-                                  dtype=dtype, cache_dir=settings.gguf_cache_dir, log=log)
+                                  device=device, dtype=dtype, cache_dir=settings.gguf_cache_dir, log=log)
 
 
 def _train_hf(config: TrainConfig, data_path, train_dir, resume: bool):

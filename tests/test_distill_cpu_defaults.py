@@ -80,3 +80,30 @@ def test_the_report_records_the_sizes_the_run_used(tmp_path, no_cuda):
     saved = json.loads((tmp_path / "run" / "report.json").read_text())["extra"]["settings"]
     assert (saved["n_eval_users"], saved["n_heldout"]) == (3, CPU_MODEL_HELDOUT)
     assert f"on a CPU, --model is evaluated on 3 users x {CPU_MODEL_HELDOUT} held-out sets" in lines[0]
+
+
+class LOADED:  # what the patched load_causal_lm returns: a loaded LM whose model is itself
+    model = None
+
+
+def test_a_model_is_evaluated_on_the_gpu_when_there_is_one(monkeypatch, with_cuda):
+    """With CUDA a --model's evaluations run there (as evaluate's), with no CPU thread timing; the embedded
+    student stays on the CPU."""
+    loads, timed = [], []
+    monkeypatch.setattr(pipeline, "load_causal_lm", lambda *args, **kwargs: loads.append(kwargs) or LOADED)
+    monkeypatch.setattr(pipeline, "choose_cpu_threads", lambda *args, **kwargs: timed.append(args))
+    settings = DistillSettings(model="some/model", dtype="bfloat16")
+    assert pipeline.evaluation_placement(settings) == ("cuda", torch.bfloat16)
+    assert pipeline.load_model_before(settings, "cuda", torch.bfloat16, log=lambda line: None) is LOADED
+    assert loads[0]["device"] == "cuda" and loads[0]["load_in_4bit"] and timed == []
+    assert pipeline.evaluation_placement(DistillSettings())[0] == "cpu"
+
+
+def test_a_model_is_evaluated_on_the_cpu_without_cuda(monkeypatch, no_cuda):
+    loads, timed = [], []
+    monkeypatch.setattr(pipeline, "load_causal_lm", lambda *args, **kwargs: loads.append(kwargs) or LOADED)
+    monkeypatch.setattr(pipeline, "choose_cpu_threads", lambda *args, **kwargs: timed.append(args))
+    settings = DistillSettings(model="some/model", method="lora", dtype="float32")
+    assert pipeline.evaluation_placement(settings) == ("cpu", torch.float32)
+    pipeline.load_model_before(settings, "cpu", torch.float32, log=lambda line: None)
+    assert loads[0]["device"] == "cpu" and not loads[0]["load_in_4bit"] and len(timed) == 1
