@@ -124,11 +124,9 @@ def design_tables(final: dict, reports: dict) -> str:
     fraction["student after"] = final["design"]["fraction_of_best_gain"]["mean"]
     fraction["bayesian designer"] = reports["bayesian"]["design"]["fraction_of_best_gain"]["mean"]
     fraction["random designer"] = final["design"]["random_fraction_of_best_gain"]["mean"]
-    accuracy = {name: reports[key]["accuracy"] for name, key in
-                (("student before", "before"), ("bayesian designer", "bayesian"), ("random designer", "random"))
-                if key in reports}
-    accuracy = {**{k: v for k, v in accuracy.items() if k == "student before"}, "student after": final["accuracy"],
-                **{k: v for k, v in accuracy.items() if k != "student before"}}
+    accuracy = {"student before": reports["before"]["accuracy"]} if "before" in reports else {}
+    accuracy.update({"student after": final["accuracy"], "bayesian designer": reports["bayesian"]["accuracy"],
+                     "random designer": reports["random"]["accuracy"]})
     design = final["design"]
     counts = design["picks_per_label"]
     labels = ", ".join(f"set {k + 1} {count}" for k, count in enumerate(counts))
