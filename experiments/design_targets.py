@@ -19,12 +19,13 @@ uniform), ``soft_max_prob`` (the mean of the soft target's largest probability; 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
 import torch
+
+from stage_runner import write_json
 
 from distill.design_data import TEACHING_STREAM
 from distill.teaching_data import teaching_users
@@ -76,9 +77,7 @@ def main(argv=None) -> dict:
     result = design_targets(domain, users, args.dialogues, args.candidates, args.seed)
     result["wall_s"] = round(time.perf_counter() - start, 2)
     result["command"] = "python experiments/design_targets.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(result, Path(args.out))
     print(f"{result['domain']}: {result['n_dialogues']} teaching dialogues, {args.candidates} candidates a round")
     print("round  best gain  mean gain  random/best  ties %  no gain %  soft max p  hard = soft argmax %")
     for row in result["rounds"]:
