@@ -117,9 +117,11 @@ def train(data_path, model, domain, recipe, method, dtype, gradient_checkpointin
         if domain is None:
             raise click.UsageError("give --model, or --domain for the embedded student")
         from distill.student.model import StudentConfig, train_student
-        from distill.teaching_data import teaching_set_template
+        from distill.teaching_data import teaching_set_task, teaching_set_template
 
         template = teaching_set_template(data_path, prompt_template)
+        if teaching_set_task(data_path) == "design":  # the student's tokenizer must read designers' prompts
+            overrides["design_prompts"] = True
         config = StudentConfig.from_recipe(recipe, **overrides) if recipe else StudentConfig(**overrides)
         # as distill: with a step count and no budget given (here or in the recipe), the steps end the run and
         # shape the schedule, instead of the default 10 minutes' clock

@@ -209,6 +209,13 @@ def _read_json(path: Path) -> dict:
         raise BayesTeachError(f"{path}: not valid JSON ({error.msg}, line {error.lineno})") from None
 
 
+def teaching_set_task(data_path) -> str:
+    """The task a teaching set teaches, as its manifest records it: "recommend" or "design" ("recommend" for a
+    set without a manifest or one written before manifests named the task)."""
+    manifest_path = Path(data_path).parent / MANIFEST
+    return _read_json(manifest_path).get("task", "recommend") if manifest_path.is_file() else "recommend"
+
+
 def teaching_set_template(data_path, template_path=None) -> PromptTemplate:
     """The prompt template a teaching set's text was written with: ``template_path`` (checked against the one
     the set's manifest records, when it records one: a mismatch is a PromptTemplateError), else the manifest's, else

@@ -122,3 +122,19 @@ def test_design_distill_teaches_a_hugging_face_model_with_lora(tmp_path):
     assert report["n_users"] == 6 and report["extra"]["settings"]["n_eval_users"] == 6
     assert report["extra"]["designers"]["bayesian"]["design"]["fraction_of_best_gain"]["mean"] == [1.0] * 5
     assert not any(line.startswith("on a CPU") for line in lines)
+
+
+def test_train_reads_a_design_set_with_a_student_made_for_designers_prompts(tmp_path):
+    """train --domain D on a design teaching set builds the embedded student with design_prompts (its manifest
+    says the task), so the prompts have no unknown tokens and the saved card says so."""
+    from distill.design_data import write_design_set
+    from distill.teaching_data import teaching_set_task
+
+    write_design_set(get_domain("flight"), "bayesian", tmp_path / "data", n_dialogues=1, n_eval_users=10,
+                     max_train_users=2)
+    data = tmp_path / "data" / "train-design-bayesian.jsonl"
+    assert teaching_set_task(data) == "design"
+    result = CliRunner().invoke(main, ["train", "--data", str(data), "--domain", "flight", "--max-steps", "1",
+                                       "--batch-size", "2", "--out", str(tmp_path / "train")])
+    assert result.exit_code == 0, result.output
+    assert read_student_card(tmp_path / "train" / "model")["chat_template_options"]["design_prompts"] is True
