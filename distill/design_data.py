@@ -15,13 +15,12 @@ seed; files are written atomically with a manifest, and the same seed gives byte
 """
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import torch
 
 from distill.teaching_data import (
-    _write_atomic, jsonl_text, project_version, teaching_users, write_manifest,
+    _write_atomic, jsonl_text, project_version, teaching_users, with_rounds, write_manifest,
 )
 from eval.design import DEFAULT_LM_CANDIDATES, active_dialogues
 from eval.text.dialogue import PromptTemplate, default_template, design_answer_text, design_candidate_answers, design_prompt_messages
@@ -61,10 +60,7 @@ def build_design_examples(domain: Domain, teacher: str, users: torch.Tensor, n_d
         raise BayesTeachError(f"the design task needs at least 2 candidates to choose among, got {n_candidates}")
     if n_dialogues < 1:
         raise BayesTeachError(f"n_dialogues must be at least 1, got {n_dialogues}")
-    if n_rounds is not None and n_rounds != domain.n_rounds:
-        if n_rounds < 1:
-            raise BayesTeachError(f"n_rounds must be at least 1, got {n_rounds}")
-        domain = dataclasses.replace(domain, n_rounds=n_rounds)
+    domain = with_rounds(domain, n_rounds)
     template = template or default_template()
     dialogue_users = users.repeat_interleave(n_dialogues)
     options, choices, record = active_dialogues(domain, dialogue_users, seed, n_candidates, stream=TEACHING_STREAM,

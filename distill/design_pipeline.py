@@ -62,7 +62,6 @@ def run_design_distill(settings, log=print) -> dict:
     if settings.eval_domains:
         raise ConfigError("--eval-domains is for the recommendation task; a designer is evaluated on its own domain")
     out = Path(settings.out_dir)
-    kl_weight = settings.kl_weight if settings.kl_weight is not None else (1.0 if settings.teacher == "soft" else 0.0)
 
     # ---- 1. teaching data: the Bayesian designer's picks (users held out for evaluation never appear) ----
     manifest = write_design_set(domain, settings.teacher, out / "data", n_dialogues=settings.n_dialogues or STUDY_DIALOGUES_PER_USER,
@@ -81,7 +80,7 @@ def run_design_distill(settings, log=print) -> dict:
     if settings.model is None:
         from distill.student.model import StudentConfig, build_student
 
-        student_config = dataclasses.replace(StudentConfig(), kl_weight=kl_weight, design_prompts=True)
+        student_config = dataclasses.replace(StudentConfig(), kl_weight=settings.teaching_kl_weight, design_prompts=True)
         if settings.eval_before:
             model, tokenizer = build_student(domain, student_config, seed=settings.seed, template=template)
             before = LMDesigner(prepare_loaded_lm(model, tokenizer, "embedded-student"), template=template)
@@ -90,8 +89,8 @@ def run_design_distill(settings, log=print) -> dict:
         before = LMDesigner(load_model_before(settings, device, dtype, log), template=template)
         reports["before"] = _designer_report(domain, before, "lm", users, settings, "student before", log)
     before = None  # training gets the memory: a GPU holds the model once
-    result, after_lm = train_and_load(settings, domain, data_path, out / "train", kl_weight, device, dtype, template,
-                                      log, student_config)
+    result, after_lm = train_and_load(settings, domain, data_path, out / "train", device, dtype, template, log,
+                                      student_config)
     log(f"trained: {result.summary()}")
 
     # ---- 3. the student after training, and the references ------------------------------------------

@@ -84,7 +84,7 @@ class DistillSettings:
     n_heldout: int | None = None
     max_train_users: int | None = None  # cap on teaching users (quick runs)
     resume: bool = False
-    kl_weight: float | None = None  # default: 1.0 with the soft teacher, 0 otherwise
+    kl_weight: float | None = None  # None: teaching_kl_weight's default
     eval_before: bool = True
     prompt_template: str | None = None  # a prompt template JSON file (eval/text/prompt_template.py); None: the default
     # Domains to evaluate the model on before and after teaching ("hotel,webshop"; the teaching domain
@@ -94,6 +94,13 @@ class DistillSettings:
     # For a GGUF --model with QLoRA: the cache root of its Hugging Face conversion (eval.lm.convert); None:
     # $BAYES_TEACH_CACHE, else ~/.cache/bayes-teach.
     gguf_cache_dir: str | None = None
+
+    @property
+    def teaching_kl_weight(self) -> float:
+        """The KL loss's weight on soft targets: ``kl_weight``, else 1.0 with the soft teacher and 0 otherwise."""
+        if self.kl_weight is not None:
+            return self.kl_weight
+        return 1.0 if self.teacher == "soft" else 0.0
 
     def __post_init__(self) -> None:
         if not self.budget_minutes > 0:
@@ -144,7 +151,6 @@ def run_distill(settings: DistillSettings, log=print) -> dict:
     eval_domains = eval_domains_for(settings.domain, settings.eval_domains, embedded=settings.model is None)  # fails now
     others, before_elsewhere = eval_domains[1:], {}  # the transfer domains, and the model before teaching there
     out = Path(settings.out_dir)
-    kl_weight = settings.kl_weight if settings.kl_weight is not None else (1.0 if settings.teacher == "soft" else 0.0)
 
     # ---- 1. teaching data (users held out for evaluation never appear) -----------------------------
     embedded = settings.model is None
@@ -166,7 +172,7 @@ def run_distill(settings: DistillSettings, log=print) -> dict:
     if settings.model is None:
         from distill.student.model import StudentConfig, build_student
 
-        student_config = dataclasses.replace(StudentConfig(), kl_weight=kl_weight)
+        student_config = dataclasses.replace(StudentConfig(), kl_weight=settings.teaching_kl_weight)
 
         if settings.eval_before:
             model, tokenizer = build_student(domain, student_config, seed=settings.seed, template=template)
@@ -181,12 +187,12 @@ def run_distill(settings: DistillSettings, log=print) -> dict:
 
     # ---- 3. training --------------------------------------------------------------------------------
     before = None  # training gets the memory: a GPU holds the model once
-    result, after_lm = train_and_load(settings, domain, data_path, out / "train", kl_weight, device, dtype, template,
-                                      log, student_config if settings.model is None else None)
+    result, after_lm = train_and_load(settings, domain, data_path, out / "train", device, dtype, template, log,
+                                      student_config if settings.model is None else None)
     log(f"trained: {result.summary()}")
 
     # ---- 4. the student after training, and the references -----------------------------------------
-    if settings.model is not None and not settings.eval_before and device == "cpu":
+    if settings.model is not None and not settings.eval_before:
         choose_cpu_threads(after_lm.model, log)
     after = LMAssistant(after_lm, name="student (after)", template=template)
     after_run = evaluate_users(domain, after, eval_users, settings.seed, settings.n_heldout)
@@ -243,17 +249,17 @@ def evaluation_placement(settings: DistillSettings) -> tuple[str, torch.dtype]:
 
 
 def load_model_before(settings: DistillSettings, device: str, dtype, log):
-    """The --model as it is before teaching (in 4 bits for QLoRA) on ``device``; on the CPU with the thread
-    count chosen on it for this evaluation, training and the evaluation after."""
+    """The --model as it is before teaching (in 4 bits for QLoRA) on ``device``, with the CPU's thread count
+    chosen on it for this evaluation, training and the evaluation after (``choose_cpu_threads`` leaves a model
+    on a GPU alone)."""
     lm = load_causal_lm(settings.model, load_in_4bit=settings.method == "qlora", device=device, dtype=dtype,
                         cache_dir=settings.gguf_cache_dir, log=log)
-    if device == "cpu":
-        choose_cpu_threads(lm.model, log)
+    choose_cpu_threads(lm.model, log)
     return lm
 
 
-def train_and_load(settings: DistillSettings, domain, data_path, train_dir, kl_weight: float, device: str, dtype,
-                   template, log, student_config=None):
+def train_and_load(settings: DistillSettings, domain, data_path, train_dir, device: str, dtype, template, log,
+                   student_config=None):
     """Train the embedded student (``student_config``) or the --model on ``data_path`` into ``train_dir``;
     returns (the TrainResult, the taught model loaded for evaluation: a --model on ``device`` in ``dtype``)."""
     if settings.model is None:
@@ -273,7 +279,7 @@ def train_and_load(settings: DistillSettings, domain, data_path, train_dir, kl_w
                          max_steps=settings.max_steps, dtype=settings.dtype,
                          gradient_checkpointing=settings.gradient_checkpointing,
                          budget_minutes=None if math.isinf(settings.budget_minutes) else settings.budget_minutes,
-                         kl_weight=kl_weight, seed=settings.seed, gguf_cache_dir=settings.gguf_cache_dir)
+                         kl_weight=settings.teaching_kl_weight, seed=settings.seed, gguf_cache_dir=settings.gguf_cache_dir)
     result = _train_hf(config, data_path, train_dir, settings.resume)
     if settings.method == "full":
         return result, load_causal_lm(str(train_dir / "model"), device=device, dtype=dtype)

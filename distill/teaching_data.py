@@ -65,6 +65,15 @@ def teaching_users(domain: Domain, n_eval_users: int, seed: int,
     return train_users, eval_users
 
 
+def with_rounds(domain: Domain, n_rounds: int | None) -> Domain:
+    """``domain`` with ``n_rounds`` rounds per dialogue (None: its own); fewer than 1 is a BayesTeachError."""
+    if n_rounds is None or n_rounds == domain.n_rounds:
+        return domain
+    if n_rounds < 1:
+        raise BayesTeachError(f"n_rounds must be at least 1, got {n_rounds}")
+    return dataclasses.replace(domain, n_rounds=n_rounds)
+
+
 def teacher_picks(domain: Domain, dialogues, seed: int):
     """The Bayesian assistant's pick in every round (given the rounds before) and its predictive: long [N, R],
     [N, R, O]."""
@@ -83,10 +92,7 @@ def build_examples(domain: Domain, teacher: str, users: torch.Tensor, n_dialogue
     protocol asks for a recommendation after 0..n_rounds observed rounds, i.e. in round n_rounds + 1 too;
     teaching dialogues of n_rounds + 1 rounds contain that question.  ``template``: the prompt template of the
     text (default: the shipped one)."""
-    if n_rounds is not None and n_rounds != domain.n_rounds:
-        if n_rounds < 1:
-            raise BayesTeachError(f"n_rounds must be at least 1, got {n_rounds}")
-        domain = dataclasses.replace(domain, n_rounds=n_rounds)
+    domain = with_rounds(domain, n_rounds)
     if teacher not in TEACHERS:
         raise BayesTeachError(f"unknown teacher {teacher!r}; choose from {', '.join(TEACHERS)}")
     if prefixes not in PREFIXES:
@@ -209,19 +215,23 @@ def _read_json(path: Path) -> dict:
         raise BayesTeachError(f"{path}: not valid JSON ({error.msg}, line {error.lineno})") from None
 
 
+def _set_manifest(data_path) -> dict:
+    """The manifest beside a teaching set's file; {} for a set without one (e.g. one of the user's own)."""
+    manifest_path = Path(data_path).parent / MANIFEST
+    return _read_json(manifest_path) if manifest_path.is_file() else {}
+
+
 def teaching_set_task(data_path) -> str:
     """The task a teaching set teaches, as its manifest records it: "recommend" or "design" ("recommend" for a
     set without a manifest or one written before manifests named the task)."""
-    manifest_path = Path(data_path).parent / MANIFEST
-    return _read_json(manifest_path).get("task", "recommend") if manifest_path.is_file() else "recommend"
+    return _set_manifest(data_path).get("task", "recommend")
 
 
 def teaching_set_template(data_path, template_path=None) -> PromptTemplate:
     """The prompt template a teaching set's text was written with: ``template_path`` (checked against the one
     the set's manifest records, when it records one: a mismatch is a PromptTemplateError), else the manifest's, else
     the default (a set without a manifest, e.g. one of the user's own)."""
-    manifest_path = Path(data_path).parent / MANIFEST
-    recorded = _read_json(manifest_path).get("prompt_template") if manifest_path.is_file() else None
+    recorded = _set_manifest(data_path).get("prompt_template")
     if template_path is not None:
         template = load_template(template_path)
         if recorded and recorded["sha256"] != template.sha256:
@@ -230,5 +240,5 @@ def teaching_set_template(data_path, template_path=None) -> PromptTemplate:
                 f"{recorded['sha256'][:12]}), not {template.name!r} (sha256 {template.sha256[:12]}) from {template_path}")
         return template
     if recorded and "content" in recorded:
-        return check_template(recorded["content"], str(manifest_path))
+        return check_template(recorded["content"], str(Path(data_path).parent / MANIFEST))
     return default_template()

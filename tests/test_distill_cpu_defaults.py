@@ -86,16 +86,25 @@ class LOADED:  # what the patched load_causal_lm returns: a loaded LM whose mode
     model = None
 
 
+class ON_A_GPU:  # a loaded LM whose weights are not on the CPU (the meta device stands in for CUDA here)
+    model = torch.nn.Linear(2, 2, device="meta")
+
+
 def test_a_model_is_evaluated_on_the_gpu_when_there_is_one(monkeypatch, with_cuda):
-    """With CUDA a --model's evaluations run there (as evaluate's), with no CPU thread timing; the embedded
-    student stays on the CPU."""
-    loads, timed = [], []
-    monkeypatch.setattr(pipeline, "load_causal_lm", lambda *args, **kwargs: loads.append(kwargs) or LOADED)
-    monkeypatch.setattr(pipeline, "choose_cpu_threads", lambda *args, **kwargs: timed.append(args))
+    """With CUDA a --model's evaluations run there (as evaluate's), and the CPU thread timing leaves the model
+    alone (torch's thread count unchanged, no timing line); the embedded student stays on the CPU."""
+    loads, lines = [], []
+    monkeypatch.setattr(pipeline, "load_causal_lm", lambda *args, **kwargs: loads.append(kwargs) or ON_A_GPU)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # more than one, or the timing would have nothing to choose
     settings = DistillSettings(model="some/model", dtype="bfloat16")
     assert pipeline.evaluation_placement(settings) == ("cuda", torch.bfloat16)
-    assert pipeline.load_model_before(settings, "cuda", torch.bfloat16, log=lambda line: None) is LOADED
-    assert loads[0]["device"] == "cuda" and loads[0]["load_in_4bit"] and timed == []
+    assert pipeline.load_model_before(settings, "cuda", torch.bfloat16, log=lines.append) is ON_A_GPU
+    assert loads[0]["device"] == "cuda" and loads[0]["load_in_4bit"]
+    chosen = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    assert chosen == 2 and not any(line.startswith("torch threads") for line in lines)
     assert pipeline.evaluation_placement(DistillSettings())[0] == "cpu"
 
 
