@@ -175,7 +175,8 @@ def train(data_path, model, domain, recipe, method, dtype, gradient_checkpointin
                    "on a machine without a CUDA GPU).")
 @click.option("--dialogues", type=click.IntRange(1, MAX_DIALOGUES), default=None,
               help="Simulated dialogues per teaching user (default: 10, every prefix an example, as in the study, for "
-                   "--model; 100 whole dialogues for the embedded student, which memorises fewer).")
+                   "--model; 100 whole dialogues for the embedded student, which memorises fewer; with --task design 10 "
+                   "for either, every round an example).")
 @click.option("--teach-rounds", type=click.IntRange(1, MAX_ROUNDS), default=None,
               help="Rounds per teaching dialogue (default: 5, as in the study, for --model; 6 for the embedded student, "
                    "so that the question after round 5, which evaluation asks, is taught too).")
