@@ -181,6 +181,12 @@ def design_options(function, lm: bool = False):
 
 
 def lm_design_options(function):
+    function = click.option(
+        "--designer", "designer_rule", type=click.Choice(["label", "entropy"]), default=None,
+        help="With --design lm, how --model chooses: label (shown the rounds so far and --candidates labelled sets, "
+             "it names one; the default) or entropy (asked which option the user will choose in each candidate set, "
+             "it shows the set its answer is least sure of; score mode only).",
+    )(function)
     return design_options(function, lm=True)
 
 

@@ -59,12 +59,16 @@ def lm_assistant(model, adapter, mode, load_in_4bit, label=None, template=None, 
     return LMAssistant(lm, mode=mode, name=label, template=template)
 
 
-def lm_designer(model, adapter, mode, load_in_4bit, template=None, dtype="auto", domain=None, device="cpu"):
-    """An LMDesigner for ``model`` (``--design lm``), loaded as ``lm_assistant`` loads it."""
-    from eval.lm.designer import LMDesigner
+def lm_designer(model, adapter, mode, load_in_4bit, template=None, dtype="auto", domain=None, device="cpu",
+                rule="label"):
+    """The designer of ``--design lm`` for ``model``, loaded as ``lm_assistant`` loads it: an LMDesigner (rule
+    "label") or an EntropyDesigner (rule "entropy")."""
+    from eval.lm.designer import EntropyDesigner, LMDesigner
 
     assistant = lm_assistant(model, adapter, mode, load_in_4bit, template=template, dtype=dtype, domain=domain,
                              device=device)
+    if rule == "entropy":
+        return EntropyDesigner(assistant)
     return LMDesigner(assistant.lm, mode=mode, template=assistant.template)
 
 
@@ -111,7 +115,7 @@ def lm_designer(model, adapter, mode, load_in_4bit, template=None, dtype="auto",
 @click.option("--out", "out_dir", required=True, type=OutputPath("dir"), help="Directory for report.json and accuracy.png.")
 def evaluate(domain, catalog, user_temperature, user_lapse, assistant, model, adapter, mode, load_in_4bit, cache_dir, dtype, n_users,
              users_of, seed, heldout, elicit_beliefs, prompt_template, study_dir, study_file, chunk_users, resume,
-             resume_if_partial, accelerate_config, design, n_candidates, out_dir):
+             resume_if_partial, accelerate_config, design, n_candidates, designer_rule, out_dir):
     """Evaluate an assistant or a language model with the study's protocol.
 
     Writes DIR/report.json (per-round accuracy, agreement with the Bayesian assistant, log-loss, KL and Brier
@@ -138,6 +142,10 @@ def evaluate(domain, catalog, user_temperature, user_lapse, assistant, model, ad
 
     check_design_options(design, n_candidates, study_data=bool(study_dir), has_model=model is not None)
     lm_designs = design == "lm"  # the LM given by --model designs; --assistant (default bayesian) recommends
+    if designer_rule is not None and not lm_designs:
+        raise click.UsageError("--designer says how --model designs: it needs --design lm")
+    if designer_rule == "entropy" and mode != "score":
+        raise click.UsageError("--designer entropy reads --model's probabilities of the options: it needs --mode score")
     if lm_designs:
         assistant = assistant or "bayesian"
     elif (assistant is None) == (model is None):
@@ -198,12 +206,13 @@ def evaluate(domain, catalog, user_temperature, user_lapse, assistant, model, ad
                  "load_in_4bit": load_in_4bit, "dtype": dtype_choice and dtype_choice["dtype"], "users": users.tolist(),
                  "seed": seed, "heldout": heldout, "elicit_beliefs": bool(elicit_beliefs),
                  "prompt_template": template.summary() if template is not None else None,
-                 "design": design, "candidates": n_candidates}
+                 "design": design, "candidates": n_candidates,
+                 **({"designer": designer_rule or "label"} if lm_designs else {})}
     chunk_users = chunk_users or (DEFAULT_CHUNK_USERS_LM if model and not lm_designs else DEFAULT_CHUNK_USERS_BUILTIN)
     designer = None
     if lm_designs:  # the LM designs the observed rounds; the built-in --assistant recommends
         designer = lm_designer(model, adapter, mode, load_in_4bit, template=template, dtype=dtype_choice["torch_dtype"],
-                               domain=loaded, device=launch.device)
+                               domain=loaded, device=launch.device, rule=designer_rule or "label")
         chosen = make_assistant(assistant)
     elif model:
         chosen = lm_assistant(model, adapter, mode, load_in_4bit, template=template, domain=loaded, device=launch.device,

@@ -145,13 +145,19 @@ def train(data_path, model, domain, recipe, method, dtype, gradient_checkpointin
 @click.command()
 @click.option("--domain", default="hotel", show_default=True, help="A built-in domain name or module:attribute.")
 @click.option("--task", type=click.Choice(["recommend", "design"]), default="recommend", show_default=True,
-              help="recommend: teach the Bayesian assistant's recommendations (the study); design: teach the Bayesian "
-                   "designer's choice of which option set to show, among --candidates labelled sets, and evaluate the "
-                   "student as a designer (its set's information gain as a fraction of the best candidate's).")
+              help="recommend: teach the Bayesian assistant's recommendations (the study); design: teach the student to "
+                   "choose which option set to show, among --candidates sets (see --designer), and evaluate it as a "
+                   "designer (its set's information gain as a fraction of the best candidate's).")
 @click.option("--teacher", type=click.Choice(["bayesian", "oracle", "soft"]), default="bayesian", show_default=True, help=TEACHER_HELP)
 @click.option("--candidates", "n_candidates", type=click.IntRange(min=2), default=None,
-              help=f"With --task design: labelled candidate sets the designer chooses among each round (default "
+              help=f"With --task design: candidate sets the designer chooses among each round (default "
                    f"{DEFAULT_LM_CANDIDATES}, what evaluate --design lm shows).")
+@click.option("--designer", type=click.Choice(["label", "entropy"]), default=None,
+              help="With --task design, how the student chooses: label (it is shown the candidates as labelled sets and "
+                   "names one, taught the Bayesian designer's picks; the default) or entropy (it is taught the "
+                   "recommendation task on Bayesian-designed dialogues, and shows the candidate set on which it is "
+                   "least sure of the user's choice: for users who choose deterministically, that entropy is the "
+                   "set's information gain).")
 @click.option("--model", default=None, help="A causal LM to teach (local path or hub id); omit for the embedded small student.")
 @click.option("--method", type=click.Choice(["qlora", "lora", "full"]), default="qlora", show_default=True, help="How --model is fine-tuned.")
 @click.option("--budget", "budget_minutes", type=float, default=None,
@@ -176,7 +182,7 @@ def train(data_path, model, domain, recipe, method, dtype, gradient_checkpointin
 @click.option("--dialogues", type=click.IntRange(1, MAX_DIALOGUES), default=None,
               help="Simulated dialogues per teaching user (default: 10, every prefix an example, as in the study, for "
                    "--model; 100 whole dialogues for the embedded student, which memorises fewer; with --task design 10 "
-                   "for either, every round an example).")
+                   "for either, every round an example, except the embedded student with --designer entropy, 100).")
 @click.option("--teach-rounds", type=click.IntRange(1, MAX_ROUNDS), default=None,
               help="Rounds per teaching dialogue (default: 5, as in the study, for --model; 6 for the embedded student, "
                    "so that the question after round 5, which evaluation asks, is taught too).")
@@ -189,7 +195,7 @@ def train(data_path, model, domain, recipe, method, dtype, gradient_checkpointin
                    "embedded student accepts its own domain only.")
 @prompt_template_option
 @click.option("--out", "out_dir", default=None, type=OutputPath("dir"), help="Output directory (default: runs/<domain>-<teacher>).")
-def distill(domain, task, teacher, n_candidates, model, method, budget_minutes, max_steps, dtype, gradient_checkpointing, batch_size, eval_users, heldout,
+def distill(domain, task, teacher, n_candidates, designer, model, method, budget_minutes, max_steps, dtype, gradient_checkpointing, batch_size, eval_users, heldout,
             dialogues, teach_rounds, seed, resume, cache_dir, eval_domains, prompt_template, out_dir):
     """Teach a student the Bayesian strategy: data, training, and evaluation before and after.
 
@@ -198,8 +204,9 @@ def distill(domain, task, teacher, n_candidates, model, method, budget_minutes, 
     for every domain, DIR/transfer.json and DIR/transfer.png (rows: model before, model after, Bayesian assistant,
     random; columns: domains).
 
-    With --task design the student learns to choose which option set to show (among --candidates labelled sets)
-    from the Bayesian designer: it prints, per round, the information gain of the set each designer showed as a
+    With --task design the student learns to choose which option set to show among --candidates sets (with
+    --designer label, by naming a labelled set as the Bayesian designer does; with --designer entropy, by its own
+    predicted choice on each set, taught on Bayesian-designed dialogues): it prints, per round, the information gain of the set each designer showed as a
     % of the best candidate's (student before, student after, Bayesian designer, random designer) and the
     Bayesian assistant's accuracy on the dialogues each designed, and writes DIR/report.json and DIR/design.png
     (default DIR: runs/<domain>-<teacher>-design).
@@ -210,13 +217,14 @@ def distill(domain, task, teacher, n_candidates, model, method, budget_minutes, 
     default_out = f"runs/{domain}-{teacher}" + ("-design" if task == "design" else "")
     check_resume(resume, Path(out_dir or default_out) / "train" / "checkpoints")
     if task == "design":
-        if teacher == "oracle":
-            raise click.UsageError("--task design has no oracle teacher: the users' choices say nothing about which set "
-                                   "to show (use --teacher bayesian or soft)")
+        if teacher == "oracle" and designer != "entropy":
+            raise click.UsageError("--task design has no oracle teacher for the label designer: the users' choices say "
+                                   "nothing about which set to show (use --teacher bayesian or soft, or --designer entropy)")
         refuse_unused([("teach_rounds", "--teach-rounds"), ("eval_domains", "--eval-domains")],
                       "with --task design (the designer is taught and evaluated on the domain's rounds, in its own domain)")
     else:
-        refuse_unused([("n_candidates", "--candidates")], "with --task recommend (candidate sets are the design task's)")
+        refuse_unused([("n_candidates", "--candidates"), ("designer", "--designer")],
+                      "with --task recommend (candidate sets and designers are the design task's)")
     if model is None:
         refuse_unused([("method", "--method"), ("dtype", "--dtype"), ("gradient_checkpointing", "--gradient-checkpointing"),
                        ("batch_size", "--batch-size"), ("cache_dir", "--cache-dir")],
@@ -225,6 +233,7 @@ def distill(domain, task, teacher, n_candidates, model, method, budget_minutes, 
     if budget_minutes is None:  # with --max-steps the steps end the run, not the clock
         budget_minutes = math.inf if max_steps else DEFAULT_BUDGET_MINUTES
     settings = DistillSettings(domain=domain, task=task, n_candidates=n_candidates or DEFAULT_LM_CANDIDATES,
+                               designer=designer or "label",
                                teacher=teacher, model=model, method=method, budget_minutes=budget_minutes,
                                max_steps=max_steps, dtype=dtype, gradient_checkpointing=gradient_checkpointing, batch_size=batch_size,
                                out_dir=out_dir or default_out, seed=seed, n_eval_users=eval_users,

@@ -107,6 +107,7 @@ def write_design_set(
         "n_candidates": n_candidates,
         "prefixes": "all",  # every round of a dialogue is one example, as every prefix is in the recommendation task
         "n_rounds": n_rounds,
+        "design": "active",  # the Bayesian designer chose each dialogue's shown sets
         "counts": {"train_users": int(len(train_users)), "eval_users": int(len(eval_users)),
                    "dialogues": int(len(train_users)) * n_dialogues, "examples": len(examples)},
         "eval_users": eval_users.tolist(),

@@ -2,12 +2,20 @@
 
     run_design_distill(DistillSettings(domain="flight", task="design", out_dir="runs/flight-design"))
 
-The stages are ``run_distill``'s: the design teaching set (``distill.design_data``: the Bayesian designer's pick
-among ``n_candidates`` labelled sets, or its information-gain distribution), the student as designer before
-training, training, the student after training, and the references on the same held-out users.  A designer
-plays each held-out user's observed rounds (``eval.design`` with an ``LMDesigner``): every round it reads the
-rounds so far and ``n_candidates`` labelled sets and names one; that set is shown and the simulated user
-chooses.  It is scored per round by its set's exact information gain as a fraction of the best candidate's:
+The stages are ``run_distill``'s: the teaching set, the student as designer before training, training, the
+student after training, and the references on the same held-out users.  Two rules (``settings.designer``,
+``eval.lm.designer``):
+
+* ``label``: the teaching set is the Bayesian designer's pick among ``n_candidates`` labelled sets, or its
+  information-gain distribution (``distill.design_data``); the student reads the rounds so far and the
+  labelled sets and names one (``LMDesigner``);
+* ``entropy``: the teaching set is the recommendation task's (``distill.teaching_data``) on dialogues the
+  Bayesian designer made, so that the student learns the Bayesian predictive where the designer reads it
+  (the soft teacher teaches the predictive itself); the student is asked which option the user will choose in
+  each candidate set, and the set it is least sure of is shown (``EntropyDesigner``).
+
+A designer plays each held-out user's observed rounds (``eval.design``): every round it chooses among
+``n_candidates`` sets drawn from the domain; that set is shown and the simulated user chooses.  It is scored per round by its set's exact information gain as a fraction of the best candidate's:
 1.0 is the Bayesian designer (the most informative candidate), and a set drawn at random from the same
 candidates expects the mean candidate's fraction (the random designer).  Beside it, the Bayesian assistant's
 accuracy on the held-out sets after the dialogues each designer made.
@@ -26,7 +34,8 @@ import torch
 from eval.assistants import BayesianAssistant
 from eval.design import run_designed_protocol
 from eval.lm import prepare_loaded_lm
-from eval.lm.designer import LMDesigner
+from eval.lm.assistant import LMAssistant
+from eval.lm.designer import EntropyDesigner, LMDesigner
 from eval.report import build_report, format_table, plot_reports, save_report
 from eval.text.dialogue import load_template
 from ppl_models import get_domain
@@ -35,7 +44,7 @@ from distill.design_data import write_design_set
 from distill.pipeline import (
     evaluation_placement, load_model_before, train_and_load, training_summary, with_evaluation_size,
 )
-from distill.teaching_data import STUDY_DIALOGUES_PER_USER
+from distill.teaching_data import EMBEDDED_DIALOGUES_PER_USER, STUDY_DIALOGUES_PER_USER, write_teaching_set
 from distill.training.config import ConfigError
 
 
@@ -53,6 +62,37 @@ def _designer_report(domain, designer, design: str, users, settings, label: str,
     return report
 
 
+def make_designer(lm, settings, template, label: str):
+    """The student ``lm`` (a LoadedLM) as designer under ``settings.designer``'s rule."""
+    if settings.designer == "entropy":
+        return EntropyDesigner(LMAssistant(lm, name=label, template=template))
+    return LMDesigner(lm, template=template)
+
+
+def write_teaching_data(domain, settings, out: Path, template) -> tuple[dict, Path, str]:
+    """The design rule's teaching set in ``out``: (manifest, data file, a line saying what it holds)."""
+    if settings.designer == "entropy":
+        embedded = settings.model is None
+        n_dialogues = settings.n_dialogues or (EMBEDDED_DIALOGUES_PER_USER if embedded else STUDY_DIALOGUES_PER_USER)
+        manifest = write_teaching_set(domain, settings.teacher, out, n_dialogues=n_dialogues,
+                                      n_eval_users=settings.n_eval_users, seed=settings.seed,
+                                      max_train_users=settings.max_train_users,
+                                      prefixes="longest" if embedded else "all", template=template,
+                                      design="active", n_candidates=settings.n_candidates)
+        what = (f"{settings.teacher} recommendations on Bayesian-designed dialogues ({settings.n_candidates} "
+                f"candidate sets a round)")
+    else:
+        manifest = write_design_set(domain, settings.teacher, out,
+                                    n_dialogues=settings.n_dialogues or STUDY_DIALOGUES_PER_USER,
+                                    n_eval_users=settings.n_eval_users, seed=settings.seed,
+                                    n_candidates=settings.n_candidates, max_train_users=settings.max_train_users,
+                                    template=template)
+        what = f"the {settings.teacher} designer's picks among {settings.n_candidates} labelled sets a round"
+    data_path = out / next(iter(manifest["files"]))
+    return manifest, data_path, (f"design teaching data: {manifest['counts']['examples']} examples, {what}, from "
+                                 f"{manifest['counts']['train_users']} users -> {data_path}")
+
+
 def run_design_distill(settings, log=print) -> dict:
     """Run the design loop for ``settings`` (a ``distill.pipeline.DistillSettings`` with task "design");
     returns the final report (also written to ``out_dir/report.json``)."""
@@ -63,15 +103,10 @@ def run_design_distill(settings, log=print) -> dict:
         raise ConfigError("--eval-domains is for the recommendation task; a designer is evaluated on its own domain")
     out = Path(settings.out_dir)
 
-    # ---- 1. teaching data: the Bayesian designer's picks (users held out for evaluation never appear) ----
-    manifest = write_design_set(domain, settings.teacher, out / "data", n_dialogues=settings.n_dialogues or STUDY_DIALOGUES_PER_USER,
-                                n_eval_users=settings.n_eval_users, seed=settings.seed,
-                                n_candidates=settings.n_candidates, max_train_users=settings.max_train_users,
-                                template=template)
-    data_path = out / "data" / next(iter(manifest["files"]))
+    # ---- 1. teaching data (users held out for evaluation never appear) -------------------------------
+    manifest, data_path, line = write_teaching_data(domain, settings, out / "data", template)
     users = torch.tensor(manifest["eval_users"], dtype=torch.long)
-    log(f"design teaching data: {manifest['counts']['examples']} examples ({settings.n_candidates} candidate sets a "
-        f"round) from {manifest['counts']['train_users']} users -> {data_path}")
+    log(line)
 
     # ---- 2. the student as designer, before training, and training ---------------------------------
     reports = {}
@@ -80,13 +115,15 @@ def run_design_distill(settings, log=print) -> dict:
     if settings.model is None:
         from distill.student.model import StudentConfig, build_student
 
-        student_config = dataclasses.replace(StudentConfig(), kl_weight=settings.teaching_kl_weight, design_prompts=True)
+        student_config = dataclasses.replace(StudentConfig(), kl_weight=settings.teaching_kl_weight,
+                                             design_prompts=settings.designer == "label")
         if settings.eval_before:
             model, tokenizer = build_student(domain, student_config, seed=settings.seed, template=template)
-            before = LMDesigner(prepare_loaded_lm(model, tokenizer, "embedded-student"), template=template)
+            before = make_designer(prepare_loaded_lm(model, tokenizer, "embedded-student"), settings, template,
+                                   "student (before)")
             reports["before"] = _designer_report(domain, before, "lm", users, settings, "student before", log)
     elif settings.eval_before:
-        before = LMDesigner(load_model_before(settings, device, dtype, log), template=template)
+        before = make_designer(load_model_before(settings, device, dtype, log), settings, template, "student (before)")
         reports["before"] = _designer_report(domain, before, "lm", users, settings, "student before", log)
     before = None  # training gets the memory: a GPU holds the model once
     result, after_lm = train_and_load(settings, domain, data_path, out / "train", device, dtype, template, log,
@@ -95,18 +132,21 @@ def run_design_distill(settings, log=print) -> dict:
 
     # ---- 3. the student after training, and the references ------------------------------------------
     label = f"student after ({settings.teacher} teaching)"
-    final = _designer_report(domain, LMDesigner(after_lm, template=template), "lm", users, settings, label, log)
+    final = _designer_report(domain, make_designer(after_lm, settings, template, "student (after)"), "lm", users,
+                             settings, label, log)
     reports["bayesian"] = _designer_report(domain, None, "active", users, settings, "bayesian designer", log)
     reports["random"] = _designer_report(domain, None, "random", users, settings, "random designer", log)
     final.update(model=settings.model or "embedded-student", task="design", prompt_template=template.summary())
     final["extra"].update(
         settings=dataclasses.asdict(settings), training=training_summary(result),
-        manifest={k: manifest[k] for k in ("counts", "files", "seed", "teacher", "n_candidates")},
+        manifest={k: manifest[k] for k in ("task", "counts", "files", "seed", "teacher", "n_candidates", "design")
+                  if k in manifest},
+        designer=settings.designer,
         designers={name: {"label": r["extra"]["label"], "design": r["design"], "accuracy": r["accuracy"]}
                    for name, r in reports.items()},
     )
     save_report(final, out / "report.json")
-    plot_design(final, reports, out / "design.png", title=f"{domain.name}: {settings.teacher}-taught designer")
+    plot_design(final, reports, out / "design.png", title=f"{domain.name}: {settings.teacher}-taught designer ({settings.designer} rule)")
 
     # ---- 4. show ------------------------------------------------------------------------------------
     log(design_tables(final, reports))

@@ -23,6 +23,7 @@ from eval.text.dialogue import load_template
 from eval.lm import load_causal_lm, prepare_loaded_lm
 from eval.lm.loading import auto_dtype, dtype_from_name
 from eval.lm.assistant import LMAssistant
+from eval.lm.designer import DESIGNER_RULES
 from eval.lm.threads import choose_cpu_threads
 from eval.runner import evaluate_users
 from eval.report import build_report, format_table, plot_reports, save_report
@@ -55,7 +56,11 @@ class DistillSettings:
     # recommend: the study's task (run_distill); design: choosing which option set to show among n_candidates
     # labelled sets (distill.design_pipeline.run_design_distill)
     task: str = "recommend"
-    n_candidates: int = DEFAULT_LM_CANDIDATES  # the design task: labelled candidate sets a round
+    n_candidates: int = DEFAULT_LM_CANDIDATES  # the design task: candidate sets a round
+    # The design task's rule (eval.lm.designer): label (taught the Bayesian designer's pick among labelled sets,
+    # it names one) or entropy (taught the Bayesian predictive on Bayesian-designed dialogues, it shows the set
+    # whose choice it is least sure of: the information gain for users who choose deterministically)
+    designer: str = "label"
     model: str | None = None  # a Hugging Face causal LM; None = the embedded student
     method: str = "qlora"  # for --model: qlora | lora | full
     budget_minutes: float = DEFAULT_BUDGET_MINUTES  # training wall-clock budget (math.inf: none)
@@ -110,6 +115,8 @@ class DistillSettings:
                               "trains in float32 with its own batches")
         if self.task not in TASKS:
             raise ConfigError(f"unknown task {self.task!r}; choose from {', '.join(TASKS)}")
+        if self.designer not in DESIGNER_RULES:
+            raise ConfigError(f"unknown designer {self.designer!r}; choose from {', '.join(DESIGNER_RULES)}")
         if self.task == "design" and self.n_candidates < 2:
             raise ConfigError(f"the design task needs at least 2 candidate sets a round, got {self.n_candidates}")
         if self.max_steps is not None and self.max_steps < 1:

@@ -9,9 +9,13 @@ Teachers (what the assistant turns say):
   the options (``soft_targets``), for a KL loss.
 
 As in the study, every prefix of 1 to n_rounds rounds of a dialogue is one example (624 users x 10 dialogues
-x 5 prefixes = 31,200).  Users held out for evaluation (``split_users``) never appear.  The text comes from
-``eval.text.dialogue``, so it is exactly what evaluation prompts look like.  Files are written atomically,
-with a manifest; the same seed gives byte-identical files.
+x 5 prefixes = 31,200).  The observed option sets are drawn at random (the study's protocol) or, with
+``design="active"``, chosen round by round by the Bayesian designer among ``n_candidates`` random sets
+(``eval.design.active_dialogues``, on the teaching data's own random streams): the dialogues a designer that
+reads the student's predictive will make, so that the student learns the predictive where it will be asked
+for it (``distill --task design --designer entropy``).  Users held out for evaluation (``split_users``) never
+appear.  The text comes from ``eval.text.dialogue``, so it is exactly what evaluation prompts look like.  Files
+are written atomically, with a manifest; the same seed gives byte-identical files.
 """
 from __future__ import annotations
 
@@ -23,11 +27,12 @@ from pathlib import Path
 import torch
 
 from eval.assistants import pick_argmax
+from eval.design import DEFAULT_LM_CANDIDATES, active_dialogues
 from eval.io_utils import atomic_write_bytes
 from eval.text.dialogue import PromptTemplate, candidate_answers, default_template, dialogue_messages, load_template
 from eval.text.prompt_template import PromptTemplateError, check_template
 from eval.report import package_versions
-from ppl_models import Domain, all_users, infer, simulate_dialogues
+from ppl_models import Dialogues, Domain, all_users, infer, simulate_dialogues
 from ppl_models.errors import BayesTeachError, read_user_text
 from ppl_models.rng import generator
 
@@ -39,6 +44,9 @@ TEACHERS = ("bayesian", "oracle", "soft")
 STUDY_DIALOGUES_PER_USER = 10
 EMBEDDED_DIALOGUES_PER_USER = 100
 PREFIXES = ("all", "longest")
+# How the teaching dialogues' observed option sets are chosen: at random (the study) or by the Bayesian designer.
+TEACHING_DESIGNS = ("random", "active")
+ACTIVE_TEACHING_STREAM = "teaching-active"
 MANIFEST = "manifest.json"
 
 
@@ -82,8 +90,22 @@ def teacher_picks(domain: Domain, dialogues, seed: int):
     return pick_argmax(predictive, generator(seed, "teaching", "tiebreak")), predictive
 
 
+def teaching_dialogues(domain: Domain, users: torch.Tensor, n_dialogues: int, seed: int, design: str = "random",
+                       n_candidates: int = DEFAULT_LM_CANDIDATES) -> Dialogues:
+    """``n_dialogues`` dialogues per user (user-major order) on the teaching data's own random streams: random
+    option sets, or with ``design="active"`` the Bayesian designer's pick among ``n_candidates`` each round."""
+    if design not in TEACHING_DESIGNS:
+        raise BayesTeachError(f"unknown teaching design {design!r}; choose from {', '.join(TEACHING_DESIGNS)}")
+    if design == "random":
+        return simulate_dialogues(domain, users, n_dialogues, seed, stream="teaching")
+    dialogue_users = users.repeat_interleave(n_dialogues)
+    options, choices, _ = active_dialogues(domain, dialogue_users, seed, n_candidates, stream=ACTIVE_TEACHING_STREAM)
+    return Dialogues(dialogue_users, options, choices)
+
+
 def build_examples(domain: Domain, teacher: str, users: torch.Tensor, n_dialogues: int, seed: int,
-                   prefixes: str = "all", n_rounds: int | None = None, template: PromptTemplate | None = None) -> list[dict]:
+                   prefixes: str = "all", n_rounds: int | None = None, template: PromptTemplate | None = None,
+                   design: str = "random", n_candidates: int = DEFAULT_LM_CANDIDATES) -> list[dict]:
     """Every prefix of every simulated dialogue as one chat example (see the module docstring); with
     ``prefixes="longest"`` only the whole dialogue (its assistant turns are those of all its prefixes, so a
     trainer that learns every assistant turn gets the same targets from a fifth of the text).
@@ -91,14 +113,15 @@ def build_examples(domain: Domain, teacher: str, users: torch.Tensor, n_dialogue
     ``n_rounds``: rounds per teaching dialogue (default: the domain's, as in the study).  The evaluation
     protocol asks for a recommendation after 0..n_rounds observed rounds, i.e. in round n_rounds + 1 too;
     teaching dialogues of n_rounds + 1 rounds contain that question.  ``template``: the prompt template of the
-    text (default: the shipped one)."""
+    text (default: the shipped one).  ``design``: "random" option sets, or "active" (the Bayesian designer's
+    pick among ``n_candidates`` each round)."""
     domain = with_rounds(domain, n_rounds)
     if teacher not in TEACHERS:
         raise BayesTeachError(f"unknown teacher {teacher!r}; choose from {', '.join(TEACHERS)}")
     if prefixes not in PREFIXES:
         raise BayesTeachError(f"prefixes must be one of {', '.join(PREFIXES)}, not {prefixes!r}")
     first_length = 1 if prefixes == "all" else domain.n_rounds
-    dialogues = simulate_dialogues(domain, users, n_dialogues, seed, stream="teaching")
+    dialogues = teaching_dialogues(domain, users, n_dialogues, seed, design, n_candidates)
     bayes_picks, predictive = teacher_picks(domain, dialogues, seed)
     picks = dialogues.choices if teacher == "oracle" else bayes_picks
     candidates = candidate_answers(domain, template)
@@ -128,7 +151,7 @@ def _write_atomic(path: Path, text: str) -> str:
 def write_teaching_set(
     domain: Domain, teacher: str, out_dir, *, n_dialogues: int = STUDY_DIALOGUES_PER_USER, n_eval_users: int = 0, seed: int = 0,
     max_train_users: int | None = None, prefixes: str = "all", n_rounds: int | None = None,
-    template: PromptTemplate | None = None,
+    template: PromptTemplate | None = None, design: str = "random", n_candidates: int = DEFAULT_LM_CANDIDATES,
 ) -> dict:
     """Write ``train-<teacher>.jsonl`` and ``manifest.json`` into ``out_dir``; return the manifest.
 
@@ -136,13 +159,15 @@ def write_teaching_set(
     caps the teaching users (a seeded subset), for quick runs.  ``prefixes``: "all" (every prefix of a
     dialogue is an example, as in the study) or "longest" (one example per dialogue); ``n_rounds``: rounds
     per dialogue (default: the domain's); ``template``: the prompt template (default: the shipped one), recorded
-    in the manifest with its sha256 and whole content."""
+    in the manifest with its sha256 and whole content; ``design`` and ``n_candidates``: how the observed option
+    sets are chosen (``build_examples``), recorded in the manifest."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     train_users, eval_users = teaching_users(domain, n_eval_users, seed, max_train_users)
     n_rounds = domain.n_rounds if n_rounds is None else n_rounds
     template = template or default_template()
-    examples = build_examples(domain, teacher, train_users, n_dialogues, seed, prefixes, n_rounds, template)
+    examples = build_examples(domain, teacher, train_users, n_dialogues, seed, prefixes, n_rounds, template,
+                              design, n_candidates)
     data_file = f"train-{teacher}.jsonl"
     text = jsonl_text(examples)
     manifest = {
@@ -153,6 +178,8 @@ def write_teaching_set(
         "n_dialogues_per_user": n_dialogues,
         "prefixes": prefixes,
         "n_rounds": n_rounds,
+        "design": design,
+        **({"n_candidates": n_candidates} if design == "active" else {}),
         "counts": {"train_users": int(len(train_users)), "eval_users": int(len(eval_users)),
                    "dialogues": int(len(train_users)) * n_dialogues, "examples": len(examples)},
         "eval_users": eval_users.tolist(),

@@ -1,5 +1,7 @@
-"""A language model as designer: shown the rounds so far and a few labelled candidate option sets, it names
-the set to show next (``eval.design`` plays the dialogues and scores its choices by exact information gain).
+"""A language model as designer: it chooses which of a few candidate option sets to show next (``eval.design``
+plays the dialogues and scores its choices by exact information gain).  Two designers:
+
+``LMDesigner`` (rule "label") is shown the rounds so far and the candidates as labelled sets, and names one:
 
 * ``score``: the probability of each answer "Show me set K." given the prompt, normalised over the sets; the
   most probable set is shown (ties broken at random, seeded);
@@ -8,6 +10,14 @@ the set to show next (``eval.design`` plays the dialogues and scores its choices
   random (seeded), so the dialogue goes on, and the failure is counted.
 
 The prompt (``eval.text.dialogue.design_prompt_messages``) and the answers come from the prompt template.
+
+``EntropyDesigner`` (rule "entropy") asks the LM, for each candidate set, the recommendation question of the
+study's protocol (the rounds so far, then that set), and shows the set whose answer distribution has the highest
+entropy: the set the LM is least sure how the user will choose.  For a user who chooses deterministically
+the information gain of a set is exactly the entropy of the posterior predictive over its options, so an LM
+whose predictive matches the Bayesian assistant's designs as the Bayesian designer does; a student is taught
+that predictive (soft Bayesian teaching) instead of the designer's pick.  The rounds so far are shown with the
+LM's own earlier recommendations, as a recommending LM sees its dialogue.
 """
 from __future__ import annotations
 
@@ -20,7 +30,7 @@ import torch
 from eval.lm.answers import answer_sentence
 from eval.lm.scorer import LMRole
 from eval.lm.scoring import RoundRequest
-from eval.records import pick_argmax
+from eval.records import RecommendRequest, pick_argmax
 from eval.text.dialogue import (
     design_candidate_answers, design_prompt_messages, match_design_answer,
 )
@@ -72,3 +82,44 @@ class LMDesigner(LMRole):
         fallback = torch.randint(n_sets, (n_dialogues,), generator=gen)
         picks = torch.tensor([-1 if p is None else p for p in parsed])
         return DesignChoice(torch.where(failures, fallback, picks), None, failures)
+
+
+DESIGNER_RULES = ("label", "entropy")  # LMDesigner names a labelled set; EntropyDesigner reads its own predictive
+
+
+class EntropyDesigner:
+    """Shows the candidate set on which ``assistant`` (an ``eval.lm.assistant.LMAssistant`` in score mode) is
+    least sure of the user's choice: the highest entropy of its distribution over the set's options."""
+
+    def __init__(self, assistant, name: str | None = None):
+        if assistant.mode != "score":
+            raise ValueError("the entropy designer reads the LM's probabilities: it needs score mode")
+        self.assistant = assistant
+        self.name = name or f"{assistant.name} (entropy)"
+        self._memo = None  # (history options, history choices, own picks) of the previous call
+
+    def own_picks(self, domain, history_options: torch.Tensor, history_choices: torch.Tensor) -> torch.Tensor:
+        """The LM's own recommendation in each round so far, given the rounds before it: long [N, r].  A
+        dialogue played round by round extends the previous call's rounds, which are then reused."""
+        n_rounds = history_choices.shape[1]
+        picks = torch.empty_like(history_choices)
+        start = 0
+        if self._memo is not None:
+            options, choices, known = self._memo
+            k = min(known.shape[1], n_rounds)
+            if (options.shape[0] == history_options.shape[0] and torch.equal(options[:, :k], history_options[:, :k])
+                    and torch.equal(choices[:, :k], history_choices[:, :k])):
+                picks[:, :k], start = known[:, :k], k
+        for r in range(start, n_rounds):
+            request = RecommendRequest(domain, history_options[:, :r], picks[:, :r], history_choices[:, :r],
+                                       history_options[:, r : r + 1], seed=r)
+            picks[:, r] = self.assistant.recommend(request).picks[:, 0]
+        self._memo = (history_options.clone(), history_choices.clone(), picks.clone())
+        return picks
+
+    def choose(self, domain, history_options, history_choices, candidates, gen: torch.Generator) -> DesignChoice:
+        picks = self.own_picks(domain, history_options, history_choices)
+        request = RecommendRequest(domain, history_options, picks, history_choices, candidates, seed=len(picks[0]))
+        probs = self.assistant.recommend(request).probs.double()  # [N, K, O]
+        entropy = -(probs * probs.clamp_min(1e-300).log()).sum(-1)  # [N, K] nats
+        return DesignChoice(pick_argmax(entropy, gen))
