@@ -3,10 +3,17 @@ information gain per round, at a stated budget)?
 
     python experiments/design_student.py --work /work/ds [--domain flight] \
         [--runs bayesian:10,soft:10,bayesian:30] [--parallel 3] [--out experiments/results/design_student.json]
+    python experiments/design_student.py --work /work/dse --runs soft:10:entropy,soft:30:entropy --parallel 2 \
+        --extra-seeds 1,2,3,4 --out experiments/results/design_student_entropy.json
 
-One stage per run TEACHER:MINUTES: ``distill --task design --teacher T --budget B`` (the default settings otherwise: 100
-held-out users, 20 held-out sets, 4 candidate sets a round, 10 dialogues per teaching user, seed 0), run by
-``stage_runner`` (resumable; each command and wall time recorded).  The JSON keeps, per teacher and per round
+One stage per run TEACHER:MINUTES[:RULE]: ``distill --task design --teacher T --budget B --designer RULE`` (RULE
+label, the default, or entropy; the default settings otherwise: 100 held-out users, 20 held-out sets, 4 candidate
+sets a round, seed 0), run by ``stage_runner`` (resumable; each command and wall time recorded).  With
+``--extra-seeds``, each taught student also designs on the same held-out users with those evaluation seeds (other
+candidates and choices): ``pooled`` gives its fraction per round over every seed's dialogues, 0 included, with
+95% intervals over dialogues.  With an entropy run, ``entropy_rule_with_the_bayesian_predictive``: the entropy
+rule reading the exact Bayesian predictive on the same users, the most a student taught the predictive can
+reach.  The JSON keeps, per teacher and per round
 shown, the student's shown set's gain as a % of the best candidate's before and after teaching (95% intervals
 over users), a set drawn at random from the student's candidates (expected), the Bayesian assistant's accuracy
 on the dialogues each designer made, the training summary (steps, loss, peak RSS) and the command.  Beside
@@ -26,7 +33,7 @@ from stage_runner import Stage, print_plan, results_header, run_stages, write_js
 from distill.teaching_data import split_users
 from eval.assistants import BayesianAssistant
 from eval.design import DEFAULT_LM_CANDIDATES, pick_most_informative, run_designed_protocol
-from eval.lm.designer import DesignChoice
+from eval.lm.designer import DesignChoice, EntropyDesigner, LMDesigner
 from eval.report import build_report
 from ppl_models import expected_information_gain, get_domain
 
@@ -46,6 +53,57 @@ def history_free_designer(domain_name: str, n_eval_users: int = 100, seed: int =
     _, users = split_users(domain, n_eval_users, seed)
     run = run_designed_protocol(domain, BayesianAssistant(), design="lm", designer=PriorGainDesigner(),
                                 n_candidates=DEFAULT_LM_CANDIDATES, users=users, seed=seed)
+    design = build_report(run)["design"]
+    return {"fraction_of_best_gain_percent": percent(design["fraction_of_best_gain"]["mean"]),
+            "random_designer_expected_percent": percent(design["random_fraction_of_best_gain"]["mean"])}
+
+
+def pooled_fractions(domain_name: str, model_dir: Path, rule: str, seeds: list[int], n_eval_users: int = 100) -> dict:
+    """The taught student ``model_dir`` as designer (``rule``) on distill's held-out users with each evaluation
+    seed: its shown set's gain as a % of the best candidate's per round, pooled over seeds (95% normal
+    intervals over dialogues), beside the random designer's expected fraction on the same candidates."""
+    from eval.lm import load_causal_lm
+    from eval.lm.assistant import LMAssistant
+
+    domain = get_domain(domain_name)
+    _, users = split_users(domain, n_eval_users, 0)
+    lm = load_causal_lm(str(model_dir))
+    shown, random_pick = [], []
+    for seed in seeds:
+        designer = EntropyDesigner(LMAssistant(lm)) if rule == "entropy" else LMDesigner(lm)
+        run = run_designed_protocol(domain, BayesianAssistant(), design="lm", designer=designer,
+                                    n_candidates=DEFAULT_LM_CANDIDATES, users=users, seed=seed, n_heldout=1)
+        fraction, random_fraction = run.design.fraction_of_best()
+        shown.append(fraction)
+        random_pick.append(random_fraction)
+    result = {"seeds": seeds, "dialogues": len(users) * len(seeds)}
+    for name, values in (("student_after", torch.cat(shown)), ("random_designer_expected", torch.cat(random_pick))):
+        means, intervals = [], []
+        for r in range(values.shape[1]):
+            column = values[:, r][~values[:, r].isnan()]
+            mean, half = column.mean().item(), 1.96 * column.std().item() / len(column) ** 0.5
+            means.append(round(100 * mean, 1))
+            intervals.append([round(100 * (mean - half), 1), round(100 * (mean + half), 1)])
+        result[f"{name}_percent"] = means
+        result[f"{name}_ci95_percent"] = intervals
+    result["target_met_every_round"] = all(v >= 80 for v in result["student_after_percent"])
+    return result
+
+
+class BayesianPredictiveAsLM(BayesianAssistant):
+    """The Bayesian assistant in a score-mode LM's place: the entropy rule with the exact predictive."""
+
+    mode, name = "score", "bayesian predictive"
+
+
+def entropy_rule_ceiling(domain_name: str, n_eval_users: int = 100, seed: int = 0) -> dict:
+    """The entropy rule (EntropyDesigner) reading the Bayesian predictive, on distill's held-out users: what a
+    student that had learned the predictive exactly would score."""
+    domain = get_domain(domain_name)
+    _, users = split_users(domain, n_eval_users, seed)
+    run = run_designed_protocol(domain, BayesianAssistant(), design="lm",
+                                designer=EntropyDesigner(BayesianPredictiveAsLM()),
+                                n_candidates=DEFAULT_LM_CANDIDATES, users=users, seed=seed, n_heldout=1)
     design = build_report(run)["design"]
     return {"fraction_of_best_gain_percent": percent(design["fraction_of_best_gain"]["mean"]),
             "random_designer_expected_percent": percent(design["random_fraction_of_best_gain"]["mean"])}
@@ -86,18 +144,23 @@ def main() -> None:
     parser.add_argument("--work", type=Path, required=True, help="Folder for the runs (data, models, logs).")
     parser.add_argument("--domain", default="flight", help="The domain to teach designing in.")
     parser.add_argument("--runs", default="bayesian:10,soft:10,bayesian:30",
-                        help="Comma-separated TEACHER:MINUTES runs (teacher bayesian or soft, training budget in minutes).")
+                        help="Comma-separated TEACHER:MINUTES[:RULE] runs (teacher bayesian, soft or, with the entropy "
+                             "rule, oracle; training budget in minutes; designer rule label or entropy).")
+    parser.add_argument("--extra-seeds", default="",
+                        help="Comma-separated evaluation seeds on which each taught student also designs (pooled with seed 0).")
     parser.add_argument("--parallel", type=int, default=3, help="Runs at once (the budgets are wall-clock minutes).")
     parser.add_argument("--threads", type=int, default=1, help="Torch threads per run.")
     parser.add_argument("--out", type=Path, default=Path("experiments/results/design_student.json"),
                         help="The results JSON.")
     parser.add_argument("--dry-run", action="store_true", help="Print each stage's command and whether it is done.")
     args = parser.parse_args()
-    runs = [(run.split(":")[0], float(run.split(":")[1])) for run in args.runs.split(",") if run]
-    names = [f"{teacher}-{minutes:g}min" for teacher, minutes in runs]
+    runs = [(run.split(":") + ["label"])[:3] for run in args.runs.split(",") if run]
+    runs = [(teacher, float(minutes), rule) for teacher, minutes, rule in runs]
+    names = [f"{teacher}-{minutes:g}min" + ("" if rule == "label" else f"-{rule}") for teacher, minutes, rule in runs]
     stages = [Stage(name, ["distill", "--domain", args.domain, "--task", "design", "--teacher", teacher,
-                           "--budget", f"{minutes:g}", "--out", str(args.work / name)], args.work / name / "report.json")
-              for name, (teacher, minutes) in zip(names, runs)]
+                           "--budget", f"{minutes:g}", "--designer", rule, "--out", str(args.work / name)],
+                    args.work / name / "report.json")
+              for name, (teacher, minutes, rule) in zip(names, runs)]
     if args.dry_run:
         print_plan(stages)
         return
@@ -105,7 +168,14 @@ def main() -> None:
     results = results_header("design_student", args)
     results["runs"] = {name: {**summary(args.work / name / "report.json"), "command": record[name]["command"],
                               "wall_s": record[name]["wall_s"]} for name in names}
+    extra_seeds = [int(seed) for seed in args.extra_seeds.split(",") if seed]
+    if extra_seeds:
+        for name, (_, _, rule) in zip(names, runs):
+            results["runs"][name]["pooled"] = pooled_fractions(args.domain, args.work / name / "train" / "model", rule,
+                                                               [0, *extra_seeds])
     results["history_free_designer"] = history_free_designer(args.domain)
+    if any(rule == "entropy" for _, _, rule in runs):
+        results["entropy_rule_with_the_bayesian_predictive"] = entropy_rule_ceiling(args.domain)
     write_json(results, args.out)
     print(f"results: {args.out}")
 

@@ -134,4 +134,18 @@ def test_the_designer_options_say_where_they_apply(tmp_path):
                                   "--users", "2", "--heldout", "2", "--no-elicit-beliefs", "--out", str(tmp_path / "c")])
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "c" / "report.json").read_text())
-    assert report["design"]["designer"].endswith("(entropy)")
+    assert report["design"]["designer"].endswith(" by entropy")
+
+
+def test_distill_teaches_a_hugging_face_model_to_design_by_entropy(tmp_path):
+    """--model with --designer entropy: a LoRA adapter on the recommendation task's examples, every prefix of
+    Bayesian-designed dialogues, and the model as entropy designer after training."""
+    model_dir = tiny_lm.save_tiny_lm(tmp_path / "tiny")
+    settings = DistillSettings(domain="flight", task="design", designer="entropy", teacher="bayesian",
+                               model=str(model_dir), method="lora", out_dir=str(tmp_path / "run"), n_dialogues=1,
+                               n_eval_users=3, n_heldout=1, max_train_users=2, budget_minutes=math.inf, max_steps=1)
+    report = run_design_distill(settings, log=lambda line: None)
+    manifest = json.loads((tmp_path / "run" / "data" / "manifest.json").read_text())
+    assert manifest["prefixes"] == "all" and manifest["counts"]["examples"] == 2 * 5  # every prefix of 2 dialogues
+    assert (tmp_path / "run" / "train" / "adapter" / "adapter_config.json").is_file()
+    assert report["design"]["designer"] == "student (after) by entropy" and report["extra"]["designer"] == "entropy"

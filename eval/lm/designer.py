@@ -95,7 +95,7 @@ class EntropyDesigner:
         if assistant.mode != "score":
             raise ValueError("the entropy designer reads the LM's probabilities: it needs score mode")
         self.assistant = assistant
-        self.name = name or f"{assistant.name} (entropy)"
+        self.name = name or f"{assistant.name} by entropy"
         self._memo = None  # (history options, history choices, own picks) of the previous call
 
     def own_picks(self, domain, history_options: torch.Tensor, history_choices: torch.Tensor) -> torch.Tensor:
