@@ -158,6 +158,10 @@ def train(data_path, model, domain, recipe, method, dtype, gradient_checkpointin
                    "recommendation task on Bayesian-designed dialogues, and shows the candidate set on which it is "
                    "least sure of the user's choice: for users who choose deterministically, that entropy is the "
                    "set's information gain).")
+@click.option("--teach-design", type=click.Choice(["active", "random"]), default=None,
+              help="With --designer entropy, how the teaching dialogues' option sets are chosen: active (the Bayesian "
+                   "designer's pick among --candidates sets a round, the dialogues the student will design; the "
+                   "default) or random (the study's teaching dialogues).")
 @click.option("--model", default=None, help="A causal LM to teach (local path or hub id); omit for the embedded small student.")
 @click.option("--method", type=click.Choice(["qlora", "lora", "full"]), default="qlora", show_default=True, help="How --model is fine-tuned.")
 @click.option("--budget", "budget_minutes", type=float, default=None,
@@ -195,7 +199,7 @@ def train(data_path, model, domain, recipe, method, dtype, gradient_checkpointin
                    "embedded student accepts its own domain only.")
 @prompt_template_option
 @click.option("--out", "out_dir", default=None, type=OutputPath("dir"), help="Output directory (default: runs/<domain>-<teacher>).")
-def distill(domain, task, teacher, n_candidates, designer, model, method, budget_minutes, max_steps, dtype, gradient_checkpointing, batch_size, eval_users, heldout,
+def distill(domain, task, teacher, n_candidates, designer, teach_design, model, method, budget_minutes, max_steps, dtype, gradient_checkpointing, batch_size, eval_users, heldout,
             dialogues, teach_rounds, seed, resume, cache_dir, eval_domains, prompt_template, out_dir):
     """Teach a student the Bayesian strategy: data, training, and evaluation before and after.
 
@@ -216,6 +220,9 @@ def distill(domain, task, teacher, n_candidates, designer, model, method, budget
 
     default_out = f"runs/{domain}-{teacher}" + ("-design" if task == "design" else "")
     check_resume(resume, Path(out_dir or default_out) / "train" / "checkpoints")
+    if designer != "entropy":
+        refuse_unused([("teach_design", "--teach-design")], "without --designer entropy (it chooses the dialogues the "
+                      "entropy rule's recommendation examples are taken from)")
     if task == "design":
         if teacher == "oracle" and designer != "entropy":
             raise click.UsageError("--task design has no oracle teacher for the label designer: the users' choices say "
@@ -233,7 +240,7 @@ def distill(domain, task, teacher, n_candidates, designer, model, method, budget
     if budget_minutes is None:  # with --max-steps the steps end the run, not the clock
         budget_minutes = math.inf if max_steps else DEFAULT_BUDGET_MINUTES
     settings = DistillSettings(domain=domain, task=task, n_candidates=n_candidates or DEFAULT_LM_CANDIDATES,
-                               designer=designer or "label",
+                               designer=designer or "label", teach_design=teach_design or "active",
                                teacher=teacher, model=model, method=method, budget_minutes=budget_minutes,
                                max_steps=max_steps, dtype=dtype, gradient_checkpointing=gradient_checkpointing, batch_size=batch_size,
                                out_dir=out_dir or default_out, seed=seed, n_eval_users=eval_users,

@@ -10,8 +10,9 @@ student after training, and the references on the same held-out users.  Two rule
   information-gain distribution (``distill.design_data``); the student reads the rounds so far and the
   labelled sets and names one (``LMDesigner``);
 * ``entropy``: the teaching set is the recommendation task's (``distill.teaching_data``) on dialogues the
-  Bayesian designer made, so that the student learns the Bayesian predictive where the designer reads it
-  (the soft teacher teaches the predictive itself); the student is asked which option the user will choose in
+  Bayesian designer made (``teach_design`` "active"), so that the student learns the Bayesian predictive where
+  the designer reads it, or on the study's random dialogues ("random"); the soft teacher teaches the
+  predictive itself; the student is asked which option the user will choose in
   each candidate set, and the set it is least sure of is shown (``EntropyDesigner``).
 
 A designer plays each held-out user's observed rounds (``eval.design``): every round it chooses among
@@ -78,9 +79,10 @@ def write_teaching_data(domain, settings, out: Path, template) -> tuple[dict, Pa
                                       n_eval_users=settings.n_eval_users, seed=settings.seed,
                                       max_train_users=settings.max_train_users,
                                       prefixes="longest" if embedded else "all", template=template,
-                                      design="active", n_candidates=settings.n_candidates)
-        what = (f"{settings.teacher} recommendations on Bayesian-designed dialogues ({settings.n_candidates} "
-                f"candidate sets a round)")
+                                      design=settings.teach_design, n_candidates=settings.n_candidates)
+        what = f"{settings.teacher} recommendations on " + (
+            f"Bayesian-designed dialogues ({settings.n_candidates} candidate sets a round)"
+            if settings.teach_design == "active" else "dialogues of random option sets")
     else:
         manifest = write_design_set(domain, settings.teacher, out,
                                     n_dialogues=settings.n_dialogues or STUDY_DIALOGUES_PER_USER,

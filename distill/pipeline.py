@@ -30,7 +30,9 @@ from eval.report import build_report, format_table, plot_reports, save_report
 from eval.student_card import read_student_card
 from ppl_models import get_domain
 
-from distill.teaching_data import EMBEDDED_DIALOGUES_PER_USER, STUDY_DIALOGUES_PER_USER, write_teaching_set
+from distill.teaching_data import (
+    EMBEDDED_DIALOGUES_PER_USER, STUDY_DIALOGUES_PER_USER, TEACHING_DESIGNS, write_teaching_set,
+)
 from distill.training.config import DEFAULT_BUDGET_MINUTES, ConfigError, TrainConfig, default_batch_size
 from distill.transfer import eval_domains_for, evaluate_domains, write_transfer
 
@@ -61,6 +63,10 @@ class DistillSettings:
     # it names one) or entropy (taught the Bayesian predictive on Bayesian-designed dialogues, it shows the set
     # whose choice it is least sure of: the information gain for users who choose deterministically)
     designer: str = "label"
+    # With the entropy rule: how the teaching dialogues' option sets are chosen (teaching_data.TEACHING_DESIGNS):
+    # active (the Bayesian designer's pick among n_candidates, the dialogues the student will design) or random
+    # (the study's teaching dialogues)
+    teach_design: str = "active"
     model: str | None = None  # a Hugging Face causal LM; None = the embedded student
     method: str = "qlora"  # for --model: qlora | lora | full
     budget_minutes: float = DEFAULT_BUDGET_MINUTES  # training wall-clock budget (math.inf: none)
@@ -115,6 +121,8 @@ class DistillSettings:
                               "trains in float32 with its own batches")
         if self.task not in TASKS:
             raise ConfigError(f"unknown task {self.task!r}; choose from {', '.join(TASKS)}")
+        if self.teach_design not in TEACHING_DESIGNS:
+            raise ConfigError(f"unknown teaching design {self.teach_design!r}; choose from {', '.join(TEACHING_DESIGNS)}")
         if self.designer not in DESIGNER_RULES:
             raise ConfigError(f"unknown designer {self.designer!r}; choose from {', '.join(DESIGNER_RULES)}")
         if self.task == "design" and self.n_candidates < 2:

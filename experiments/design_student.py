@@ -6,8 +6,9 @@ information gain per round, at a stated budget)?
     python experiments/design_student.py --work /work/dse --runs soft:10:entropy,soft:30:entropy --parallel 2 \
         --extra-seeds 1,2,3,4 --out experiments/results/design_student_entropy.json
 
-One stage per run TEACHER:MINUTES[:RULE]: ``distill --task design --teacher T --budget B --designer RULE`` (RULE
-label, the default, or entropy; the default settings otherwise: 100 held-out users, 20 held-out sets, 4 candidate
+One stage per run TEACHER:MINUTES[:RULE[:DIALOGUES]]: ``distill --task design --teacher T --budget B --designer
+RULE [--teach-design DIALOGUES]`` (RULE label, the default, or entropy; DIALOGUES active or random, with the
+entropy rule; the default settings otherwise: 100 held-out users, 20 held-out sets, 4 candidate
 sets a round, seed 0), run by ``stage_runner`` (resumable; each command and wall time recorded).  With
 ``--extra-seeds``, each taught student also designs on the same held-out users with those evaluation seeds (other
 candidates and choices): ``pooled`` gives its fraction per round over every seed's dialogues, 0 included, with
@@ -144,8 +145,9 @@ def main() -> None:
     parser.add_argument("--work", type=Path, required=True, help="Folder for the runs (data, models, logs).")
     parser.add_argument("--domain", default="flight", help="The domain to teach designing in.")
     parser.add_argument("--runs", default="bayesian:10,soft:10,bayesian:30",
-                        help="Comma-separated TEACHER:MINUTES[:RULE] runs (teacher bayesian, soft or, with the entropy "
-                             "rule, oracle; training budget in minutes; designer rule label or entropy).")
+                        help="Comma-separated TEACHER:MINUTES[:RULE[:DIALOGUES]] runs (teacher bayesian, soft or, with "
+                             "the entropy rule, oracle; training budget in minutes; designer rule label or entropy; "
+                             "the entropy rule's teaching dialogues, active or random).")
     parser.add_argument("--extra-seeds", default="",
                         help="Comma-separated evaluation seeds on which each taught student also designs (pooled with seed 0).")
     parser.add_argument("--parallel", type=int, default=3, help="Runs at once (the budgets are wall-clock minutes).")
@@ -154,13 +156,16 @@ def main() -> None:
                         help="The results JSON.")
     parser.add_argument("--dry-run", action="store_true", help="Print each stage's command and whether it is done.")
     args = parser.parse_args()
-    runs = [(run.split(":") + ["label"])[:3] for run in args.runs.split(",") if run]
-    runs = [(teacher, float(minutes), rule) for teacher, minutes, rule in runs]
-    names = [f"{teacher}-{minutes:g}min" + ("" if rule == "label" else f"-{rule}") for teacher, minutes, rule in runs]
+    runs = [run.split(":") for run in args.runs.split(",") if run]
+    runs = [(parts[0], float(parts[1]), parts[2] if len(parts) > 2 else "label", parts[3] if len(parts) > 3 else "")
+            for parts in runs]
+    names = [f"{teacher}-{minutes:g}min" + ("" if rule == "label" else f"-{rule}") + (f"-{teach}" if teach else "")
+             for teacher, minutes, rule, teach in runs]
     stages = [Stage(name, ["distill", "--domain", args.domain, "--task", "design", "--teacher", teacher,
-                           "--budget", f"{minutes:g}", "--designer", rule, "--out", str(args.work / name)],
+                           "--budget", f"{minutes:g}", "--designer", rule,
+                           *(["--teach-design", teach] if teach else []), "--out", str(args.work / name)],
                     args.work / name / "report.json")
-              for name, (teacher, minutes, rule) in zip(names, runs)]
+              for name, (teacher, minutes, rule, teach) in zip(names, runs)]
     if args.dry_run:
         print_plan(stages)
         return
@@ -170,11 +175,11 @@ def main() -> None:
                               "wall_s": record[name]["wall_s"]} for name in names}
     extra_seeds = [int(seed) for seed in args.extra_seeds.split(",") if seed]
     if extra_seeds:
-        for name, (_, _, rule) in zip(names, runs):
+        for name, (_, _, rule, _) in zip(names, runs):
             results["runs"][name]["pooled"] = pooled_fractions(args.domain, args.work / name / "train" / "model", rule,
                                                                [0, *extra_seeds])
     results["history_free_designer"] = history_free_designer(args.domain)
-    if any(rule == "entropy" for _, _, rule in runs):
+    if any(run[2] == "entropy" for run in runs):
         results["entropy_rule_with_the_bayesian_predictive"] = entropy_rule_ceiling(args.domain)
     write_json(results, args.out)
     print(f"results: {args.out}")

@@ -102,21 +102,23 @@ def test_active_teaching_dialogues_are_the_bayesian_designers():
         teaching_dialogues(domain, users, 1, seed, design="lm")
 
 
-@pytest.mark.parametrize("teacher", ["soft", "oracle"])
-def test_distill_teaches_the_entropy_designer_on_designed_recommendation_dialogues(tmp_path, teacher):
+@pytest.mark.parametrize("teacher, teach_design", [("soft", "active"), ("oracle", "random")])
+def test_distill_teaches_the_entropy_designer_on_recommendation_dialogues(tmp_path, teacher, teach_design):
     settings = DistillSettings(domain="flight", task="design", designer="entropy", teacher=teacher,
-                               out_dir=str(tmp_path / "run"), n_dialogues=1, n_eval_users=4, n_heldout=2,
-                               max_train_users=3, budget_minutes=math.inf, max_steps=2)
+                               teach_design=teach_design, out_dir=str(tmp_path / "run"), n_dialogues=1,
+                               n_eval_users=4, n_heldout=2, max_train_users=3, budget_minutes=math.inf, max_steps=2)
     lines = []
     report = run_design_distill(settings, log=lines.append)
     manifest = json.loads((tmp_path / "run" / "data" / "manifest.json").read_text())
-    assert manifest["task"] == "recommend" and manifest["design"] == "active" and manifest["n_candidates"] == 4
+    assert manifest["task"] == "recommend" and manifest["design"] == teach_design
+    assert manifest.get("n_candidates") == (4 if teach_design == "active" else None)
     assert manifest["teacher"] == teacher and manifest["counts"]["examples"] == 3  # 3 users x 1 whole dialogue
     assert report["extra"]["designer"] == "entropy" and report["design"]["design"] == "lm"
     assert report["extra"]["designers"]["bayesian"]["design"]["fraction_of_best_gain"]["mean"] == [1.0] * 5
     fractions = report["design"]["fraction_of_best_gain"]["mean"]
     assert len(fractions) == 5 and all(0.0 <= f <= 1.0 + 1e-9 for f in fractions)
-    assert "recommendations on Bayesian-designed dialogues" in "\n".join(lines)
+    assert ("recommendations on Bayesian-designed dialogues" if teach_design == "active"
+            else "recommendations on dialogues of random option sets") in "\n".join(lines)
     # a recommending student: its vocabulary has no designer's phrases
     assert read_student_card(tmp_path / "run" / "train" / "model")["chat_template_options"]["design_prompts"] is False
 
@@ -125,6 +127,9 @@ def test_the_designer_options_say_where_they_apply(tmp_path):
     runner = CliRunner()
     result = runner.invoke(main, ["distill", "--domain", "flight", "--designer", "entropy", "--out", str(tmp_path / "a")])
     assert result.exit_code == 2 and "--designer does nothing with --task recommend" in result.output
+    result = runner.invoke(main, ["distill", "--domain", "flight", "--task", "design", "--teach-design", "random",
+                                  "--out", str(tmp_path / "a")])
+    assert result.exit_code == 2 and "--teach-design does nothing without --designer entropy" in result.output
     model_dir = tiny_lm.save_tiny_lm(tmp_path / "tiny")
     for arguments, message in [(["--designer", "entropy"], "it needs --design lm"),
                                (["--design", "lm", "--designer", "entropy", "--mode", "generate"], "needs --mode score")]:
