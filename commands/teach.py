@@ -152,16 +152,15 @@ def train(data_path, model, domain, recipe, method, dtype, gradient_checkpointin
 @click.option("--candidates", "n_candidates", type=click.IntRange(min=2), default=None,
               help=f"With --task design: candidate sets the designer chooses among each round (default "
                    f"{DEFAULT_LM_CANDIDATES}, what evaluate --design lm shows).")
-@click.option("--designer", type=click.Choice(["label", "entropy"]), default=None,
-              help="With --task design, how the student chooses: label (it is shown the candidates as labelled sets and "
-                   "names one, taught the Bayesian designer's picks; the default) or entropy (it is taught the "
-                   "recommendation task on Bayesian-designed dialogues, and shows the candidate set on which it is "
-                   "least sure of the user's choice: for users who choose deterministically, that entropy is the "
-                   "set's information gain).")
-@click.option("--teach-design", type=click.Choice(["active", "random"]), default=None,
-              help="With --designer entropy, how the teaching dialogues' option sets are chosen: active (the Bayesian "
-                   "designer's pick among --candidates sets a round, the dialogues the student will design; the "
-                   "default) or random (the study's teaching dialogues).")
+@click.option("--designer", type=click.Choice(["entropy", "label"]), default=None,
+              help="With --task design, how the student chooses: entropy (it is taught the recommendation task and "
+                   "shows the candidate set on which it is least sure of the user's choice: for users who choose "
+                   "deterministically, that entropy is the set's information gain; the default) or label (it is shown "
+                   "the candidates as labelled sets and names one, taught the Bayesian designer's picks).")
+@click.option("--teach-design", type=click.Choice(["random", "active"]), default=None,
+              help="With --designer entropy, how the teaching dialogues' option sets are chosen: random (the study's "
+                   "teaching dialogues; the default) or active (the Bayesian designer's pick among --candidates sets "
+                   "a round, the dialogues the student will design).")
 @click.option("--model", default=None, help="A causal LM to teach (local path or hub id); omit for the embedded small student.")
 @click.option("--method", type=click.Choice(["qlora", "lora", "full"]), default="qlora", show_default=True, help="How --model is fine-tuned.")
 @click.option("--budget", "budget_minutes", type=float, default=None,
@@ -209,8 +208,8 @@ def distill(domain, task, teacher, n_candidates, designer, teach_design, model, 
     random; columns: domains).
 
     With --task design the student learns to choose which option set to show among --candidates sets (with
-    --designer label, by naming a labelled set as the Bayesian designer does; with --designer entropy, by its own
-    predicted choice on each set, taught on Bayesian-designed dialogues): it prints, per round, the information gain of the set each designer showed as a
+    --designer entropy, the default, by its own predicted choice on each set, taught the recommendation task; with
+    --designer label, by naming a labelled set as the Bayesian designer does): it prints, per round, the information gain of the set each designer showed as a
     % of the best candidate's (student before, student after, Bayesian designer, random designer) and the
     Bayesian assistant's accuracy on the dialogues each designed, and writes DIR/report.json and DIR/design.png
     (default DIR: runs/<domain>-<teacher>-design).
@@ -220,11 +219,11 @@ def distill(domain, task, teacher, n_candidates, designer, teach_design, model, 
 
     default_out = f"runs/{domain}-{teacher}" + ("-design" if task == "design" else "")
     check_resume(resume, Path(out_dir or default_out) / "train" / "checkpoints")
-    if designer != "entropy":
-        refuse_unused([("teach_design", "--teach-design")], "without --designer entropy (it chooses the dialogues the "
-                      "entropy rule's recommendation examples are taken from)")
+    if designer == "label" or task != "design":
+        refuse_unused([("teach_design", "--teach-design")], "without --task design --designer entropy (it chooses the "
+                      "dialogues the entropy rule's recommendation examples are taken from)")
     if task == "design":
-        if teacher == "oracle" and designer != "entropy":
+        if teacher == "oracle" and designer == "label":
             raise click.UsageError("--task design has no oracle teacher for the label designer: the users' choices say "
                                    "nothing about which set to show (use --teacher bayesian or soft, or --designer entropy)")
         refuse_unused([("teach_rounds", "--teach-rounds"), ("eval_domains", "--eval-domains")],
@@ -240,7 +239,7 @@ def distill(domain, task, teacher, n_candidates, designer, teach_design, model, 
     if budget_minutes is None:  # with --max-steps the steps end the run, not the clock
         budget_minutes = math.inf if max_steps else DEFAULT_BUDGET_MINUTES
     settings = DistillSettings(domain=domain, task=task, n_candidates=n_candidates or DEFAULT_LM_CANDIDATES,
-                               designer=designer or "label", teach_design=teach_design or "active",
+                               designer=designer or "entropy", teach_design=teach_design or "random",
                                teacher=teacher, model=model, method=method, budget_minutes=budget_minutes,
                                max_steps=max_steps, dtype=dtype, gradient_checkpointing=gradient_checkpointing, batch_size=batch_size,
                                out_dir=out_dir or default_out, seed=seed, n_eval_users=eval_users,

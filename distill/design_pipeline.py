@@ -9,10 +9,9 @@ student after training, and the references on the same held-out users.  Two rule
 * ``label``: the teaching set is the Bayesian designer's pick among ``n_candidates`` labelled sets, or its
   information-gain distribution (``distill.design_data``); the student reads the rounds so far and the
   labelled sets and names one (``LMDesigner``);
-* ``entropy``: the teaching set is the recommendation task's (``distill.teaching_data``) on dialogues the
-  Bayesian designer made (``teach_design`` "active"), so that the student learns the Bayesian predictive where
-  the designer reads it, or on the study's random dialogues ("random"); the soft teacher teaches the
-  predictive itself; the student is asked which option the user will choose in
+* ``entropy`` (the default): the teaching set is the recommendation task's (``distill.teaching_data``), on
+  the study's random dialogues (``teach_design`` "random") or on dialogues the Bayesian designer made
+  ("active"); the soft teacher teaches the Bayesian predictive itself; the student is asked which option the user will choose in
   each candidate set, and the set it is least sure of is shown (``EntropyDesigner``).
 
 A designer plays each held-out user's observed rounds (``eval.design``): every round it chooses among

@@ -59,14 +59,16 @@ class DistillSettings:
     # labelled sets (distill.design_pipeline.run_design_distill)
     task: str = "recommend"
     n_candidates: int = DEFAULT_LM_CANDIDATES  # the design task: candidate sets a round
-    # The design task's rule (eval.lm.designer): label (taught the Bayesian designer's pick among labelled sets,
-    # it names one) or entropy (taught the Bayesian predictive on Bayesian-designed dialogues, it shows the set
-    # whose choice it is least sure of: the information gain for users who choose deterministically)
-    designer: str = "label"
-    # With the entropy rule: how the teaching dialogues' option sets are chosen (teaching_data.TEACHING_DESIGNS):
-    # active (the Bayesian designer's pick among n_candidates, the dialogues the student will design) or random
-    # (the study's teaching dialogues)
-    teach_design: str = "active"
+    # The design task's rule (eval.lm.designer): entropy (taught the recommendation task, it shows the set whose
+    # choice it is least sure of: the information gain for users who choose deterministically) or label (taught
+    # the Bayesian designer's pick among labelled sets, it names one).  Entropy by default: the embedded student
+    # taught the label rule designs no better than random (see docs/guide/active_elicitation.md).
+    designer: str = "entropy"
+    # With the entropy rule: how the teaching dialogues' option sets are chosen (teaching_data.TEACHING_DESIGNS).
+    # random (the study's teaching dialogues) by default: a designed set is one whose answer is nearly a coin
+    # flip, so dialogues of designed sets only (active) teach with a weaker signal, and a student taught on them
+    # can stall at its starting loss for thousands of steps.
+    teach_design: str = "random"
     model: str | None = None  # a Hugging Face causal LM; None = the embedded student
     method: str = "qlora"  # for --model: qlora | lora | full
     budget_minutes: float = DEFAULT_BUDGET_MINUTES  # training wall-clock budget (math.inf: none)

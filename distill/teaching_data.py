@@ -13,7 +13,7 @@ x 5 prefixes = 31,200).  The observed option sets are drawn at random (the study
 ``design="active"``, chosen round by round by the Bayesian designer among ``n_candidates`` random sets
 (``eval.design.active_dialogues``, on the teaching data's own random streams): the dialogues a designer that
 reads the student's predictive will make, so that the student learns the predictive where it will be asked
-for it (``distill --task design --designer entropy``).  Users held out for evaluation (``split_users``) never
+for it (``distill --task design --teach-design active``).  Users held out for evaluation (``split_users``) never
 appear.  The text comes from ``eval.text.dialogue``, so it is exactly what evaluation prompts look like.  Files
 are written atomically, with a manifest; the same seed gives byte-identical files.
 """

@@ -21,7 +21,7 @@ from png_checks import check_plot_png
 
 
 def _settings(tmp_path, **changes):
-    base = dict(domain="flight", task="design", teacher="bayesian", out_dir=str(tmp_path / "run"), n_dialogues=1,
+    base = dict(domain="flight", task="design", designer="label", teacher="bayesian", out_dir=str(tmp_path / "run"), n_dialogues=1,
                 n_eval_users=6, n_heldout=2, max_train_users=4, budget_minutes=math.inf, max_steps=2)
     base.update(changes)
     return DistillSettings(**base)
@@ -97,7 +97,7 @@ def test_run_distill_leaves_the_design_task_to_its_own_loop(tmp_path):
 
 
 @pytest.mark.parametrize("arguments, message", [
-    (["--task", "design", "--teacher", "oracle"], "no oracle teacher"),
+    (["--task", "design", "--designer", "label", "--teacher", "oracle"], "no oracle teacher"),
     (["--task", "design", "--eval-domains", "hotel"], "--eval-domains does nothing with --task design"),
     (["--task", "design", "--teach-rounds", "3"], "--teach-rounds does nothing with --task design"),
     (["--candidates", "3"], "--candidates does nothing with --task recommend"),

@@ -127,9 +127,9 @@ def test_the_designer_options_say_where_they_apply(tmp_path):
     runner = CliRunner()
     result = runner.invoke(main, ["distill", "--domain", "flight", "--designer", "entropy", "--out", str(tmp_path / "a")])
     assert result.exit_code == 2 and "--designer does nothing with --task recommend" in result.output
-    result = runner.invoke(main, ["distill", "--domain", "flight", "--task", "design", "--teach-design", "random",
+    result = runner.invoke(main, ["distill", "--domain", "flight", "--task", "design", "--designer", "label", "--teach-design", "random",
                                   "--out", str(tmp_path / "a")])
-    assert result.exit_code == 2 and "--teach-design does nothing without --designer entropy" in result.output
+    assert result.exit_code == 2 and "--teach-design does nothing without --task design --designer entropy" in result.output
     model_dir = tiny_lm.save_tiny_lm(tmp_path / "tiny")
     for arguments, message in [(["--designer", "entropy"], "it needs --design lm"),
                                (["--design", "lm", "--designer", "entropy", "--mode", "generate"], "needs --mode score")]:
