@@ -110,6 +110,19 @@ def entropy_rule_ceiling(domain_name: str, n_eval_users: int = 100, seed: int = 
             "random_designer_expected_percent": percent(design["random_fraction_of_best_gain"]["mean"])}
 
 
+def loss_curve(train_dir: Path, window: int = 400) -> list:
+    """[first step, mean training loss] per ``window`` steps of a run's train_log.jsonl: when it left its
+    starting loss, if it did."""
+    rows = [json.loads(line) for line in (train_dir / "train_log.jsonl").open()]
+    rows = [row for row in rows if "loss" in row and "step" in row]
+    curve = []
+    for start in range(0, rows[-1]["step"] + 1 if rows else 0, window):
+        chunk = [row["loss"] for row in rows if start <= row["step"] < start + window]
+        if chunk:
+            curve.append([start, round(sum(chunk) / len(chunk), 3)])
+    return curve
+
+
 def percent(values) -> list:
     return [None if v is None else round(100 * v, 1) for v in values]
 
@@ -154,6 +167,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="Torch threads per run.")
     parser.add_argument("--out", type=Path, default=Path("experiments/results/design_student.json"),
                         help="The results JSON.")
+    parser.add_argument("--stopped", default="",
+                        help="Comma-separated NAME=COMMAND of runs in --work stopped by hand: their loss curves are kept.")
     parser.add_argument("--dry-run", action="store_true", help="Print each stage's command and whether it is done.")
     args = parser.parse_args()
     runs = [run.split(":") for run in args.runs.split(",") if run]
@@ -172,7 +187,15 @@ def main() -> None:
     record = run_stages(stages, args.work, parallel=args.parallel, threads=args.threads)
     results = results_header("design_student", args)
     results["runs"] = {name: {**summary(args.work / name / "report.json"), "command": record[name]["command"],
-                              "wall_s": record[name]["wall_s"]} for name in names}
+                              "wall_s": record[name]["wall_s"],
+                              **({"note": record[name]["note"]} if "note" in record[name] else {})}
+                       for name in names}
+    for name in names:
+        results["runs"][name]["loss_per_400_steps"] = loss_curve(args.work / name / "train")
+    stopped = dict(item.split("=", 1) for item in args.stopped.split(",") if item)
+    if stopped:
+        results["stopped_by_hand"] = {name: {"command": command, "loss_per_400_steps": loss_curve(args.work / name / "train")}
+                                      for name, command in stopped.items()}
     extra_seeds = [int(seed) for seed in args.extra_seeds.split(",") if seed]
     if extra_seeds:
         for name, (_, _, rule, _) in zip(names, runs):
