@@ -171,8 +171,10 @@ def train(data_path, model, domain, recipe, method, dtype, gradient_checkpointin
                    "equal compute whatever else runs on the machine, e.g. to compare teachers; --budget still caps it.")
 @click.option("--dtype", type=click.Choice(DTYPE_CHOICES), default="auto", show_default=True,
               help="Precision of --model's weights in training and evaluation; auto is bfloat16 on a GPU and on a CPU with AVX-512 BF16 or AMX, float32 elsewhere (the choice is printed and recorded).")
-@click.option("--gradient-checkpointing", is_flag=True,
-              help="Recompute --model's activations in the backward pass: less memory, about a third more compute.")
+@click.option("--gradient-checkpointing/--no-gradient-checkpointing", default=None,
+              help="Recompute --model's activations in the backward pass: less memory, about a third more compute "
+                   "(default: on with --teacher soft, whose soft targets add a row per candidate answer to each "
+                   "conversation, off otherwise).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
               help="Conversations per micro-batch for --model (default: 4 on a GPU; 1 on a CPU, where a step costs "
                    "about its tokens, so that the budget holds more optimizer steps).")

@@ -78,7 +78,8 @@ class DistillSettings:
     # For --model: precision of the weights in training and in evaluation ("auto": bfloat16 on a GPU that has it
     # and on a CPU with AVX-512 BF16 or AMX, float32 elsewhere), and activation recomputation in training (less memory, ~30-40% more compute).
     dtype: str = "auto"
-    gradient_checkpointing: bool = False
+    # None: on for a --model taught soft targets, off otherwise (uses_gradient_checkpointing)
+    gradient_checkpointing: bool | None = None
     # For --model: conversations per micro-batch; None: 4 on a GPU, 1 on a CPU (config.default_batch_size).
     batch_size: int | None = None
     out_dir: str = "runs/distill"
@@ -107,6 +108,15 @@ class DistillSettings:
     # For a GGUF --model with QLoRA: the cache root of its Hugging Face conversion (eval.lm.convert); None:
     # $BAYES_TEACH_CACHE, else ~/.cache/bayes-teach.
     gguf_cache_dir: str | None = None
+
+    @property
+    def uses_gradient_checkpointing(self) -> bool:
+        """``gradient_checkpointing``, else on for a --model with soft targets: each soft target adds one row per
+        candidate answer, a copy of its conversation so far, so a soft example is a batch of about 16 rows of up
+        to ~900 tokens; their activations outgrow 24 GB for a 135M model, recomputed they take ~4 GB."""
+        if self.gradient_checkpointing is not None:
+            return self.gradient_checkpointing
+        return self.model is not None and self.teaching_kl_weight > 0
 
     @property
     def teaching_kl_weight(self) -> float:
@@ -291,10 +301,13 @@ def train_and_load(settings: DistillSettings, domain, data_path, train_dir, devi
         card = read_student_card(train_dir / "model") or {}
         adopt_saved_template(after_lm.tokenizer, domain, card.get("chat_template_options"), template)
         return result, after_lm
+    if settings.gradient_checkpointing is None and settings.uses_gradient_checkpointing:
+        log("gradient checkpointing: on (each soft target adds a row per candidate answer to the batch; "
+            "--no-gradient-checkpointing turns it off)")
     config = TrainConfig(model_name_or_path=settings.model, method=settings.method, epochs=1.0,
                          batch_size=settings.batch_size or default_batch_size(),
                          max_steps=settings.max_steps, dtype=settings.dtype,
-                         gradient_checkpointing=settings.gradient_checkpointing,
+                         gradient_checkpointing=settings.uses_gradient_checkpointing,
                          budget_minutes=None if math.isinf(settings.budget_minutes) else settings.budget_minutes,
                          kl_weight=settings.teaching_kl_weight, seed=settings.seed, gguf_cache_dir=settings.gguf_cache_dir)
     result = _train_hf(config, data_path, train_dir, settings.resume)

@@ -115,3 +115,23 @@ def test_distill_batch_size_is_settable_for_a_model_only(tmp_path):
 def test_distill_refuses_model_settings_for_the_embedded_student(tmp_path):
     with pytest.raises(ValueError, match="apply to --model"):
         _settings(tmp_path, dtype="bfloat16")
+
+
+def test_a_model_taught_soft_targets_recomputes_its_activations_unless_told(tmp_path):
+    """Soft targets add a row per candidate answer (a copy of the conversation so far), so a --model taught by
+    the soft teacher checkpoints its activations by default; the embedded student and hard teachers do not,
+    and an explicit choice wins."""
+    def uses(**changes):
+        return DistillSettings(**{"out_dir": str(tmp_path), **changes}).uses_gradient_checkpointing
+
+    assert uses(model="m", teacher="soft") is True
+    assert uses(model="m", teacher="bayesian") is False and uses(model="m", teacher="bayesian", kl_weight=0.5) is True
+    assert uses(model="m", teacher="soft", gradient_checkpointing=False) is False
+    assert uses(teacher="soft") is False
+    model = str(tiny_lm.save_tiny_lm(tmp_path / "tiny"))
+    lines = []
+    run_distill(_settings(tmp_path, model=model, method="lora", teacher="soft", budget_minutes=math.inf, max_steps=1,
+                          eval_before=False), log=lines.append)
+    saved = json.loads((tmp_path / "run" / "train" / "train_config.json").read_text())
+    assert saved["gradient_checkpointing"] is True
+    assert any(line.startswith("gradient checkpointing: on") for line in lines)
