@@ -30,6 +30,11 @@ class ModelLoadError(BayesTeachError):
     """The model or tokenizer named by the user could not be loaded (no such folder, hub id or files)."""
 
 
+# torch's non-reentrant checkpointing: the reentrant default warns now (and is to raise), and needs an input
+# that requires grad, which frozen embeddings do not give
+NON_REENTRANT = {"use_reentrant": False}
+
+
 @dataclass
 class TrainableModel:
     model: torch.nn.Module  # PeftModel for qlora/lora, the plain model for full
@@ -153,9 +158,10 @@ def add_lora_adapters(model, config: TrainConfig, quantized: bool):
 
     if quantized:
         # Casts norms to fp32, freezes the base, and (optionally) turns on gradient checkpointing.
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.gradient_checkpointing)
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.gradient_checkpointing,
+                                                gradient_checkpointing_kwargs=NON_REENTRANT)
     elif config.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=NON_REENTRANT)
         model.enable_input_require_grads()  # adapters need a gradient path through the frozen embeddings
     lora = LoraConfig(
         r=config.lora_r,
@@ -198,7 +204,7 @@ def build_trainable_model(config: TrainConfig, source, device: torch.device, scr
         if is_quantized(model):
             raise ConfigError("method 'full' cannot train a quantised model; use --method qlora or lora")
         if config.gradient_checkpointing:
-            model.gradient_checkpointing_enable()
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=NON_REENTRANT)
         for parameter in model.parameters():
             parameter.requires_grad_(True)
         return TrainableModel(model, tokenizer, base_path, is_peft=False)
