@@ -11,13 +11,14 @@ student after training, and the references on the same held-out users.  Two rule
   labelled sets and names one (``LMDesigner``);
 * ``entropy`` (the default): the teaching set is the recommendation task's (``distill.teaching_data``), on
   the study's random dialogues (``teach_design`` "random") or on dialogues the Bayesian designer made
-  ("active"); the soft teacher teaches the Bayesian predictive itself; the student is asked which option the user will choose in
-  each candidate set, and the set it is least sure of is shown (``EntropyDesigner``).
+  ("active"); the soft teacher teaches the Bayesian predictive itself; the student is asked which option the
+  user will choose in each candidate set, and the set it is least sure of is shown (``EntropyDesigner``).
 
 A designer plays each held-out user's observed rounds (``eval.design``): every round it chooses among
-``n_candidates`` sets drawn from the domain; that set is shown and the simulated user chooses.  It is scored per round by its set's exact information gain as a fraction of the best candidate's:
-1.0 is the Bayesian designer (the most informative candidate), and a set drawn at random from the same
-candidates expects the mean candidate's fraction (the random designer).  Beside it, the Bayesian assistant's
+``n_candidates`` sets drawn from the domain; that set is shown and the simulated user chooses.  It is scored
+per round by its set's exact information gain as a fraction of the best candidate's: 1.0 is the Bayesian
+designer (the most informative candidate), and a set drawn at random from the same candidates expects the mean
+candidate's fraction (the random designer).  Beside it, the Bayesian assistant's
 accuracy on the held-out sets after the dialogues each designer made.
 
 ``out_dir`` receives ``data/``, ``train/``, ``report.json`` (the student after training; the other designers
@@ -43,8 +44,9 @@ from ppl_models import get_domain
 from distill.design_data import write_design_set
 from distill.pipeline import (
     evaluation_placement, load_model_before, train_and_load, training_summary, with_evaluation_size,
+    write_recommendation_set,
 )
-from distill.teaching_data import EMBEDDED_DIALOGUES_PER_USER, STUDY_DIALOGUES_PER_USER, write_teaching_set
+from distill.teaching_data import STUDY_DIALOGUES_PER_USER
 from distill.training.config import ConfigError
 
 
@@ -72,13 +74,7 @@ def make_designer(lm, settings, template, label: str):
 def write_teaching_data(domain, settings, out: Path, template) -> tuple[dict, Path, str]:
     """The design rule's teaching set in ``out``: (manifest, data file, a line saying what it holds)."""
     if settings.designer == "entropy":
-        embedded = settings.model is None
-        n_dialogues = settings.n_dialogues or (EMBEDDED_DIALOGUES_PER_USER if embedded else STUDY_DIALOGUES_PER_USER)
-        manifest = write_teaching_set(domain, settings.teacher, out, n_dialogues=n_dialogues,
-                                      n_eval_users=settings.n_eval_users, seed=settings.seed,
-                                      max_train_users=settings.max_train_users,
-                                      prefixes="longest" if embedded else "all", template=template,
-                                      design=settings.teach_design, n_candidates=settings.n_candidates)
+        manifest = write_recommendation_set(settings, domain, out, template, design=settings.teach_design)
         what = f"{settings.teacher} recommendations on " + (
             f"Bayesian-designed dialogues ({settings.n_candidates} candidate sets a round)"
             if settings.teach_design == "active" else "dialogues of random option sets")
@@ -147,7 +143,8 @@ def run_design_distill(settings, log=print) -> dict:
                    for name, r in reports.items()},
     )
     save_report(final, out / "report.json")
-    plot_design(final, reports, out / "design.png", title=f"{domain.name}: {settings.teacher}-taught designer ({settings.designer} rule)")
+    plot_design(final, reports, out / "design.png",
+                title=f"{domain.name}: {settings.teacher}-taught designer ({settings.designer} rule)")
 
     # ---- 4. show ------------------------------------------------------------------------------------
     log(design_tables(final, reports))

@@ -166,6 +166,21 @@ def _evaluate(domain, assistant, users, settings: DistillSettings, label: str, l
     return report
 
 
+def write_recommendation_set(settings: DistillSettings, domain, out_dir, template, n_rounds: int | None = None,
+                             design: str = "random") -> dict:
+    """The recommendation task's teaching set for ``settings``' student in ``out_dir`` (its manifest): whole
+    dialogues only, EMBEDDED_DIALOGUES_PER_USER a user, for the embedded student; every prefix of
+    STUDY_DIALOGUES_PER_USER a user for a --model (``settings.n_dialogues`` wins)."""
+    embedded = settings.model is None
+    n_dialogues = settings.n_dialogues or (EMBEDDED_DIALOGUES_PER_USER if embedded else STUDY_DIALOGUES_PER_USER)
+    return write_teaching_set(
+        domain, settings.teacher, out_dir, n_dialogues=n_dialogues,
+        n_eval_users=settings.n_eval_users, seed=settings.seed, max_train_users=settings.max_train_users,
+        prefixes="longest" if embedded else "all", n_rounds=n_rounds, template=template,
+        design=design, n_candidates=settings.n_candidates,
+    )
+
+
 def run_distill(settings: DistillSettings, log=print) -> dict:
     """Run the loop; returns the final report (also written to ``out_dir/report.json``).  The design task has
     its own loop, ``distill.design_pipeline.run_design_distill``."""
@@ -181,13 +196,8 @@ def run_distill(settings: DistillSettings, log=print) -> dict:
 
     # ---- 1. teaching data (users held out for evaluation never appear) -----------------------------
     embedded = settings.model is None
-    n_dialogues = settings.n_dialogues or (EMBEDDED_DIALOGUES_PER_USER if embedded else STUDY_DIALOGUES_PER_USER)
     teach_rounds = settings.teach_rounds or (domain.n_rounds + 1 if embedded else domain.n_rounds)
-    manifest = write_teaching_set(
-        domain, settings.teacher, out / "data", n_dialogues=n_dialogues,
-        n_eval_users=settings.n_eval_users, seed=settings.seed, max_train_users=settings.max_train_users,
-        prefixes="longest" if embedded else "all", n_rounds=teach_rounds, template=template,
-    )
+    manifest = write_recommendation_set(settings, domain, out / "data", template, n_rounds=teach_rounds)
     data_path = out / "data" / f"train-{settings.teacher}.jsonl"
     eval_users = torch.tensor(manifest["eval_users"], dtype=torch.long)
     log(f"teaching data: {manifest['counts']['examples']} examples ({teach_rounds}-round dialogues) from "
